@@ -1,0 +1,276 @@
+"""Text sources: the ONE place that reads raw text (the tokenizer trainer and nano_core.prepare both go through it).
+
+A source spec is a string:
+  "path/to/file.txt" | "dir/"        plain text; one document per file (or split with `doc_separator`)
+  "x.jsonl" | "x.parquet"           FineWeb-edu schema: a `text` column (other columns ignored)
+  "builtin"                         CPython's own documentation (pydoc_data.topics: 79 documents, ~465 KB)
+                                    - always there, the offline fallback
+  "fineweb-edu" | "fineweb-edu:CFG" HuggingFaceFW/fineweb-edu streamed from the hub (config sample-10BT by default;
+                                    needs `datasets` and network; use max_docs to take the first N documents)
+A directory is searched recursively for *.txt, *.jsonl and *.parquet files (sorted).
+
+Encoding policy for text and jsonl files (real-world files are messy; the three Latin-1 Gutenberg novels are why):
+  a UTF-8 BOM is stripped; strict UTF-8 is tried first; if that fails the file is decoded as cp1252 (Windows
+  Latin-1, the usual culprit), and bytes cp1252 leaves undefined fall back to latin-1 - with a one-line notice on
+  stderr. This never raises. CRLF and lone CR line endings are normalised to LF.
+
+Splitting for parallel readers: `src.split(n)` returns n disjoint sources covering every document exactly once.
+Multi-file sources are split by file (balanced by size) so each worker decodes only its own files; otherwise the
+k-th part keeps documents whose index i has i % n == k. Sources are frozen dataclasses: picklable, cheap to send.
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+HUB_DATASET = "HuggingFaceFW/fineweb-edu"
+HUB_DEFAULT_CONFIG = "sample-10BT"
+FILE_KINDS = {".txt": "txt", ".md": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
+BLANK_LINES = "blank-lines"  # doc_separator value: split on one or more empty lines
+_BLANK_LINES_RE = re.compile(r"\n[ \t]*\n\s*")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# decoding
+
+def decode_bytes(data: bytes, name: str = "<bytes>", notice: bool = True) -> str:
+    """Bytes -> str by the policy above (BOM stripped, UTF-8 then cp1252/latin-1, line endings -> LF)."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if notice:
+            print(f"notice: {name} is not valid UTF-8 (byte {e.start}); decoding it as cp1252", file=sys.stderr)
+        # cp1252 leaves 5 bytes undefined (0x81 0x8d 0x8f 0x90 0x9d); map those like latin-1 so this never fails.
+        text = data.decode("cp1252", errors="latin1_fallback")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def _latin1_fallback(err: UnicodeDecodeError):
+    return err.object[err.start:err.end].decode("latin-1"), err.end
+
+
+codecs.register_error("latin1_fallback", _latin1_fallback)
+
+
+def read_text(path: str | Path) -> str:
+    """Read one text file by the encoding policy; unreadable files are a one-line error naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    return decode_bytes(data, str(path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# readers: kind -> function(source, item) yielding documents of one item (a file, the builtin topics, the hub)
+
+def _read_txt(src: "Source", path: str) -> Iterator[str]:
+    text = read_text(path)
+    if src.doc_separator is None:
+        if text.strip():
+            yield text
+        return
+    parts = _BLANK_LINES_RE.split(text) if src.doc_separator == BLANK_LINES else text.split(src.doc_separator)
+    yield from (p for p in parts if p.strip())
+
+
+def _read_jsonl(src: "Source", path: str) -> Iterator[str]:
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+        if not isinstance(row, dict) or src.text_field not in row:
+            raise ValueError(f"{path}:{lineno}: no {src.text_field!r} field; each line needs "
+                             f'{{"{src.text_field}": "..."}}')
+        if row[src.text_field]:
+            yield row[src.text_field]
+
+
+def _read_parquet(src: "Source", path: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"{path}: reading parquet needs pyarrow (pip install 'nano[data]')") from None
+    try:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+    except Exception as e:  # pyarrow raises several types for corrupt files; all mean the same to the user
+        raise ValueError(f"cannot read {path} as parquet: {str(e).splitlines()[0]}") from None
+    if src.text_field not in names:
+        raise ValueError(f"{path}: no {src.text_field!r} column (columns: {', '.join(names)})")
+    for batch in pf.iter_batches(columns=[src.text_field], batch_size=1024):
+        yield from (t for t in batch.column(0).to_pylist() if t)
+
+
+def _read_builtin(src: "Source", item: str) -> Iterator[str]:
+    from pydoc_data.topics import topics  # ships with every CPython: the offline fallback corpus
+    for key in sorted(topics):
+        yield topics[key]
+
+
+def _read_hub(src: "Source", config: str) -> Iterator[str]:
+    # Kept thin on purpose: this machine cannot reach the hub, so the path is exercised only where it can.
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError("the fineweb-edu hub source needs `datasets` (pip install 'nano[data]')") from None
+    try:
+        ds = datasets.load_dataset(HUB_DATASET, name=config, split="train", streaming=True)
+        for row in ds:
+            yield row["text"]
+    except (ConnectionError, OSError) as e:
+        raise ConnectionError(f"cannot stream {HUB_DATASET} ({config}) from the hub: {str(e).splitlines()[0]}; "
+                              "use local parquet/jsonl files or 'builtin'") from None
+
+
+def _read_texts(src: "Source", text: str) -> Iterator[str]:
+    yield text
+
+
+READERS = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet, "builtin": _read_builtin,
+           "hub": _read_hub, "texts": _read_texts}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Source
+
+@dataclass(frozen=True)
+class Source:
+    """A stream of documents. `items` are files (txt/jsonl/parquet), the hub config, or in-memory texts."""
+    name: str
+    kind: str                       # key into READERS
+    items: tuple = ()
+    part: int = 0                   # keep documents with index % nparts == part
+    nparts: int = 1
+    max_docs: int | None = None     # only the first max_docs documents (counted before the part filter)
+    doc_separator: str | None = None
+    text_field: str = "text"
+
+    def documents(self) -> Iterator[str]:
+        reader = READERS[self.kind]
+        index = 0
+        for item in self.items:
+            for doc in reader(self, item):
+                if self.max_docs is not None and index >= self.max_docs:
+                    return
+                if index % self.nparts == self.part:
+                    yield doc
+                index += 1
+        if index == 0 and self.nparts == 1:
+            raise ValueError(f"{self.name}: no documents (empty source); give a file with text in it")
+
+    def split(self, n: int) -> list["Source"]:
+        """n disjoint parts that together yield every document once (for n worker processes)."""
+        if n < 1:
+            raise ValueError(f"split(n) needs n >= 1, got {n}")
+        if n == 1:
+            return [self]
+        if self.kind in ("txt", "jsonl", "parquet", "texts") and self.max_docs is None \
+                and self.nparts == 1 and len(self.items) >= n:
+            return [replace(self, items=group, name=f"{self.name}[{k}/{n}]")
+                    for k, group in enumerate(_balance(self.items, n, self.kind))]
+        # Modulo parts compose: part p of N, split in n -> parts p + N*k of N*n.
+        return [replace(self, part=self.part + self.nparts * k, nparts=self.nparts * n,
+                        name=f"{self.name}[{k}/{n}]") for k in range(n)]
+
+    def num_bytes(self) -> int:
+        """Approximate input size (for progress bars); 0 when unknown."""
+        if self.kind in ("txt", "jsonl", "parquet"):
+            return sum(os.path.getsize(p) for p in self.items) // self.nparts
+        if self.kind == "texts":
+            return sum(len(t) for t in self.items) // self.nparts
+        if self.kind == "builtin":
+            return 465_000 // self.nparts
+        return 0
+
+
+def _balance(items: tuple, n: int, kind: str) -> list[tuple]:
+    """Greedy largest-first packing of files (or texts) into n groups of similar total size; order kept inside."""
+    size = (lambda t: len(t)) if kind == "texts" else os.path.getsize
+    groups, loads = [[] for _ in range(n)], [0] * n
+    for idx in sorted(range(len(items)), key=lambda i: -size(items[i])):
+        k = loads.index(min(loads))
+        groups[k].append(idx)
+        loads[k] += size(items[idx])
+    return [tuple(items[i] for i in sorted(g)) for g in groups]
+
+
+def _files_in(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_KINDS)
+
+
+def open_source(spec: str | Path, max_docs: int | None = None, doc_separator: str | None = None,
+                text_field: str = "text") -> list[Source]:
+    """One spec -> its sources (a directory gives one source per file kind found in it)."""
+    if isinstance(spec, Source):
+        return [spec]
+    s = str(spec)
+    common = dict(max_docs=max_docs, doc_separator=doc_separator, text_field=text_field)
+    if s == "builtin":
+        return [Source("builtin", "builtin", ("pydoc_data.topics",), **common)]
+    if s == "fineweb-edu" or s.startswith("fineweb-edu:"):
+        config = s.partition(":")[2] or HUB_DEFAULT_CONFIG
+        return [Source(s, "hub", (config,), **common)]
+    path = Path(s)
+    if not path.exists():
+        raise FileNotFoundError(f"{s}: no such file or directory (give a .txt/.jsonl/.parquet file, a directory, "
+                                "'builtin' or 'fineweb-edu')")
+    files = _files_in(path) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{s}: no .txt, .jsonl or .parquet files in this directory")
+    by_kind: dict[str, list[str]] = {}
+    for f in files:
+        kind = FILE_KINDS.get(f.suffix, "txt")  # an explicitly named file with another suffix is read as text
+        if f.stat().st_size == 0:
+            raise ValueError(f"{f}: empty file (no documents)")
+        if not os.access(f, os.R_OK):
+            raise ValueError(f"cannot read {f}: permission denied")
+        by_kind.setdefault(kind, []).append(str(f))
+    return [Source(s if len(by_kind) == 1 else f"{s}:{kind}", kind, tuple(fs), **common)
+            for kind, fs in by_kind.items()]
+
+
+def open_sources(specs, max_docs: int | None = None, doc_separator: str | None = None,
+                 text_field: str = "text") -> list[Source]:
+    """Source specs (see the module docstring) -> Source objects. Missing paths fail here, before any work."""
+    if isinstance(specs, (str, Path, Source)):
+        specs = [specs]
+    out = [src for spec in specs for src in open_source(spec, max_docs, doc_separator, text_field)]
+    if not out:
+        raise ValueError("no sources given; pass files, directories, 'builtin' or 'fineweb-edu'")
+    return out
+
+
+def texts_source(texts, name: str = "texts") -> Source:
+    """In-memory strings as a Source (picklable; split by balanced groups)."""
+    texts = tuple(texts)
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{name}: every text must be a str")
+    return Source(name, "texts", texts)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when huggingface.co answers on port 443 within `timeout` seconds (and offline mode is not set)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False

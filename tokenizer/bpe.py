@@ -1,0 +1,262 @@
+"""Byte-level BPE: training (count chunks -> learn merges) and the encoder/decoder.
+
+Ids: bytes are 0..255 (id == byte value), merge k makes id 256 + k, special tokens come after the merges.
+encode() never parses special-token strings: "<|endoftext|>" inside a text is encoded as ordinary text; the
+caller inserts `eot_id` where documents end. Every valid Unicode str round-trips exactly:
+decode(encode(s)) == s. A str holding a lone surrogate (e.g. "\\ud800", which Python allows but Unicode does not)
+cannot be UTF-8 encoded and raises ValueError.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import regex
+
+from nano_core.sources import Source, open_sources, texts_source
+from tokenizer.count import count_chunks
+from tokenizer.merges import learn_merges
+from tokenizer.patterns import pattern_name, resolve_pattern
+
+FORMAT = "nano-bpe"
+VERSION = 1
+EOT = "<|endoftext|>"
+_CACHE_MAX = 1 << 20  # chunk -> ids cache entries before the cache is cleared (bounded memory on huge corpora)
+
+
+class BPETokenizer:
+    def __init__(self, merges, pattern: str = "gpt4", special_tokens=(EOT,)):
+        self.pattern = resolve_pattern(pattern)
+        self.merges = [tuple(m) for m in merges]
+        vocab = [bytes([i]) for i in range(256)]
+        for a, b in self.merges:
+            if not (a < len(vocab) and b < len(vocab)):
+                raise ValueError(f"merge {len(vocab) - 256} ({a}, {b}) refers to an id not defined before it")
+            vocab.append(vocab[a] + vocab[b])
+        first = len(vocab)
+        self.special_tokens = {s: first + i for i, s in enumerate(special_tokens)}
+        if len(self.special_tokens) != len(special_tokens):
+            raise ValueError(f"special tokens must be distinct, got {list(special_tokens)}")
+        self._vocab = vocab + [s.encode("utf-8") for s in self.special_tokens]
+        # One int per pair (left * K + right) -> merged id; the merged id is also the merge's rank (priority).
+        self._K = len(self._vocab)
+        self._ranks = {a * self._K + b: 256 + i for i, (a, b) in enumerate(self.merges)}
+        self._findall = regex.compile(self.pattern).findall
+        self._cache: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------------------------------------ training
+    @classmethod
+    def train(cls, inputs, vocab_size: int = 32768, pattern: str = "gpt4", special_tokens=(EOT,),
+              max_chars_per_doc: int | None = None, max_chars: int | None = None, num_workers: int = 2,
+              progress: bool = True, stats: dict | None = None) -> "BPETokenizer":
+        """Train on `inputs`: source specs (a path/spec or a list of them: txt files/dirs/jsonl/parquet/'builtin')
+        or texts (a list of strings that are not paths, or any iterator of strings). `stats`, if given, is filled
+        with timings and counts."""
+        pattern = resolve_pattern(pattern)
+        special_tokens = tuple(special_tokens)
+        num_merges = vocab_size - 256 - len(special_tokens)
+        if num_merges < 0:
+            raise ValueError(f"vocab size {vocab_size} is smaller than 256 bytes + {len(special_tokens)} special "
+                             f"tokens; use --vocab-size >= {256 + len(special_tokens)}")
+        t0 = time.perf_counter()
+        sources = resolve_inputs(inputs)
+        result = count_chunks(sources, pattern, num_workers, max_chars, max_chars_per_doc, progress)
+        if not result.counts:
+            raise ValueError("empty corpus: the inputs contain no text; check the paths and --max-chars")
+        t1 = time.perf_counter()
+        merges = learn_merges(result.counts, num_merges, vocab_size, progress)
+        t2 = time.perf_counter()
+        if stats is not None:
+            stats.update(split_seconds=t1 - t0, merge_seconds=t2 - t1, seconds=t2 - t0, chars=result.chars,
+                         docs=result.docs, unique_chunks=len(result.counts), merges=len(merges))
+        return cls(merges, pattern, special_tokens)
+
+    # ------------------------------------------------------------------------------------------------ encoding
+    def _bpe(self, b: bytes) -> list[int]:
+        """Merge the bytes of one chunk: always apply the earliest-learned merge present (as training did)."""
+        ids = list(b)
+        ranks, K = self._ranks, self._K
+        big = 1 << 62
+        while len(ids) >= 2:
+            keys = [ids[i] * K + ids[i + 1] for i in range(len(ids) - 1)]
+            best = min(keys, key=lambda k: ranks.get(k, big))
+            new = ranks.get(best)
+            if new is None:
+                break
+            a, bb = divmod(best, K)
+            out, i, n = [], 0, len(ids)
+            while i < n:
+                if i < n - 1 and ids[i] == a and ids[i + 1] == bb:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            ids = out
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        cache = self._cache
+        for chunk in self._findall(text):
+            ids = cache.get(chunk)  # repeated words (most of any text) cost one dict lookup
+            if ids is None:
+                try:
+                    b = chunk.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("text contains a lone surrogate (e.g. '\\ud800'), which is not valid Unicode "
+                                     "and cannot be encoded; clean it with s.encode('utf-8', 'replace').decode()")
+                ids = self._bpe(b)
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[chunk] = ids
+            out.extend(ids)
+        return out
+
+    def encode_batch(self, texts, num_workers: int = 2) -> list[list[int]]:
+        """Encode many texts; in num_workers processes when there is enough text to pay for them."""
+        texts = list(texts)
+        if num_workers <= 1 or sum(map(len, texts)) < (1 << 20):
+            return [self.encode(t) for t in texts]
+        ctx = mp.get_context("fork" if os.name == "posix" and os.uname().sysname == "Linux" else None)
+        with ctx.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(self,)) as pool:
+            return pool.map(_encode_in_worker, texts, chunksize=max(1, len(texts) // (num_workers * 8)))
+
+    def decode(self, ids) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids) -> bytes:
+        vocab = self._vocab
+        try:
+            return b"".join(vocab[i] for i in ids)
+        except (IndexError, TypeError):
+            bad = next(i for i in ids if not (isinstance(i, (int, np.integer)) and 0 <= i < len(vocab)))
+            raise ValueError(f"token id {bad!r} is not in this vocabulary (size {len(vocab)})") from None
+
+    # ------------------------------------------------------------------------------------------------ vocabulary
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    @property
+    def eot_id(self) -> int:
+        if EOT not in self.special_tokens:
+            raise ValueError(f"this tokenizer has no {EOT} token (special tokens: {list(self.special_tokens)})")
+        return self.special_tokens[EOT]
+
+    def token_bytes(self, i: int) -> bytes:
+        return self._vocab[i]
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """Bytes per token id (for bits-per-byte); special tokens count 0 bytes of text."""
+        lengths = np.array([len(v) for v in self._vocab], dtype=np.int32)
+        lengths[list(self.special_tokens.values())] = 0
+        return lengths
+
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """token bytes -> id for bytes and merges (what tiktoken calls mergeable ranks)."""
+        return {self._vocab[i]: i for i in range(256 + len(self.merges))}
+
+    # ------------------------------------------------------------------------------------------------ io
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "pattern": self.pattern, "pattern_name": pattern_name(
+            self.pattern), "merges": [list(m) for m in self.merges], "special_tokens": self.special_tokens}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BPETokenizer":
+        if d.get("format") != FORMAT or d.get("version") != VERSION:
+            raise ValueError(f"not a {FORMAT} v{VERSION} tokenizer (format={d.get('format')!r}, "
+                             f"version={d.get('version')!r})")
+        specials = sorted(d["special_tokens"].items(), key=lambda kv: kv[1])
+        tok = cls(d["merges"], d["pattern"], [s for s, _ in specials])
+        if tok.special_tokens != d["special_tokens"]:
+            raise ValueError("special token ids in the file do not follow the merges; the file is corrupt")
+        return tok
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+
+    def save(self, directory) -> Path:
+        from tokenizer.io import save_tokenizer
+        return save_tokenizer(self, directory)
+
+    def to_tiktoken(self):
+        from tokenizer.io import to_tiktoken
+        return to_tiktoken(self)
+
+    def __repr__(self):
+        name = pattern_name(self.pattern) or "custom"
+        return f"BPETokenizer(vocab_size={self.vocab_size}, pattern={name}, specials={list(self.special_tokens)})"
+
+    def __getstate__(self):  # pickle the definition, not the caches or compiled regex
+        return self.to_dict()
+
+    def __setstate__(self, d):
+        self.__init__(d["merges"], d["pattern"], list(d["special_tokens"]))
+
+
+def canonical_json(d: dict) -> str:
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+_worker_tok: BPETokenizer | None = None
+
+
+def _set_worker_tokenizer(tok):
+    global _worker_tok
+    _worker_tok = tok
+
+
+def _encode_in_worker(text):
+    return _worker_tok.encode(text)
+
+
+class _IterSource:
+    """An iterator of texts that cannot be split: counted in the main process."""
+    name = "texts"
+
+    def __init__(self, it):
+        self._it = it
+
+    def documents(self):
+        for t in self._it:
+            if not isinstance(t, str):
+                raise ValueError(f"texts must be str, got {type(t).__name__}")
+            yield t
+
+    def split(self, n):
+        raise ValueError("an iterator of texts cannot be split; pass a list or files for parallel reading")
+
+    def num_bytes(self):
+        return 0
+
+
+def _looks_like_spec(s) -> bool:
+    if isinstance(s, (Path, Source)):
+        return True
+    if not isinstance(s, str) or "\n" in s or len(s) > 4096:
+        return False
+    return (s in ("builtin", "fineweb-edu") or s.startswith("fineweb-edu:") or os.path.exists(s) or "/" in s
+            or os.sep in s or Path(s).suffix in (".txt", ".jsonl", ".parquet", ".md"))
+
+
+def resolve_inputs(inputs) -> list:
+    """Training inputs -> sources. Rules: a str/Path/Source, or a list/tuple whose items all look like specs
+    (existing path, has a '/' or a known suffix, 'builtin', 'fineweb-edu[:cfg]') -> sources (missing paths are an
+    error); another list/tuple of str -> in-memory texts (split across workers); any other iterable of str ->
+    texts counted in the main process."""
+    if isinstance(inputs, (str, Path, Source)):
+        return open_sources([inputs])
+    if isinstance(inputs, (list, tuple)):
+        if not inputs:
+            raise ValueError("empty corpus: no inputs given")
+        if all(_looks_like_spec(s) for s in inputs):
+            return open_sources(list(inputs))
+        return [texts_source(inputs)]
+    return [_IterSource(iter(inputs))]

@@ -1,0 +1,148 @@
+"""Save/load (our versioned JSON) and exports: HF `tokenizers` tokenizer.json and tiktoken ranks.
+
+Our format, DIR/tokenizer.json:
+  {"format": "nano-bpe", "version": 1, "pattern": <regex>, "pattern_name": "gpt4"|..|null,
+   "merges": [[left, right], ...]  (merge i makes id 256 + i), "special_tokens": {"<|endoftext|>": id, ...}}
+  or {"format": "nano-char", "version": 1, "chars": [...], "special_tokens": {...}} for CharTokenizer.
+HF export: Split(regex, Isolated) -> ByteLevel(use_regex=false) -> BPE (vocab in GPT-2's printable byte alphabet,
+  merges in order) -> ByteLevel decoder; special tokens as added tokens. Same ids as ours.
+tiktoken export, DIR/: tokenizer.tiktoken (`base64(token bytes) id` per line, ids 0..256+merges-1) and
+  tiktoken.json ({"pattern": ..., "special_tokens": {...}}); `load_tiktoken(DIR)` rebuilds the Encoding offline.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from tokenizer.bpe import BPETokenizer
+from tokenizer.char import CharTokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+LOADERS = {"nano-bpe": BPETokenizer.from_dict, "nano-char": CharTokenizer.from_dict}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tokenizer(tok, directory) -> Path:
+    path = Path(directory) / TOKENIZER_FILE
+    atomic_write_text(path, json.dumps(tok.to_dict(), ensure_ascii=False) + "\n")
+    return path
+
+
+def load_tokenizer(path):
+    """A directory holding tokenizer.json (or the file itself) -> BPETokenizer | CharTokenizer."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer file; train one with `python -m tokenizer.train`")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid tokenizer JSON file ({e})") from None
+    fmt = d.get("format") if isinstance(d, dict) else None
+    if fmt not in LOADERS:
+        hint = " (this looks like a HF tokenizer.json export; load it with tokenizers)" if "model" in d else ""
+        raise ValueError(f"{path}: unknown tokenizer format {fmt!r}; expected one of {list(LOADERS)}{hint}")
+    return LOADERS[fmt](d)
+
+
+# ---------------------------------------------------------------------------------------------------------- HF
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (what HF ByteLevel uses): printable latin-1 bytes map
+    to themselves, the other 68 bytes to code points 256, 257, ... in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def to_hf_dict(tok: BPETokenizer) -> dict:
+    b2u = bytes_to_unicode()
+    name = [("".join(b2u[x] for x in tok.token_bytes(i))) for i in range(256 + len(tok.merges))]
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for s, i in tok.special_tokens.items()]
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {n: i for i, n in enumerate(name)},
+                  # "left right" strings: ByteLevel names never contain a space (it maps to "Ġ")
+                  "merges": [f"{name[a]} {name[b]}" for a, b in tok.merges]},
+    }
+
+
+def export_hf(tok: BPETokenizer, path) -> Path:
+    """Write a HF `tokenizers` tokenizer.json (a directory gets DIR/tokenizer.json). Loads with
+    tokenizers.Tokenizer.from_file and transformers.PreTrainedTokenizerFast(tokenizer_file=...)."""
+    if not isinstance(tok, BPETokenizer):
+        raise ValueError("only BPE tokenizers export to HF tokenizer.json")
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / "tokenizer.json"
+    atomic_write_text(path, json.dumps(to_hf_dict(tok), ensure_ascii=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- tiktoken
+TIKTOKEN_RANKS, TIKTOKEN_META = "tokenizer.tiktoken", "tiktoken.json"
+
+
+def export_tiktoken(tok: BPETokenizer, directory) -> Path:
+    directory = Path(directory)
+    ranks = tok.mergeable_ranks()
+    lines = "".join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in ranks.items())
+    atomic_write_text(directory / TIKTOKEN_RANKS, lines)
+    meta = {"pattern": tok.pattern, "special_tokens": tok.special_tokens, "name": f"nano-{tok.hash[:12]}"}
+    atomic_write_text(directory / TIKTOKEN_META, json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    return directory
+
+
+def _tiktoken():
+    try:
+        import tiktoken
+    except ImportError:
+        raise ValueError("tiktoken is not installed (pip install 'nano[bench]')") from None
+    return tiktoken
+
+
+def to_tiktoken(tok: BPETokenizer):
+    """A tiktoken.Encoding with our ranks, pattern and specials (no download involved)."""
+    return _tiktoken().Encoding(name=f"nano-{tok.hash[:12]}", pat_str=tok.pattern,
+                                mergeable_ranks=tok.mergeable_ranks(), special_tokens=dict(tok.special_tokens))
+
+
+def load_tiktoken(directory):
+    directory = Path(directory)
+    meta = json.loads((directory / TIKTOKEN_META).read_text(encoding="utf-8"))
+    ranks = {}
+    for line in (directory / TIKTOKEN_RANKS).read_text(encoding="ascii").splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return _tiktoken().Encoding(name=meta["name"], pat_str=meta["pattern"], mergeable_ranks=ranks,
+                                special_tokens=meta["special_tokens"])
