@@ -1,0 +1,395 @@
+"""The nano GPT (and Elman RNN baseline) in PyTorch. nano_mlx/model.py mirrors this file name for name.
+
+Every option of nano_core.config.ModelConfig is implemented here. Weights come from the shared numpy initializer
+(nano_core.init), never from PyTorch's default inits, so both backends start from the same bits.
+MPS is designed in: no float64, no 0-d CPU tensors mixed with device tensors, tables made fp32 on the model device.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from nano_core.config import ModelConfig
+from nano_core.init import init_weights as numpy_init
+from nano_core.init import rope_attention_scale, rope_tables, sinusoidal_table
+
+
+# ----------------------------------------------------------------------------- building blocks
+def _param(*shape: int) -> nn.Parameter:
+    # Filled by load_numpy(); empty so no framework default init runs (and none is ever relied on).
+    return nn.Parameter(torch.empty(*shape))
+
+
+class Linear(nn.Module):
+    def __init__(self, inp: int, out: int, bias: bool):
+        super().__init__()
+        self.weight = _param(out, inp)  # (out, in), as in the canonical spec
+        self.bias = _param(out) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    def __init__(self, num: int, dim: int):
+        super().__init__()
+        self.weight = _param(num, dim)
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, bias: bool):
+        super().__init__()
+        self.eps = eps
+        self.weight = _param(dim)
+        self.bias = _param(dim) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, bias: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = _param(dim)
+
+    def forward(self, x):
+        # fp32 statistics even under bf16 autocast (and the fused kernel needs matching dtypes)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight, self.eps).to(x.dtype)
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+ACTIVATIONS = {
+    "gelu": F.gelu,                      # exact (erf) GELU, same as mlx.nn.gelu
+    "relu": F.relu,
+    "relu2": lambda x: F.relu(x).square(),
+    "swiglu": F.silu,                    # applied to the gate branch
+}
+
+RNN_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "slide": lambda a: torch.clamp(a, 0.0, 1.0),  # min(1, max(0, a))
+}
+
+
+def apply_rope(x, cos, sin):
+    """Half-split ("rotate_half") rotation of the first 2*cos.shape[-1] dims of each head; the rest pass through."""
+    h = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2, rest = x[..., :h], x[..., h:2 * h], x[..., 2 * h:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+
+# ----------------------------------------------------------------------------- attention kernels
+def causal_mask(q_pos, k_pos, window):
+    """Boolean keep-mask (Tq, Tk) from absolute positions: key <= query, and within the window when one is set."""
+    rel = q_pos[:, None] - k_pos[None, :]
+    keep = rel >= 0
+    if window is not None:
+        keep = keep & (rel < window)
+    return keep
+
+
+def eager_attention(q, k, v, scale, mask, dropout_p):
+    """softmax(q k^T * scale) v with a boolean keep-mask (None = no mask). GQA without copying K/V: the query heads
+    are grouped (B, Hkv, rep, ...) and broadcast against (B, Hkv, 1, ...). Extra dims between heads and time work."""
+    B, H = q.shape[:2]
+    Hkv = k.shape[1]
+    q = q.unflatten(1, (Hkv, H // Hkv))
+    k, v = k.unsqueeze(2), v.unsqueeze(2)
+    scores = (q @ k.transpose(-1, -2)).float() * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)
+    return (probs.to(v.dtype) @ v).flatten(1, 2)
+
+
+def sdpa_attention(q, k, v, scale, mask, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def sdpa_causal(q, k, v, scale, dropout_p):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def eager_causal(q, k, v, scale, dropout_p):
+    pos = torch.arange(q.shape[2], device=q.device)
+    return eager_attention(q, k, v, scale, causal_mask(pos, pos, None), dropout_p)
+
+
+def banded_attention(q, k, v, scale, window, dropout_p, attend=eager_attention):
+    """Sliding-window causal attention in O(T * window) work: queries in blocks of `window` attend to their own key
+    block and the previous one (2*window keys) under a band mask, instead of a T x T masked matrix."""
+    B, H, T, hd = q.shape
+    w = window
+    nb = -(-T // w)
+    pad = nb * w - T
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    qb = q.unflatten(2, (nb, w))                                  # (B, H, nb, w, hd)
+
+    def two_blocks(t):
+        t = t.unflatten(2, (nb, w))
+        prev = F.pad(t[:, :, :-1], (0, 0, 0, 0, 1, 0))            # block b sees block b-1 (zeros before block 0)
+        return torch.cat([prev, t], dim=3)                        # (B, Hkv, nb, 2w, hd)
+
+    kb, vb = two_blocks(k), two_blocks(v)
+    i = torch.arange(w, device=q.device)[:, None]
+    j = torch.arange(2 * w, device=q.device)[None, :]
+    band = (j > i) & (j <= i + w)                                 # query b*w+i, key (b-1)*w+j: 0 <= distance < w
+    first = torch.arange(nb, device=q.device)[:, None, None] > 0
+    mask = band & (first | (j >= w))                              # (nb, w, 2w): block 0 has no previous block
+    y = attend(qb, kb, vb, scale, mask, dropout_p)
+    return y.flatten(2, 3)[:, :, :T]
+
+
+ATTENTION = {  # attn_impl -> (causal kernel, masked kernel)
+    "eager": (eager_causal, eager_attention),
+    "sdpa": (sdpa_causal, sdpa_attention),
+}
+
+
+# ----------------------------------------------------------------------------- cache
+class KVCache:
+    """Per-layer K/V buffers (B, Hkv, max_len, hd), allocated on first use in the dtype/device of the keys, and the
+    number of positions already written. For arch='rnn' it holds the hidden state of each layer instead."""
+
+    def __init__(self, n_layer: int, batch_size: int, max_len: int):
+        self.batch_size, self.max_len, self.pos = batch_size, max_len, 0
+        self.k = [None] * n_layer
+        self.v = [None] * n_layer
+        self.h = [None] * n_layer
+
+    def update(self, layer: int, k, v):
+        """Write k, v (B, Hkv, T, hd) at self.pos; return the buffers up to the new end."""
+        B, Hkv, T, hd = k.shape
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {end} positions needed, max_len={self.max_len}; make a larger cache")
+        if self.k[layer] is None:
+            self.k[layer] = k.new_zeros(B, Hkv, self.max_len, hd)
+            self.v[layer] = v.new_zeros(B, Hkv, self.max_len, hd)
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+# ----------------------------------------------------------------------------- transformer
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str):
+        super().__init__()
+        d, hd = cfg.n_embd, cfg.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, hd
+        self.wq = Linear(d, cfg.n_head * hd, cfg.bias)
+        self.wk = Linear(d, cfg.kv_heads * hd, cfg.bias)
+        self.wv = Linear(d, cfg.kv_heads * hd, cfg.bias)
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.wo = Linear(cfg.n_head * hd, d, cfg.bias)
+        self.window = window
+        self.scale = rope_attention_scale(cfg) / math.sqrt(hd)
+        self.dropout_attn = cfg.dropout_attn
+        self.drop_resid = nn.Dropout(cfg.dropout_resid)
+        self.causal, self.masked = ATTENTION[attn_impl]
+
+    def forward(self, x, rope, cache: KVCache | None, layer: int):
+        B, T, _ = x.shape
+        H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        # One GEMM for q, k, v: the canonical weights are concatenated at run time (a small copy of the weights
+        # buys one large matmul instead of three).
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
+        b = None if self.wq.bias is None else torch.cat([self.wq.bias, self.wk.bias, self.wv.bias])
+        q, k, v = F.linear(x, w, b).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+        q = q.view(B, T, H, hd).transpose(1, 2)
+        k = k.view(B, T, Hkv, hd).transpose(1, 2)
+        v = v.view(B, T, Hkv, hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        p = self.dropout_attn if self.training else 0.0
+        if cache is None:
+            if self.window is None or T <= self.window:
+                y = self.causal(q, k, v, self.scale, p)
+            else:
+                y = banded_attention(q, k, v, self.scale, self.window, p)
+        else:
+            start = cache.pos
+            k, v = cache.update(layer, k, v)
+            k0 = 0 if self.window is None else max(0, start - self.window + 1)  # only the keys the window can see
+            k, v = k[:, :, k0:], v[:, :, k0:]
+            q_pos = torch.arange(start, start + T, device=x.device)
+            k_pos = torch.arange(k0, k0 + k.shape[2], device=x.device)
+            mask = None if T == 1 and (self.window is None or k.shape[2] <= self.window) else \
+                causal_mask(q_pos, k_pos, self.window)
+            y = self.masked(q, k, v, self.scale, mask, p)
+        y = y.transpose(1, 2).reshape(B, T, H * hd)
+        return self.drop_resid(self.wo(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = Linear(cfg.n_embd, cfg.hidden, cfg.bias)
+        self.gate = Linear(cfg.n_embd, cfg.hidden, cfg.bias) if cfg.mlp == "swiglu" else None
+        self.proj = Linear(cfg.hidden, cfg.n_embd, cfg.bias)
+        self.act = ACTIVATIONS[cfg.mlp]
+        self.drop_resid = nn.Dropout(cfg.dropout_resid)
+
+    def forward(self, x):
+        h = self.fc(x)
+        h = self.act(h) if self.gate is None else self.act(self.gate(x)) * h
+        return self.drop_resid(self.proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str):
+        super().__init__()
+        layernorm_bias = cfg.bias
+        self.ln_1 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, layernorm_bias)
+        self.attn = Attention(cfg, window, attn_impl)
+        self.ln_2 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, layernorm_bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+# ----------------------------------------------------------------------------- Elman RNN baseline
+class ElmanLayer(nn.Module):
+    """h_t = act(W_ih x_t + W_hh h_{t-1} + b). The input projection runs for all steps in one GEMM."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.n_embd
+        self.w_ih = Linear(d, d, bias=False)
+        self.w_hh = Linear(d, d, bias=False)
+        self.bias = _param(d)
+        self.act = RNN_ACTIVATIONS[cfg.rnn_act]
+
+    def forward(self, x, h):
+        a = F.linear(x, self.w_ih.weight, self.bias)
+        h = a.new_zeros(a.shape[0], a.shape[2]) if h is None else h
+        outs = []
+        for t in range(a.shape[1]):
+            h = self.act(a[:, t] + F.linear(h, self.w_hh.weight))
+            outs.append(h)
+        return torch.stack(outs, dim=1), h
+
+
+# ----------------------------------------------------------------------------- the model
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, attn_impl: str = "sdpa"):
+        super().__init__()
+        cfg.validate()
+        if attn_impl not in ATTENTION:
+            raise ValueError(f"attn_impl={attn_impl!r} is not one of {', '.join(ATTENTION)}")
+        self.cfg, self.attn_impl = cfg, attn_impl
+        self.grad_checkpoint = False
+        d = cfg.n_embd
+        self.wte = Embedding(cfg.vocab_size, d)
+        self.wpe = Embedding(cfg.seq_len, d) if cfg.pos == "learned" else None
+        self.drop_emb = nn.Dropout(cfg.dropout_emb)
+        if cfg.arch == "rnn":
+            self.rnn = nn.ModuleList([ElmanLayer(cfg) for _ in range(cfg.n_layer)])
+        else:
+            self.h = nn.ModuleList([Block(cfg, w, attn_impl) for w in cfg.layer_windows()])
+        self.ln_f = NORMS[cfg.norm](d, cfg.norm_eps, cfg.bias)
+        self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, bias=False)
+        self._build_tables(cfg.seq_len, torch.device("cpu"))
+
+    def _build_tables(self, length: int, device):
+        """Position tables from the shared numpy code (bit-identical to MLX), fp32, on the model's device."""
+        self.table_len = length
+        if self.cfg.pos == "rope":
+            cos, sin = rope_tables(self.cfg, length)
+            self.register_buffer("rope_cos", torch.from_numpy(cos).to(device), persistent=False)
+            self.register_buffer("rope_sin", torch.from_numpy(sin).to(device), persistent=False)
+        if self.cfg.pos == "sinusoidal":
+            pe = sinusoidal_table(length, self.cfg.n_embd)
+            self.register_buffer("pos_table", torch.from_numpy(pe).to(device), persistent=False)
+
+    # -- weights ------------------------------------------------------------------
+    def init_weights(self, seed: int = 0):
+        self.load_numpy(numpy_init(self.cfg, seed))
+        return self
+
+    def load_numpy(self, weights: dict[str, np.ndarray]):
+        params = dict(self.named_parameters())
+        missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, p in params.items():
+                w = np.asarray(weights[name])
+                if tuple(w.shape) != tuple(p.shape):
+                    raise ValueError(f"{name}: shape {tuple(w.shape)} in the weights, {tuple(p.shape)} in the model")
+                p.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+        return self
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in self.named_parameters()}
+
+    def estimate_flops(self) -> int:
+        return self.cfg.estimate_flops()
+
+    # -- forward ------------------------------------------------------------------
+    def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        max_len = self.cfg.seq_len if max_len is None else max_len
+        if self.cfg.pos == "learned" and max_len > self.cfg.seq_len:
+            raise ValueError(f"max_len={max_len} exceeds the learned position table (seq_len={self.cfg.seq_len})")
+        if max_len > self.table_len:
+            self._build_tables(max_len, self.wte.weight.device)
+        return KVCache(self.cfg.n_layer, batch_size, max_len)
+
+    def forward(self, idx, cache: KVCache | None = None):
+        B, T = idx.shape
+        p = 0 if cache is None else cache.pos
+        if p + T > self.table_len and self.cfg.pos in ("rope", "sinusoidal", "learned"):
+            raise ValueError(f"sequence of {p + T} tokens is longer than the model context {self.table_len}")
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe.weight[p:p + T]
+        if self.cfg.pos == "sinusoidal":
+            x = x + self.pos_table[p:p + T]
+        x = self.drop_emb(x)
+        if self.cfg.arch == "rnn":
+            for i, layer in enumerate(self.rnn):
+                x, h = layer(x, None if cache is None else cache.h[i])
+                if cache is not None:
+                    cache.h[i] = h
+        else:
+            rope = (self.rope_cos[p:p + T], self.rope_sin[p:p + T]) if self.cfg.pos == "rope" else None
+            for i, block in enumerate(self.h):
+                if self.grad_checkpoint and cache is None and torch.is_grad_enabled():
+                    x = checkpoint(block, x, rope, use_reentrant=False)
+                else:
+                    x = block(x, rope, cache, i)
+        x = self.ln_f(x)
+        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(x, head).float()
+        if self.cfg.logit_softcap is not None:
+            c = self.cfg.logit_softcap
+            logits = c * torch.tanh(logits / c)
+        if cache is not None:
+            cache.pos += T
+        return logits
+
+    def loss(self, idx, targets):
+        """Mean cross-entropy over all B*T tokens, reduced in fp32."""
+        logits = self(idx)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long())

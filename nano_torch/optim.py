@@ -1,0 +1,61 @@
+"""AdamW for nano_torch: bias-corrected (always, in torch), decoupled weight decay only on weights with ndim >= 2,
+global-norm clipping, and optimizer state exported under canonical names so it moves between backends.
+nano_mlx/optim.py mirrors this file."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
+    """torch.optim.AdamW with two groups: matrices/embeddings decay, biases and norm weights do not."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach is the fast path on CPU/MPS/CUDA; fused=False keeps the state fp32 and the math identical to MLX.
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=True)
+
+
+def set_lr(opt, lr: float):
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def clip_grad_norm(model, max_norm: float):
+    """Scale all grads so their global L2 norm is at most max_norm; return the norm before clipping (a 0-d tensor,
+    call .item() only when logging). Coefficient max_norm / (norm + 1e-6), capped at 1 (same as MLX side)."""
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+
+
+def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
+    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) and 'step' (0-d int64)."""
+    out: dict[str, np.ndarray] = {}
+    step = 0
+    for name, p in model.named_parameters():
+        st = opt.state.get(p)
+        if not st:
+            continue
+        out[f"{name}.exp_avg"] = st["exp_avg"].detach().float().cpu().numpy().copy()
+        out[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].detach().float().cpu().numpy().copy()
+        step = int(st["step"])
+    out["step"] = np.asarray(step, dtype=np.int64)
+    return out
+
+
+def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
+    step = int(np.asarray(state.get("step", 0)))
+    for name, p in model.named_parameters():
+        if f"{name}.exp_avg" not in state:
+            if step > 0:
+                raise ValueError(f"optimizer state has no entry for {name}; was it saved from a different model?")
+            continue
+        m, v = state[f"{name}.exp_avg"], state[f"{name}.exp_avg_sq"]
+        if tuple(m.shape) != tuple(p.shape):
+            raise ValueError(f"optimizer state {name}.exp_avg has shape {tuple(m.shape)}, parameter {tuple(p.shape)}")
+        opt.state[p] = {
+            # torch keeps 'step' as a float32 CPU tensor when not capturable/fused
+            "step": torch.tensor(float(step), dtype=torch.float32),
+            "exp_avg": torch.from_numpy(np.array(m, dtype=np.float32)).to(p.device),
+            "exp_avg_sq": torch.from_numpy(np.array(v, dtype=np.float32)).to(p.device),
+        }
+    return opt

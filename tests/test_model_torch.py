@@ -1,0 +1,219 @@
+"""PyTorch model: causality, GQA, sliding windows, RoPE, KV cache, overfitting, checkpointing, eager == sdpa,
+optimizer. tests/test_model_mlx.py mirrors this file."""
+import numpy as np
+import pytest
+import torch
+
+from nano_core.config import ModelConfig
+from nano_core.init import init_weights
+from nano_torch import optim
+from nano_torch.model import GPT, apply_rope, banded_attention, causal_mask, eager_attention
+
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+
+SMALL = dict(vocab_size=97, n_layer=2, n_head=4, n_embd=32, seq_len=24)
+VARIANTS = {
+    "learned-gelu": {},
+    "sinusoidal-relu-mqa": dict(pos="sinusoidal", mlp="relu", n_kv_head=1),
+    "rope-swiglu-gqa": dict(pos="rope", mlp="swiglu", norm="rmsnorm", n_kv_head=2, bias=False,
+                            tie_embeddings=False, qk_norm=True),
+    "rope-partial-yarn": dict(pos="rope", rope_pct=0.5, rope_scaling={"type": "yarn", "factor": 4.0,
+                                                                     "original_max_len": 12}),
+    "rope-ntk": dict(pos="rope", rope_scaling={"type": "ntk", "factor": 2.0}),
+    "nopos-relu2-softcap": dict(pos="none", mlp="relu2", logit_softcap=5.0),
+    "sliding-SL-rope-gqa": dict(pos="rope", window=5, window_pattern="SL", n_kv_head=2),
+    "rnn-tanh": dict(arch="rnn", pos="none"),
+    "rnn-slide": dict(arch="rnn", pos="none", rnn_act="slide"),
+}
+GPT_VARIANTS = [k for k in VARIANTS if not k.startswith("rnn")]
+
+
+def make(name, attn_impl="sdpa", seed=0, **extra):
+    cfg = ModelConfig(**{**SMALL, **VARIANTS[name], **extra})
+    return GPT(cfg, attn_impl=attn_impl).init_weights(seed)
+
+
+def tokens(B, T, V=97, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, V, (B, T)))
+
+
+@pytest.mark.parametrize("attn_impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_changing_a_future_token_leaves_past_logits_unchanged(name, attn_impl):
+    model = make(name, attn_impl)
+    x = tokens(2, 24)
+    y = x.clone()
+    y[:, 13] = (y[:, 13] + 1) % 97
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :13], b[:, :13], rtol=0, atol=1e-6)
+    assert (a[:, 13] - b[:, 13]).abs().max() > 1e-4  # the changed token itself does matter
+
+
+@pytest.mark.parametrize("name", GPT_VARIANTS)
+def test_eager_and_sdpa_attention_give_the_same_logits(name):
+    x = tokens(2, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(make(name, "eager")(x), make(name, "sdpa")(x), rtol=1e-5, atol=1e-5)
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    gqa = make("rope-swiglu-gqa")
+    cfg = gqa.cfg
+    mha = GPT(ModelConfig(**{**cfg.to_dict(), "n_kv_head": None}))
+    w = gqa.to_numpy()
+    rep, hd = cfg.n_head // cfg.kv_heads, cfg.head_dim
+    for i in range(cfg.n_layer):
+        for p in ("wk", "wv"):
+            k = f"h.{i}.attn.{p}.weight"
+            w[k] = np.repeat(w[k].reshape(cfg.kv_heads, hd, -1), rep, axis=0).reshape(cfg.n_head * hd, -1)
+    mha.load_numpy(w)
+    x = tokens(2, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(x), mha(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,w,heads", [(23, 5, (4, 2)), (24, 8, (4, 4)), (7, 3, (2, 1)), (16, 16, (2, 2))])
+def test_banded_sliding_window_equals_full_attention_with_the_band_mask(T, w, heads):
+    g = torch.Generator().manual_seed(0)
+    H, Hkv = heads
+    q, k, v = (torch.randn(2, h, T, 8, generator=g) for h in (H, Hkv, Hkv))
+    pos = torch.arange(T)
+    ref = eager_attention(q, k, v, 0.3, causal_mask(pos, pos, w), 0.0)
+    torch.testing.assert_close(banded_attention(q, k, v, 0.3, w, 0.0), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_window_at_least_as_long_as_the_sequence_equals_full_attention():
+    x = tokens(2, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(make("learned-gelu", window=24)(x), make("learned-gelu")(x), rtol=0, atol=0)
+        assert (make("learned-gelu", window=4)(x) - make("learned-gelu")(x)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", ["rope-swiglu-gqa", "rope-partial-yarn", "rope-ntk"])
+def test_rope_scores_depend_only_on_relative_position(name):
+    model = make(name)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, model.cfg.head_dim, generator=g), torch.randn(1, 1, 1, model.cfg.head_dim, generator=g)
+
+    def score(m, n):
+        cs = lambda p: (model.rope_cos[p:p + 1], model.rope_sin[p:p + 1])
+        return (apply_rope(q, *cs(m)) * apply_rope(k, *cs(n))).sum()
+
+    for shift in (1, 5, 11):
+        torch.testing.assert_close(score(7, 3), score(7 + shift, 3 + shift), rtol=1e-5, atol=1e-6)
+    assert abs(score(7, 3) - score(7, 5)) > 1e-4
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_kv_cache_incremental_logits_equal_a_full_forward(name):
+    model = make(name, window=None) if "sliding" not in name else make(name)
+    x = tokens(2, 20)
+    with torch.no_grad():
+        full = model(x)
+        cache = model.make_cache(2, 24)
+        parts = [model(x[:, :7], cache=cache), model(x[:, 7:10], cache=cache)]
+        parts += [model(x[:, t:t + 1], cache=cache) for t in range(10, 20)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.pos == 20
+
+
+def test_rope_cache_can_grow_past_the_training_context():
+    model = make("rope-partial-yarn")
+    x = tokens(1, 40)
+    with torch.no_grad():
+        cache = model.make_cache(1, 40)
+        full = model(x)  # the tables were extended by make_cache
+        inc = torch.cat([model(x[:, :30], cache=cache), model(x[:, 30:], cache=cache)], dim=1)
+    torch.testing.assert_close(inc, full, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the learned position table"):
+        make("learned-gelu").make_cache(1, 100)
+
+
+@pytest.mark.parametrize("name", ["rope-swiglu-gqa", "rnn-tanh"])
+def test_tiny_model_overfits_one_batch_of_real_text(name, shared_data):
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:2 * 33]
+    batch = torch.tensor(list(text), dtype=torch.long).view(2, 33)
+    model = make(name, vocab_size=256, seq_len=32)
+    opt = optim.build_optimizer(model, lr=1e-2, weight_decay=0.0)
+    first = model.loss(batch[:, :-1], batch[:, 1:]).item()
+    for _ in range(100):
+        loss = model.loss(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm(model, 1.0)
+        opt.step()
+    assert first > 5.0 and loss.item() < 0.5
+
+
+@pytest.mark.parametrize("name", ["learned-gelu", "sliding-SL-rope-gqa"])
+def test_grad_checkpointing_gives_the_same_grads(name):
+    x = tokens(2, 24)
+
+    def grads(ckpt):
+        model = make(name)
+        model.grad_checkpoint = ckpt
+        model.loss(x, x.roll(-1, 1)).backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    a, b = grads(False), grads(True)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_is_active_in_train_mode_only():
+    model = make("learned-gelu", dropout_emb=0.1, dropout_attn=0.1, dropout_resid=0.1)
+    x = tokens(2, 24)
+    with torch.no_grad():
+        assert (model(x) - model(x)).abs().max() > 1e-4
+        model.eval()
+        torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+def test_numpy_round_trip_and_clear_errors_on_mismatched_weights():
+    model = make("rope-swiglu-gqa")
+    w = model.to_numpy()
+    assert list(w) == list(model.cfg.param_shapes())
+    assert all(np.array_equal(w[k], v) for k, v in init_weights(model.cfg, 0).items())
+    with pytest.raises(ValueError, match="missing"):
+        model.load_numpy({k: v for k, v in w.items() if k != "ln_f.weight"})
+    with pytest.raises(ValueError, match=r"wte.weight: shape \(3, 3\) in the weights"):
+        model.load_numpy({**w, "wte.weight": np.zeros((3, 3), np.float32)})
+
+
+def test_bf16_autocast_runs_and_stays_close_to_fp32():
+    model = make("rope-swiglu-gqa")
+    x = tokens(2, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert low.dtype == torch.float32
+    assert (low - model(x)).abs().max() < 0.1
+
+
+def test_adamw_decays_only_matrices_and_state_round_trips():
+    x = tokens(2, 24)
+
+    def step(model, opt):
+        opt.zero_grad()
+        model.loss(x, x.roll(-1, 1)).backward()
+        norm = optim.clip_grad_norm(model, 0.1)
+        opt.step()
+        return norm
+
+    a = make("learned-gelu")
+    opt_a = optim.build_optimizer(a, lr=1e-2, weight_decay=0.5)
+    assert all(p.ndim >= 2 for p in opt_a.param_groups[0]["params"])
+    assert all(p.ndim < 2 for p in opt_a.param_groups[1]["params"]) and opt_a.param_groups[1]["weight_decay"] == 0
+    assert step(a, opt_a) > 0.1  # clipping was active
+    state = optim.optimizer_state_numpy(opt_a, a)
+    assert int(state["step"]) == 1 and "wte.weight.exp_avg_sq" in state
+    b = GPT(a.cfg).load_numpy(a.to_numpy())
+    opt_b = optim.build_optimizer(b, lr=1e-2, weight_decay=0.5)
+    optim.load_optimizer_state_numpy(opt_b, b, state)
+    step(a, opt_a)
+    step(b, opt_b)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+    optim.set_lr(opt_b, 0.5)
+    assert all(g["lr"] == 0.5 for g in opt_b.param_groups)
