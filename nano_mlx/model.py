@@ -112,10 +112,11 @@ def eager_attention(q, k, v, scale, mask, dropout_p):
     Hkv = k.shape[1]
     q = q.reshape(B, Hkv, H // Hkv, *q.shape[2:])
     k, v = mx.expand_dims(k, 2), mx.expand_dims(v, 2)
-    scores = (q @ mx.swapaxes(k, -1, -2)).astype(mx.float32) * scale
+    # Scale folded into q and the mask applied before the fp32 upcast, as on the torch side (see there for why).
+    scores = (q * scale) @ mx.swapaxes(k, -1, -2)
     if mask is not None:
-        scores = mx.where(mask, scores, mx.array(-mx.inf, mx.float32))
-    probs = mx.softmax(scores, axis=-1)
+        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+    probs = mx.softmax(scores.astype(mx.float32), axis=-1)
     if dropout_p > 0:
         probs = _dropout(probs, dropout_p)
     y = probs.astype(v.dtype) @ v
@@ -372,6 +373,10 @@ class GPT(nn.Module):
         return KVCache(self.cfg.n_layer, batch_size, max_len)
 
     def __call__(self, idx, cache: KVCache | None = None):
+        return self.head(self.features(idx, cache)).astype(mx.float32)
+
+    def features(self, idx, cache: KVCache | None = None):
+        """Token ids (B, T) -> final normalised hidden states (B, T, d); advances the cache."""
         B, T = idx.shape
         p = 0 if cache is None else cache.pos
         if p + T > self.table_len and self.cfg.pos in ("rope", "sinusoidal", "learned"):
@@ -394,20 +399,33 @@ class GPT(nn.Module):
                     x = _checkpointed(block, x, rope)
                 else:
                     x = block(x, rope, cache, i)
-        x = self.ln_f(x)
-        head = self.wte.weight if "lm_head" not in self else self.lm_head.weight
-        logits = (x @ head.T).astype(mx.float32)
-        if self.cfg.logit_softcap is not None:
-            c = self.cfg.logit_softcap
-            logits = c * mx.tanh(logits / c)
         if cache is not None:
             cache.pos += T
+        return self.ln_f(x)
+
+    def head(self, x):
+        """Hidden states -> logits in the compute dtype; the soft cap is applied in fp32."""
+        w = self.wte.weight if "lm_head" not in self else self.lm_head.weight
+        logits = x @ w.T
+        if self.cfg.logit_softcap is not None:
+            c = self.cfg.logit_softcap
+            logits = c * mx.tanh(logits.astype(mx.float32) / c)
         return logits
 
     def loss(self, idx, targets):
         """Mean cross-entropy over all B*T tokens, reduced in fp32."""
-        logits = self(idx)
-        return nn.losses.cross_entropy(logits, targets, reduction="mean")
+        logits = self.head(self.features(idx))
+        return cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+# ----------------------------------------------------------------------------- loss
+def cross_entropy(logits, targets):
+    """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction:
+    mean(logsumexp(logits) - logits[target]). mx.compile fuses the upcast into the reduction, so unlike the torch
+    side no hand-written backward is needed (nano_torch.model.cross_entropy explains why torch needs one)."""
+    logits = logits.astype(mx.float32)
+    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    return mx.mean(mx.logsumexp(logits, axis=-1) - picked)
 
 
 def _checkpointed(block, x, rope):

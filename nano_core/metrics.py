@@ -1,0 +1,191 @@
+"""Training metrics, backend-free: MFU, bits per byte, the JSONL log, optional wandb, the loss-curve PNG.
+
+MFU (model FLOPs utilisation) = achieved model FLOP/s / peak FLOP/s, where achieved = FLOPs per token (forward +
+backward, from ModelConfig.estimate_flops) x tokens per second. The peak is whatever the backend measured or knew;
+the startup line says which, because an MFU is only as honest as its denominator.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+# --- throughput ---------------------------------------------------------------------------------------------
+def mfu(flops_per_token: float, tok_per_s: float, peak_flops: float) -> float:
+    """Fraction of peak FLOP/s the model's own arithmetic achieves (0..1, can exceed 1 if the peak is wrong)."""
+    return flops_per_token * tok_per_s / peak_flops if peak_flops > 0 else float("nan")
+
+
+def probe_peak_flops(matmul, n: int, seconds: float = 0.3) -> float:
+    """FLOP/s of a square n x n matmul, timed for about `seconds`.
+
+    `matmul()` must run ONE n x n @ n x n product and wait for it to finish (synchronise the device / mx.eval):
+    the backend supplies it in the training dtype, this function only counts and times.
+    """
+    matmul()  # warm-up: first call pays for allocation, kernel selection, thread-pool start
+    reps, start = 0, time.perf_counter()
+    while True:
+        matmul()
+        reps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2.0 * n ** 3 * reps / elapsed
+
+
+def format_flops(x: float) -> str:
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} FLOP"
+
+
+def format_count(x: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+# --- evaluation maths ---------------------------------------------------------------------------------------
+def bits_per_byte(nats: np.ndarray, targets: np.ndarray, token_byte_lengths: np.ndarray) -> float:
+    """Bits per UTF-8 byte of text: summed loss (nats) over target tokens, divided by ln 2 x their byte count.
+
+    Tokens with no bytes (special tokens such as <|endoftext|>) are left out of both sums, so the figure compares
+    across tokenizers of any vocabulary size — unlike a per-token loss.
+    """
+    nats = np.asarray(nats, dtype=np.float64).reshape(-1)
+    nbytes = np.asarray(token_byte_lengths)[np.asarray(targets).reshape(-1)]
+    counted = nbytes > 0
+    total_bytes = int(nbytes[counted].sum())
+    if total_bytes == 0:
+        return float("nan")
+    return float(nats[counted].sum() / (math.log(2) * total_bytes))
+
+
+def unigram_val_loss(data_dir, max_tokens: int = 50_000_000) -> float:
+    """Cross-entropy (nats/token) of the val split under the train split's unigram distribution (add-one smoothed).
+
+    This is the val loss of a model that ignores context, i.e. the bar a *val* loss has to beat. It can sit well
+    above the train split's unigram entropy when val and train differ in kind (shard 0 is the first documents of
+    the first source, e.g. all of a small FineWeb-Edu sample in front of novels).
+    """
+    from nano_core.data import ShardLoader, load_manifest, read_shard
+
+    vocab = int(load_manifest(data_dir)["vocab_size"])
+
+    def counts(split: str) -> np.ndarray:
+        c, seen = np.zeros(vocab, dtype=np.float64), 0
+        for f in ShardLoader(data_dir, 1, 1, split=split, shuffle=False, verbose=False).files:
+            toks = read_shard(f)[: max_tokens - seen]
+            c += np.bincount(toks, minlength=vocab)[:vocab]
+            seen += len(toks)
+            if seen >= max_tokens:
+                break
+        return c
+
+    train, val = counts("train") + 1.0, counts("val")
+    return float(-(val * np.log(train / train.sum())).sum() / val.sum())
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))  # exp overflows float64 past ~709
+
+
+def val_metrics(nats: list, targets: list, token_byte_lengths: np.ndarray) -> dict:
+    """val_loss (mean nats/token), val_ppl and val_bpb from per-token losses and targets of the eval batches."""
+    nats = np.concatenate([np.asarray(n, dtype=np.float64).reshape(-1) for n in nats])
+    targets = np.concatenate([np.asarray(t).reshape(-1) for t in targets])
+    loss = float(nats.mean())
+    return {"val_loss": loss, "val_ppl": perplexity(loss), "val_bpb": bits_per_byte(nats, targets, token_byte_lengths)}
+
+
+# --- logging ------------------------------------------------------------------------------------------------
+class MetricsLogger:
+    """Appends one JSON record per event to run_dir/metrics.jsonl (flushed each line), mirrors it to wandb."""
+
+    def __init__(self, run_dir, wandb_run=None):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.wandb_run = wandb_run
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records past the checkpoint's step (they belong to the interrupted tail of the run)."""
+        if not self.path.is_file():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, self.path)
+
+    def log(self, record: dict) -> None:
+        record = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def close(self) -> None:
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def init_wandb(project: str, run_dir, config: dict, resume_id: str | None = None):
+    """Start a wandb run (imported here, only when --wandb asks for it)."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ValueError("--wandb needs the wandb package: pip install wandb") from e
+    return wandb.init(project=project, dir=str(run_dir), config=config, id=resume_id,
+                      resume="allow" if resume_id else None, name=Path(run_dir).name)
+
+
+def plot_loss_curve(run_dir, unigram_entropy: float | None = None, unigram_val: float | None = None,
+                    title: str = "") -> Path | None:
+    """run_dir/loss_curve.png: train and val loss against step (nats/token), plus the two unigram bars."""
+    records = read_metrics(run_dir)
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.0, alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), "o-", label="val loss", lw=1.5, ms=3)
+    if unigram_entropy:
+        # In nats, the loss's unit: a model below this line has learned to use the context.
+        ax.axhline(unigram_entropy, color="C0", ls="--", lw=1, label="unigram entropy (train)")
+    if unigram_val:
+        ax.axhline(unigram_val, color="C1", ls=":", lw=1, label="unigram loss on val")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title or Path(run_dir).name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / LOSS_CURVE_FILE
+    tmp = out.with_name(".loss_curve.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

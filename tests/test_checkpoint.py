@@ -1,0 +1,74 @@
+"""Checkpoints: round trip, atomic write (a failed save leaves nothing behind), retention, HF config mapping."""
+import json
+
+import numpy as np
+import pytest
+
+from nano_core import checkpoint as ck
+from nano_core.config import ModelConfig
+
+
+def state(seed=0):
+    rng = np.random.default_rng(seed)
+    weights = {"wte.weight": rng.standard_normal((16, 8)).astype(np.float32),
+               "ln_f.weight": rng.standard_normal(8).astype(np.float32)}
+    optim = {f"{k}.{m}": rng.standard_normal(v.shape).astype(np.float32)
+             for k, v in weights.items() for m in ("exp_avg", "exp_avg_sq")}
+    optim["step"] = 7
+    return weights, optim
+
+
+def test_round_trip_is_bit_exact_and_meta_has_code_version(tmp_path):
+    weights, optim = state()
+    meta = {"model_config": {"n_layer": 1}, "loader_state": {"epoch": 0, "pos": 3}, "backend": "torch"}
+    path = ck.save_checkpoint(tmp_path, 5, weights, optim, meta, keep=2)
+    assert path.name == "ckpt_0000005"
+    w2, o2, m2 = ck.load_checkpoint(path)
+    assert set(w2) == set(weights) and all(np.array_equal(w2[k], weights[k]) for k in weights)
+    assert all(np.array_equal(o2[k], optim[k]) for k in optim if k != "step") and o2["step"] == 7
+    assert m2["step"] == 5 and m2["loader_state"] == {"epoch": 0, "pos": 3} and m2["backend"] == "torch"
+    assert m2["code_version"]["package"]
+    assert ck.load_checkpoint(tmp_path)[2]["step"] == 5  # a run dir resolves to its latest checkpoint
+
+
+def test_retention_keeps_last_k_and_latest_is_newest(tmp_path):
+    weights, optim = state()
+    for step in (10, 20, 30, 40):
+        ck.save_checkpoint(tmp_path, step, weights, optim, {}, keep=2)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["ckpt_0000030", "ckpt_0000040"]
+    assert ck.latest_checkpoint(tmp_path).name == "ckpt_0000040"
+    assert ck.resolve_checkpoint("latest", tmp_path).name == "ckpt_0000040"
+
+
+def test_failed_save_leaves_no_partial_checkpoint(tmp_path):
+    weights, optim = state()
+    ck.save_checkpoint(tmp_path, 1, weights, optim, {}, keep=3)
+    with pytest.raises(TypeError):  # meta that cannot be serialised fails after the safetensors were written
+        ck.save_checkpoint(tmp_path, 2, weights, optim, {"bad": object()}, keep=3)
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt_0000001"]  # no temp dir, no ckpt_0000002
+    assert ck.latest_checkpoint(tmp_path).name == "ckpt_0000001"
+
+
+def test_dir_without_meta_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "ckpt_0000009").mkdir()  # e.g. a copy interrupted by hand
+    assert ck.latest_checkpoint(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ck.resolve_checkpoint("latest", tmp_path)
+
+
+def test_tokenizer_copied_into_checkpoint(tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    weights, optim = state()
+    path = ck.save_checkpoint(tmp_path / "run", 3, weights, optim, {}, tokenizer_dir=tok)
+    assert ck.checkpoint_tokenizer_dir(path) == path / "tokenizer"
+    assert json.loads((path / "tokenizer" / "tokenizer.json").read_text()) == {}
+
+
+def test_hf_config_for_classic_gpt2_and_refusal_for_modern():
+    hf = ck.to_hf_config(ModelConfig.from_preset("gpt2-124m"))
+    assert (hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"], hf["vocab_size"]) == (12, 12, 768, 1024, 50257)
+    assert hf["model_type"] == "gpt2" and hf["n_inner"] == 3072
+    with pytest.raises(ValueError, match="classic GPT-2"):
+        ck.to_hf_config(ModelConfig.from_preset("modern"))

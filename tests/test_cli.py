@@ -1,0 +1,75 @@
+"""One CLI for both backends: the train and generate parsers agree on every flag and default but --device."""
+import pytest
+
+from nano_core import cli
+
+
+def options(parser):
+    return {a.dest: (tuple(a.option_strings), a.default, a.choices, a.nargs, type(a).__name__)
+            for a in parser._actions}
+
+
+@pytest.mark.parametrize("build", [cli.build_parser, cli.build_generate_parser])
+def test_parsers_identical_across_backends_except_device_choices(build):
+    mlx, torch = options(build("mlx")), options(build("torch"))
+    assert mlx.keys() == torch.keys()
+    for dest in mlx:
+        if dest == "device":
+            assert mlx[dest][2] == ("auto", "gpu", "cpu") and torch[dest][2] == ("auto", "mps", "cuda", "cpu")
+            assert mlx[dest][1] == torch[dest][1] == "auto"
+        else:
+            assert mlx[dest] == torch[dest], dest
+
+
+def test_train_parser_has_every_documented_flag_in_kebab_case():
+    flags = {s for a in cli.build_parser("torch")._actions for s in a.option_strings}
+    wanted = ("--preset --config --data --source --out --max-steps --max-time --batch-size --seq-len "
+              "--total-batch-tokens --lr --min-lr-frac --warmup-steps --schedule --decay-frac --weight-decay --beta1 "
+              "--beta2 --eps --grad-clip --dtype --device --compile --no-compile --eval-every --eval-steps "
+              "--sample-every --sample-prompt --sample-tokens --ckpt-every --keep --resume --seed --wandb "
+              "--grad-checkpoint --memory-limit --vocab-size --log-every").split()
+    assert set(wanted) <= flags
+    assert not [f for f in flags if "_" in f]
+
+
+def test_repeated_source_flags_accumulate_and_data_excludes_source():
+    p = cli.build_parser("mlx")
+    assert p.parse_args(["--source", "a", "b", "--source", "c"]).source == ["a", "b", "c"]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--data", "x", "--source", "y"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["--preset", "tiny", "--config", "c.json"])
+
+
+def test_explicit_flags_tells_typed_from_default():
+    p = cli.build_parser("torch")
+    assert cli.explicit_flags(p, ["--lr", "0.1", "--no-compile", "--wandb", "--source", "a"]) == \
+        {"lr", "compile", "wandb", "source"}
+    assert cli.explicit_flags(p, []) == set()
+
+
+def test_resume_takes_checkpoint_settings_unless_typed():
+    p = cli.build_parser("torch")
+    args = p.parse_args(["--resume", "latest", "--max-steps", "50"])
+    saved = {"lr": 0.01, "max_steps": 20, "seed": 3, "log_every": 1, "out": "elsewhere", "device": "mps"}
+    cli.apply_resume_args(args, saved, cli.explicit_flags(p, ["--resume", "latest", "--max-steps", "50"]))
+    assert (args.lr, args.max_steps, args.seed, args.log_every) == (0.01, 50, 3, 1)
+    assert (args.out, args.device) == (None, "auto")  # session/machine settings are not taken over
+
+
+def test_grad_accum_from_total_batch_tokens():
+    args = cli.build_parser("mlx").parse_args(["--batch-size", "4", "--total-batch-tokens", "4096"])
+    assert cli.grad_accum_steps(args, 256) == 4
+    args.total_batch_tokens = 1000
+    with pytest.raises(ValueError, match="multiple"):
+        cli.grad_accum_steps(args, 256)
+
+
+def test_device_dependent_defaults(monkeypatch):
+    monkeypatch.delenv(cli.MAX_STEPS_ENV, raising=False)
+    args = cli.build_parser("torch").parse_args([])
+    cli.resolve_defaults(args, "cpu")
+    assert (args.preset, args.max_steps) == ("tiny", 300)
+    args = cli.build_parser("mlx").parse_args([])
+    cli.resolve_defaults(args, "gpu")
+    assert args.preset == "small"
