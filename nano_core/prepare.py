@@ -4,8 +4,9 @@
 
 What it does, in order:
 1. trains a BPE tokenizer on the same sources (or loads --tokenizer DIR) and saves it to OUT/tokenizer/;
-2. reads documents in source order in this process and encodes them in worker processes (tiktoken's encoder built
-   from our merges when tiktoken is installed, our own encoder otherwise: same ids), keeping document order;
+2. reads documents in this process, the sources interleaved in proportion to their sizes (so the val shard mixes
+   them as the training data does), and encodes them in worker processes (tiktoken's encoder built from our merges
+   when tiktoken is installed, our own encoder otherwise: same ids), keeping document order;
 3. writes shards: every document is preceded by the end-of-text id; shard_00000.bin is validation (whole documents
    until --val-tokens is reached), then training shards of exactly --shard-tokens tokens (the last one shorter;
    documents may continue into the next shard, as in llm.c). uint16 tokens when the vocabulary fits, else uint32;
@@ -104,13 +105,29 @@ def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
 # main side
 
 def _documents(sources):
-    """(global document index, text) in source order; empty documents are dropped (they would be a lone EOT)."""
+    """(global document index, text), the sources interleaved in proportion to their sizes; empty documents are
+    dropped (they would be a lone EOT).
+
+    Why interleave: the val shard is the first --val-tokens of this stream. Read source after source, it would hold
+    only the first source (e.g. all of FineWeb-edu and none of the novels that make up most of the training data),
+    and val loss would measure a distribution the model never trained on. Taking the next document from the source
+    that is least far through its bytes makes every prefix - the val shard first - mix the sources as the whole
+    corpus does. The order depends only on the sources' sizes and texts, so a rerun sees the same stream."""
+    streams = [iter(src.documents()) for src in sources]
+    sizes = [max(src.num_bytes(), 1) for src in sources]  # 0 = unknown size (hub): weight it like a small source
+    read = [0] * len(sources)
+    live = list(range(len(sources)))
     i = 0
-    for src in sources:
-        for text in src.documents():
-            if text:
-                yield i, text
-                i += 1
+    while live:
+        k = min(live, key=lambda j: read[j] / sizes[j])  # ties go to the earlier source (min keeps the first)
+        text = next(streams[k], None)
+        if text is None:
+            live.remove(k)
+            continue
+        read[k] += len(text)
+        if text:
+            yield i, text
+            i += 1
 
 
 def _chunks(docs, skip: int, on_skip):

@@ -194,3 +194,27 @@ def test_cli_bad_input_is_a_one_line_error(jsonl, tok_dir, tmp_path):
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert lines[-1].startswith("error:") and message in lines[-1], (message, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_document_stream_mixes_sources_in_proportion_so_val_matches_train(jsonl, shared_data):
+    """The val shard is a prefix of the document stream: every prefix must mix the sources as the whole corpus does
+    (read source after source, val would be all FineWeb and train all novels)."""
+    novels = sorted((shared_data / "gutenberg").glob("pg*.txt"))[:3]
+    sources = open_sources([jsonl, *novels])
+    origin, biggest = {}, 0.0  # text -> its source; the largest single document as a fraction of its source
+    sizes = [src.num_bytes() for src in sources]
+    for k, src in enumerate(sources):
+        for text in src.documents():
+            origin[text] = k
+            biggest = max(biggest, len(text) / sizes[k])
+    stream = [text for _, text in prep._documents(sources)]
+    assert sorted(stream) == sorted(origin)  # every document exactly once
+    assert {origin[t] for t in stream[:len(sources)]} == set(range(len(sources)))  # every source starts at once
+    total = [sum(len(t) for t in origin if origin[t] == k) for k in range(len(sources))]
+    read = [0] * len(sources)
+    for n, text in enumerate(stream):
+        read[origin[text]] += len(text)
+        frac = [r / s for r, s in zip(read, sizes)]
+        live = [f for f, r, t in zip(frac, read, total) if r < t]  # sources not yet exhausted
+        # no source runs ahead of an unfinished one by more than one document's share of itself
+        assert max(frac) - min(live or frac) <= biggest + 1e-9, f"after document {n}: fractions read {frac}"
