@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from nano_core.data import load_manifest, shard_dtype, write_shard
 
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
 DEFAULT_VOCAB = 8192
 DEFAULT_SHARD_TOKENS = 50_000_000   # 100 MB per uint16 shard: many shards to shuffle, few files to open
 DEFAULT_VAL_TOKENS = 1_000_000
@@ -296,6 +296,9 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
     options = {"sources": specs, "max_docs": max_docs, "shard_tokens": shard_tokens, "val_tokens": val_tokens,
                "train_vocab_size": (vocab_size or DEFAULT_VOCAB) if tokenizer is None else None}
     if prior is not None:
+        if prior.get("format_version") != MANIFEST_FORMAT and not prior.get("complete"):
+            raise ValueError(f"{out} holds an unfinished prepare from another nano version (manifest format "
+                             f"{prior.get('format_version')}, this one {MANIFEST_FORMAT}); delete {out} and rerun")
         if prior["tokenizer_hash"] != tok.hash:
             raise ValueError(f"{out} already holds shards made with a different tokenizer (hash "
                              f"{prior['tokenizer_hash'][:12]}, vocab {prior['vocab_size']}; this one {tok.hash[:12]}, "
