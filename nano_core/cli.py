@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nano_core.config import PRESETS
+
 DEVICES = {"mlx": ("auto", "gpu", "cpu"), "torch": ("auto", "mps", "cuda", "cpu")}
 NAMES = {"mlx": "MLX", "torch": "PyTorch"}
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -29,6 +31,16 @@ MAX_STEPS_ENV = "NANO_DEFAULT_MAX_STEPS"
 BUILTIN_NOTICE = ("notice: the FineWeb-Edu hub is not reachable, so training on the small builtin text; point it at "
                   "real data with --source (text files, dirs, .jsonl, .parquet), e.g. "
                   "--source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --source ../shared/data/gutenberg")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default unless its help already says it, or there is none to show (None/False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
 
 
 def _device_arg(p, backend: str) -> None:
@@ -46,10 +58,10 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
         prog=f"python -m nano_{backend}.train",
         description=f"Train a GPT-style language model from scratch with {NAMES[backend]}. With no arguments: "
                     "prepare data, train the default preset for this device, evaluate, sample and checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     g = p.add_argument_group("model")
     m = g.add_mutually_exclusive_group()
-    m.add_argument("--preset", default=None, help="model preset from nano_core.config.PRESETS "
+    m.add_argument("--preset", default=None, help=f"model preset: {', '.join(PRESETS)} "
                                                   "(default: small on a GPU, tiny on CPU)")
     m.add_argument("--config", default=None, metavar="FILE", help="model config JSON (ModelConfig fields)")
     g.add_argument("--seq-len", type=int, default=None, help="context length (default: the preset's)")
@@ -113,7 +125,7 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
 def build_generate_parser(backend: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m nano_{backend}.generate",
                                 description="Sample text from a checkpoint (with the model's KV cache).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint dir, or a run dir (its latest checkpoint)")
     p.add_argument("--prompt", default="The", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200)
