@@ -24,6 +24,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 SCHEDULE_CHOICES = ("cosine", "wsd", "constant")
 
 # The no-argument run: which preset on which kind of device, and how many steps (bounded: minutes, not hours).
+ATTN_IMPLS = ("auto", "sdpa", "eager", "flash")
 DEFAULT_PRESET = {"cpu": "tiny", "accelerator": "small"}
 DEFAULT_MAX_STEPS = {"cpu": 300, "accelerator": 2000}
 # Tests (and impatient people) can shrink the no-argument run without touching the flags' documented defaults.
@@ -66,6 +67,9 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
     m.add_argument("--config", default=None, metavar="FILE", help="model config JSON (ModelConfig fields)")
     g.add_argument("--seq-len", type=int, default=None, help="context length (default: the preset's)")
     g.add_argument("--grad-checkpoint", action="store_true", help="recompute each block in backward (less memory)")
+    g.add_argument("--attn-impl", default="auto", choices=ATTN_IMPLS,
+                   help="attention kernel; auto: the fastest measured for the device and dtype (flash: PyTorch on "
+                        "CUDA with flash-attn installed)")
 
     g = p.add_argument_group("data")
     d = g.add_mutually_exclusive_group()
@@ -257,7 +261,7 @@ def default_run_dir(backend: str, preset: str | None) -> Path:
 
 # On --resume every setting comes from the checkpoint unless typed again, except these, which belong to the
 # session or the machine (and --device values differ between backends, so a checkpoint can change backend).
-NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "wandb", "max_time")
+NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time")
 
 
 def apply_resume_args(args, saved: dict, typed: set[str]) -> None:

@@ -62,6 +62,13 @@ def pick_dtype(name: str, device) -> tuple[str, str]:
     return name, "as asked"
 
 
+def pick_attn_impl(name: str, device, dtype: str) -> str:
+    """auto: the fused mx.fast kernel everywhere (flash is a PyTorch/CUDA kernel: asking for it is an error)."""
+    if name == "flash":
+        raise ValueError("--attn-impl flash is a PyTorch/CUDA kernel; nano_mlx has sdpa (mx.fast) and eager")
+    return "sdpa" if name == "auto" else name
+
+
 @contextlib.contextmanager
 def compute_dtype(model, dtype: str):
     """Run eval/sampling in the training compute dtype, then put the fp32 masters back."""
@@ -230,7 +237,7 @@ def train(args, typed: set[str], log=print) -> Path:
         log(notice)
 
     mx.random.seed(args.seed)
-    model = GPT(cfg)
+    model = GPT(cfg, attn_impl=pick_attn_impl(args.attn_impl, device, dtype))
     model.init_weights(seed=args.seed)
     model.grad_checkpoint = args.grad_checkpoint
     model.train()

@@ -73,3 +73,18 @@ def test_device_dependent_defaults(monkeypatch):
     args = cli.build_parser("mlx").parse_args([])
     cli.resolve_defaults(args, "gpu")
     assert args.preset == "small"
+
+
+def test_attn_impl_auto_picks_eager_for_bf16_on_cpu_and_sdpa_otherwise():
+    import torch
+
+    from nano_mlx.train import pick_attn_impl as mlx_pick
+    from nano_torch.train import pick_attn_impl as torch_pick
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert torch_pick("auto", cpu, "bf16") == "eager"
+    assert torch_pick("auto", cpu, "fp32") == "sdpa"
+    assert torch_pick("auto", cuda, "bf16") == "sdpa"
+    assert torch_pick("eager", cpu, "fp32") == "eager"  # an explicit choice is kept
+    assert mlx_pick("auto", None, "fp32") == "sdpa"
+    with pytest.raises(ValueError, match="PyTorch/CUDA kernel"):
+        mlx_pick("flash", None, "fp32")
