@@ -83,7 +83,7 @@ def compute_dtype(model, dtype: str):
         model.update(masters)
 
 
-def set_memory_limits(gb: float | None, device, log) -> None:
+def set_memory_limit(gb: float | None, device, log) -> None:
     if device == mx.gpu:
         # Wire the model's working set (no paging mid-step) and bound the buffer cache, as mlx-lm does.
         info = mx.device_info()
@@ -231,7 +231,7 @@ def train(args, typed: set[str], log=print) -> Path:
     run: Run = prepare_run(args, typed, BACKEND, device_name(device), log)
     cfg, run_dir = run.model_config, run.run_dir
     dtype, dtype_why = pick_dtype(args.dtype, device)
-    set_memory_limits(args.memory_limit, device, log)
+    set_memory_limit(args.memory_limit, device, log)
     use_compile = args.compile is not False  # on unless --no-compile
     if device == mx.cpu and (notice := blas_notice()):
         log(notice)
