@@ -51,6 +51,13 @@ def train_ours(files, vocab, work):
     return tok.encode, stats
 
 
+def _line_pieces(files, lines_per_piece: int = 1000):
+    for f in files:
+        lines = f.read_text(encoding="utf-8").splitlines(keepends=True)
+        for i in range(0, len(lines), lines_per_piece):
+            yield "".join(lines[i:i + lines_per_piece])
+
+
 def train_hf(files, vocab, work):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -59,8 +66,10 @@ def train_hf(files, vocab, work):
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(GPT4), behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
-    # Whole files as texts (like ours): tok.train(files) would cut the input at every newline.
-    tok.train_from_iterator((f.read_text(encoding="utf-8") for f in files), trainers.BpeTrainer(
+    # HF parallelises over the texts it is given: whole novels as single texts leave a core idle (8.6 s vs 6.4 s
+    # here), and tok.train(files) cuts at every newline (changing the chunks). Pieces of 1000 lines are its best
+    # case with the same chunks (a whitespace run is cut only at a piece boundary: negligible).
+    tok.train_from_iterator(_line_pieces(files), trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         min_frequency=0, show_progress=False))
     tok.save(str(work / "hf.json"))

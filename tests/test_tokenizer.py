@@ -90,7 +90,7 @@ def test_save_load_round_trip_and_hash(tok, tmp_path, heldout):
 
 
 def test_ours_hf_export_and_tiktoken_export_give_identical_ids_on_1mb(tok, heldout, tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers  # bench extra: installed in CI, so never skipped
     text = heldout  # 1.29 MB of WikiText-2 test, never seen in training
     ours = tok.encode(text)
     hf = tokenizers.Tokenizer.from_file(str(export_hf(tok, tmp_path / "hf")))
@@ -180,3 +180,12 @@ def test_cli_end_to_end(shared_data, tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert res.returncode != 0 and msg in res.stderr
         assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+
+
+def test_hf_export_loads_in_transformers_fast_tokenizer_with_identical_ids(tok, heldout, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(export_hf(tok, tmp_path / "hf")), eos_token="<|endoftext|>")
+    text = heldout[:200_000]
+    assert fast(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+    assert fast.eos_token_id == tok.eot_id
+    assert fast.decode(tok.encode(text)) == text
