@@ -24,20 +24,23 @@ def mfu(flops_per_token: float, tok_per_s: float, peak_flops: float) -> float:
     return flops_per_token * tok_per_s / peak_flops if peak_flops > 0 else float("nan")
 
 
-def probe_peak_flops(matmul, n: int, seconds: float = 0.3) -> float:
-    """FLOP/s of a square n x n matmul, timed for about `seconds`.
+def probe_peak_flops(matmul, n: int, seconds: float = 0.5) -> float:
+    """FLOP/s of a square n x n matmul: the fastest of the repetitions that fit in about `seconds`.
 
     `matmul()` must run ONE n x n @ n x n product and wait for it to finish (synchronise the device / mx.eval):
-    the backend supplies it in the training dtype, this function only counts and times.
+    the backend supplies it in the training dtype, this function only counts and times. The fastest repetition,
+    not the mean, because a peak is the denominator of MFU: a probe slowed by a clock ramp or a busy core would
+    understate it and flatter every MFU printed after it.
     """
     matmul()  # warm-up: first call pays for allocation, kernel selection, thread-pool start
-    reps, start = 0, time.perf_counter()
+    best, start = float("inf"), time.perf_counter()
     while True:
+        t0 = time.perf_counter()
         matmul()
-        reps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return 2.0 * n ** 3 * reps / elapsed
+        t1 = time.perf_counter()
+        best = min(best, t1 - t0)
+        if t1 - start >= seconds:
+            return 2.0 * n ** 3 / best
 
 
 def format_flops(x: float) -> str:

@@ -121,7 +121,8 @@ def blas_notice() -> str | None:
 
 @functools.cache
 def peak_flops(device: str, dtype: str) -> tuple[float, str]:
-    """Measured matmul FLOP/s in the compute dtype (~0.3 s, once per process): the MFU denominator."""
+    """Measured matmul FLOP/s in the compute dtype (~0.5 s, once per process): the MFU denominator. 1024 on CPU: with
+    the reference BLAS of the Linux wheel (~8 GFLOP/s) a 2048 probe alone would take seconds."""
     n = 1024 if device == "cpu" else 4096
     a = mx.full((n, n), 1.0 / n, dtype=COMPUTE_DTYPES[dtype])  # constant data: no RNG draws
     b = mx.full((n, n), 0.5, dtype=COMPUTE_DTYPES[dtype])

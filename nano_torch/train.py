@@ -95,7 +95,7 @@ def set_memory_limit(gb: float | None, device: torch.device, log) -> None:
 
 @functools.cache
 def peak_flops(device_type: str, dtype: str) -> tuple[float, str]:
-    """Measured matmul FLOP/s in the training dtype (~0.3 s, once per process): the MFU denominator."""
+    """Measured matmul FLOP/s in the training dtype (~0.5 s, once per process): the MFU denominator."""
     n = 2048 if device_type == "cpu" else 4096
     tdtype = AUTOCAST_DTYPES[dtype] or torch.float32
     a = torch.full((n, n), 1.0 / n, dtype=tdtype, device=device_type)  # constant data: no RNG draws
