@@ -36,6 +36,7 @@ report.json fields
                                loaded into the process, e.g. by LD_PRELOAD, or "reference BLAS (...)", from
                                /proc/self/maps; torch: summary of torch.__config__.show(); numpy: show_config)
     .ld_preload                the LD_PRELOAD environment variable, or null
+    .omp_wait_policy           OMP_WAIT_POLICY in force (compare.py sets PASSIVE unless it is already set)
     .mlx_enable_tf32 .torch_allow_tf32   the TF32 settings in force
     .notices                   hints printed during the run (e.g. the OpenBLAS LD_PRELOAD tip)
   config                     ModelConfig.to_dict() of the model compared
@@ -84,6 +85,9 @@ from types import SimpleNamespace
 
 # TF32 off before mlx can be imported anywhere (parity needs true fp32 matmuls; MLX's default is on).
 os.environ["MLX_ENABLE_TF32"] = "0"
+# Both frameworks live in this one process, taking turns. Idle OpenMP threads spin by default, and torch's spinning
+# threads then steal the cores from MLX's (and OpenBLAS's) working ones: passive waiting keeps the turns honest.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -216,7 +220,7 @@ def environment(backends: list[str], notices: list[str]) -> dict:
     return {"os": platform.platform(), "python": platform.python_version(), "cpu": brand,
             "apple_chip": chips.apple_chip(brand), "gpu_cores": chips.gpu_cores(), "cpu_count": os.cpu_count(),
             "torch_threads": torch_threads, "versions": versions, "blas": blas,
-            "ld_preload": os.environ.get("LD_PRELOAD"), "mlx_enable_tf32": os.environ.get("MLX_ENABLE_TF32"),
+            "ld_preload": os.environ.get("LD_PRELOAD"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "mlx_enable_tf32": os.environ.get("MLX_ENABLE_TF32"),
             "torch_allow_tf32": torch_tf32, "notices": notices}
 
 
