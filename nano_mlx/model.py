@@ -69,8 +69,44 @@ class RMSNorm(nn.Module):
 
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
+
+# No torch counterpart (torch has a fast erf): on a Linux CPU MLX evaluates transcendentals one scalar at a time
+# (no x86 SIMD path; mx.erf ~25 ns/element here), while mx.compile fuses plain arithmetic into a vectorised kernel.
+# mx.erf made the exact GELU cost 80 ms of a 2.9 s compiled step per layer; this form costs 16 ms, and deviates
+# from torch's erf-GELU by the same <= 1.5e-6 as mx.erf does. Fitted here: erf(x) = x P(x^2) / Q(x^2) on
+# |x| <= 4 (weighted least squares, then rounded to fp32), max abs error 4e-7 in fp32; erf(4) rounds to 1 in fp32.
+_ERF_P = (1.1283792257, 0.18289205432, 0.053291361779, 0.0036655860022, 3.4627693822e-4, 3.8138393847e-6,
+          -8.3325817357e-9)
+_ERF_Q = (1.0, 0.49541726708, 0.11236701161, 0.014972719364, 0.0012261697557, 5.5006366892e-5)
+
+
+def _erf(x):
+    x = mx.clip(x, -4.0, 4.0)
+    t = x * x
+    p, q = _ERF_P[-1], _ERF_Q[-1]
+    for c in _ERF_P[-2::-1]:
+        p = p * t + c
+    for c in _ERF_Q[-2::-1]:
+        q = q * t + c
+    return x * p / q
+
+
+@mx.custom_function
+def gelu(x):
+    """Exact (erf) GELU, x * Phi(x), as torch F.gelu; with _erf instead of mx.erf (see above)."""
+    return 0.5 * x * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+
+
+@gelu.vjp
+def _gelu_vjp(primals, cotangent, output):
+    # d/dx x Phi(x) = Phi(x) + x phi(x): the exact derivative, not the derivative of the fitted erf.
+    x = primals[0] if isinstance(primals, (list, tuple)) else primals
+    cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+    return cotangent * (cdf + x * mx.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi)))
+
+
 ACTIVATIONS = {
-    "gelu": nn.gelu,                     # exact (erf) GELU, same as torch F.gelu
+    "gelu": gelu,                        # exact (erf) GELU, same as torch F.gelu
     "relu": nn.relu,
     "relu2": lambda x: mx.square(nn.relu(x)),
     "swiglu": nn.silu,                   # applied to the gate branch
