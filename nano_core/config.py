@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 MLPS = ("gelu", "relu", "swiglu", "relu2")
@@ -277,51 +277,3 @@ PRESETS: dict[str, dict] = {
     "modern": dict(n_layer=8, n_head=8, n_kv_head=2, n_embd=512, seq_len=1024, mlp="swiglu", norm="rmsnorm",
                    pos="rope", bias=False, tie_embeddings=False, qk_norm=False),
 }
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and run options shared by both training loops (the model lives in ModelConfig)."""
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_steps: int = 1000
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup_steps: int = 100
-    schedule: str = "cosine"          # cosine | wsd | constant
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0            # 0 turns clipping off
-    dtype: str = "float32"            # float32 | bfloat16
-    seed: int = 0
-    eval_every: int = 200
-    eval_steps: int = 20
-    save_every: int = 500
-    keep_last: int = 3
-    log_every: int = 10
-    extra: dict = field(default_factory=dict)
-
-    def validate(self) -> "TrainConfig":
-        for name in ("batch_size", "grad_accum", "max_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be > 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"betas=({self.beta1}, {self.beta2}) must each be in [0, 1)")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype={self.dtype!r} is not one of float32, bfloat16")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys: {', '.join(sorted(known))}")
-        return cls(**d).validate()

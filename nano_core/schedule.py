@@ -3,7 +3,7 @@
 `lr_at(step, cfg)` is a pure function of the step, so a resumed run recomputes exactly the rate an uninterrupted
 run would have used: the schedule itself holds no state that a checkpoint has to carry.
 
-`cfg` is anything with these attributes (a TrainConfig, an argparse namespace, a SimpleNamespace):
+`cfg` is anything with these attributes (the train command's argparse namespace, a SimpleNamespace):
   lr            peak learning rate
   min_lr_frac   floor as a fraction of lr (cosine ends there, WSD decays to it)
   warmup_steps  steps of linear warmup from lr/warmup_steps up to lr

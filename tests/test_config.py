@@ -12,7 +12,7 @@ import torch
 from mlx.utils import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from nano_core.config import PRESETS, ModelConfig, TrainConfig
+from nano_core.config import PRESETS, ModelConfig
 from nano_core.init import init_weights, rope_inv_freq, rope_tables, sinusoidal_table
 
 mx.set_default_device(mx.cpu)
@@ -65,8 +65,6 @@ def test_unknown_keys_and_presets_are_clear_errors():
         ModelConfig.from_dict({"n_embed": 64})
     with pytest.raises(ValueError, match="unknown preset 'huge'; choose one of tiny"):
         ModelConfig.from_preset("huge")
-    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['lr_max'\]"):
-        TrainConfig.from_dict({"lr_max": 1.0})
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
