@@ -18,26 +18,7 @@ import numpy as np
 from nano_core.checkpoint import checkpoint_tokenizer_dir, load_checkpoint, resolve_checkpoint
 from nano_core.cli import build_generate_parser
 from nano_core.config import ModelConfig
-
-
-def sample_next(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
-    """One token id from a (V,) float logits vector."""
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    z = logits.astype(np.float64) / temperature
-    if top_k and top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z = np.where(z < kth, -np.inf, z)
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        # keep the smallest prefix of most-likely tokens whose mass reaches top_p (always at least one)
-        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
-        mask = np.zeros_like(p)
-        mask[keep] = p[keep]
-        p = mask / mask.sum()
-    return int(rng.choice(p.size, p=p))
+from nano_core.sampling import sample_next
 
 
 def generate(model, prompt_ids, max_new_tokens: int, temperature: float = 0.8, top_k: int = 50,

@@ -88,3 +88,15 @@ def test_attn_impl_auto_picks_eager_for_bf16_on_cpu_and_sdpa_otherwise():
     assert mlx_pick("auto", None, "fp32") == "sdpa"
     with pytest.raises(ValueError, match="PyTorch/CUDA kernel"):
         mlx_pick("flash", None, "fp32")
+
+
+def test_sample_next_greedy_top_k_and_top_p_keep_only_the_allowed_tokens():
+    import numpy as np
+
+    from nano_core.sampling import sample_next
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    rng = np.random.default_rng(0)
+    assert sample_next(logits, 0.0, 0, 1.0, rng) == 0  # temperature 0 is greedy
+    assert {sample_next(logits, 1.0, 2, 1.0, rng) for _ in range(200)} == {0, 1}  # top-k 2
+    assert {sample_next(logits, 1.0, 0, 0.7, rng) for _ in range(200)} == {0, 1}  # 0.5 + 0.3 reaches 0.7
+    assert {sample_next(logits, 1.0, 0, 1.0, rng) for _ in range(2000)} == {0, 1, 2, 3}

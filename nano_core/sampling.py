@@ -1,0 +1,28 @@
+"""Choosing the next token from logits: temperature, top-k, top-p (backend-free numpy).
+
+Both generate.py files call this one function with a seeded numpy Generator, so a sample drawn in the middle of
+training touches no framework RNG (the run stays bit-identical) and the two backends pick alike from alike logits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def sample_next(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
+    """One token id from a (V,) float logits vector."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if top_k and top_k < z.size:
+        kth = np.partition(z, -top_k)[-top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        # keep the smallest prefix of most-likely tokens whose mass reaches top_p (always at least one)
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
+        mask = np.zeros_like(p)
+        mask[keep] = p[keep]
+        p = mask / mask.sum()
+    return int(rng.choice(p.size, p=p))
