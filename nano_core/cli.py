@@ -62,7 +62,8 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter)
     g = p.add_argument_group("model")
     m = g.add_mutually_exclusive_group()
-    m.add_argument("--preset", default=None, help=f"model preset: {', '.join(PRESETS)} "
+    m.add_argument("--preset", default=None, choices=list(PRESETS), metavar="PRESET",
+                   help=f"model preset: {', '.join(PRESETS)} "
                                                   "(default: small on a GPU, tiny on CPU)")
     m.add_argument("--config", default=None, metavar="FILE", help="model config JSON (ModelConfig fields)")
     g.add_argument("--seq-len", type=int, default=None, help="context length (default: the preset's)")
@@ -247,6 +248,8 @@ def check_args(args) -> None:
     from nano_core.schedule import check_schedule
 
     check_schedule(args)
+    if args.config is not None and args.resume is None and not Path(args.config).is_file():  # before any data
+        raise FileNotFoundError(f"--config {args.config} not found; give a ModelConfig JSON file or use --preset")
     for name in ("max_steps", "batch_size", "eval_steps", "sample_tokens", "log_every"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
