@@ -100,3 +100,13 @@ def test_sample_next_greedy_top_k_and_top_p_keep_only_the_allowed_tokens():
     assert {sample_next(logits, 1.0, 2, 1.0, rng) for _ in range(200)} == {0, 1}  # top-k 2
     assert {sample_next(logits, 1.0, 0, 0.7, rng) for _ in range(200)} == {0, 1}  # 0.5 + 0.3 reaches 0.7
     assert {sample_next(logits, 1.0, 0, 1.0, rng) for _ in range(2000)} == {0, 1, 2, 3}
+
+
+def test_unknown_preset_and_missing_config_are_refused_before_any_work(tmp_path, capsys):
+    parser = cli.build_parser("torch")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    args = cli.build_parser("mlx").parse_args(["--config", str(tmp_path / "missing.json")])
+    with pytest.raises(FileNotFoundError, match="missing.json not found"):
+        cli.check_args(args)
