@@ -3,7 +3,7 @@ after the switch is the loss the original backend computes on that same batch (f
 import pytest
 
 from nano_core import checkpoint as ck
-from test_train_torch import losses, reference_run, train_main
+from test_train import losses, reference_run, train_main
 
 
 @pytest.mark.parametrize("src, dst", [("torch", "mlx"), ("mlx", "torch")])

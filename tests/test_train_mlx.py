@@ -1,49 +1,12 @@
-"""nano_mlx.train end to end on real shards (CPU, a micro model): the same checks as test_train_torch.py (shared
-helpers there), plus what is MLX's own: bf16 compute with fp32 masters, the compiled step, the BLAS notice."""
+"""What is MLX's own in nano_mlx.train: bf16 compute with fp32 masters, the compiled step, the BLAS notice.
+The end-to-end checks both train commands share are parametrized over the backends in test_train.py."""
 import math
 
 import numpy as np
 import pytest
 
 from nano_core import checkpoint as ck
-from test_train_torch import (check_ctrl_c, check_dropout_resume, check_generate, check_grad_accum, check_max_time,
-                              check_no_argument_run, check_resume_bit_exact, check_short_run, losses, micro_setup,
-                              reference_run, train_args, train_main)
-
-BACKEND = "mlx"
-
-
-def test_short_run_writes_metrics_checkpoint_and_sample(shared_data):
-    check_short_run(reference_run(BACKEND, shared_data), BACKEND)
-
-
-def test_resume_from_checkpoint_reproduces_losses_bit_for_bit(shared_data, tmp_path):
-    check_resume_bit_exact(BACKEND, shared_data, tmp_path)
-
-
-def test_ctrl_c_saves_checkpoint_exits_zero_and_resume_latest_continues(shared_data, tmp_path):
-    check_ctrl_c(BACKEND, shared_data, tmp_path)
-
-
-def test_no_argument_run_prepares_builtin_offline_trains_tiny_and_checkpoints(tmp_path_factory, monkeypatch, capsys):
-    check_no_argument_run(BACKEND, tmp_path_factory, monkeypatch, capsys)
-
-
-def test_gradient_accumulation_matches_one_big_batch(shared_data, tmp_path):
-    check_grad_accum(BACKEND, shared_data, tmp_path)
-
-
-def test_resume_with_dropout_draws_the_same_masks(shared_data, tmp_path):
-    check_dropout_resume(BACKEND, shared_data, tmp_path)
-
-
-def test_max_time_stops_early_with_eval_and_checkpoint(shared_data, tmp_path):
-    check_max_time(BACKEND, shared_data, tmp_path)
-
-
-def test_generate_cli_samples_from_checkpoint_reproducibly(shared_data, capsys):
-    check_generate(BACKEND, shared_data, capsys)
-
+from test_train import losses, micro_setup, reference_run, train_args, train_main
 
 def test_bf16_trains_with_fp32_masters_close_to_fp32(shared_data, tmp_path):
     data, config = micro_setup(shared_data)
@@ -57,6 +20,8 @@ def test_bf16_trains_with_fp32_masters_close_to_fp32(shared_data, tmp_path):
     fp32 = losses(reference_run(BACKEND, shared_data))
     bf16 = losses(tmp_path / "bf16")
     assert bf16[1] != fp32[1] and bf16[1] == pytest.approx(fp32[1], rel=1e-2)  # really bf16, still the same model
+
+BACKEND = "mlx"
 
 
 def test_uncompiled_step_gives_the_compiled_losses(shared_data, tmp_path):

@@ -1,5 +1,5 @@
-"""nano_torch.train end to end on real shards (CPU, a micro model): metrics, checkpoints, samples, exact resume,
-Ctrl-C, the no-argument pipeline, generation. The helpers at the top are shared with the MLX and interchange tests
+"""nano_torch.train and nano_mlx.train end to end on real shards (CPU, a micro model): metrics, checkpoints, samples, exact resume,
+Ctrl-C, the no-argument pipeline, generation. The helpers at the top are shared with the MLX-only and interchange tests
 (memoized, so each backend's reference run happens once per session)."""
 import atexit
 import json
@@ -209,39 +209,42 @@ def check_generate(backend: str, shared_data: Path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ the tests
-BACKEND = "torch"
+@pytest.fixture(params=["torch", "mlx"])
+def backend(request) -> str:
+    """Every end-to-end check runs against both train commands: they share one CLI and must behave alike."""
+    return request.param
 
 
-def test_short_run_writes_metrics_checkpoint_and_sample(shared_data):
-    check_short_run(reference_run(BACKEND, shared_data), BACKEND)
+def test_short_run_writes_metrics_checkpoint_and_sample(backend, shared_data):
+    check_short_run(reference_run(backend, shared_data), backend)
 
 
-def test_resume_from_checkpoint_reproduces_losses_bit_for_bit(shared_data, tmp_path):
-    check_resume_bit_exact(BACKEND, shared_data, tmp_path)
+def test_resume_from_checkpoint_reproduces_losses_bit_for_bit(backend, shared_data, tmp_path):
+    check_resume_bit_exact(backend, shared_data, tmp_path)
 
 
-def test_ctrl_c_saves_checkpoint_exits_zero_and_resume_latest_continues(shared_data, tmp_path):
-    check_ctrl_c(BACKEND, shared_data, tmp_path)
+def test_ctrl_c_saves_checkpoint_exits_zero_and_resume_latest_continues(backend, shared_data, tmp_path):
+    check_ctrl_c(backend, shared_data, tmp_path)
 
 
-def test_no_argument_run_prepares_builtin_offline_trains_tiny_and_checkpoints(tmp_path_factory, monkeypatch, capsys):
-    check_no_argument_run(BACKEND, tmp_path_factory, monkeypatch, capsys)
+def test_no_argument_run_prepares_builtin_offline_trains_tiny_and_checkpoints(backend, tmp_path_factory, monkeypatch, capsys):
+    check_no_argument_run(backend, tmp_path_factory, monkeypatch, capsys)
 
 
-def test_gradient_accumulation_matches_one_big_batch(shared_data, tmp_path):
-    check_grad_accum(BACKEND, shared_data, tmp_path)
+def test_gradient_accumulation_matches_one_big_batch(backend, shared_data, tmp_path):
+    check_grad_accum(backend, shared_data, tmp_path)
 
 
-def test_resume_with_dropout_draws_the_same_masks(shared_data, tmp_path):
-    check_dropout_resume(BACKEND, shared_data, tmp_path)
+def test_resume_with_dropout_draws_the_same_masks(backend, shared_data, tmp_path):
+    check_dropout_resume(backend, shared_data, tmp_path)
 
 
-def test_max_time_stops_early_with_eval_and_checkpoint(shared_data, tmp_path):
-    check_max_time(BACKEND, shared_data, tmp_path)
+def test_max_time_stops_early_with_eval_and_checkpoint(backend, shared_data, tmp_path):
+    check_max_time(backend, shared_data, tmp_path)
 
 
-def test_generate_cli_samples_from_checkpoint_reproducibly(shared_data, capsys):
-    check_generate(BACKEND, shared_data, capsys)
+def test_generate_cli_samples_from_checkpoint_reproducibly(backend, shared_data, capsys):
+    check_generate(backend, shared_data, capsys)
 
 
 def test_bits_per_byte_skips_zero_byte_tokens_and_mfu_is_a_ratio():
