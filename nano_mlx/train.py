@@ -150,23 +150,6 @@ def set_rng_state(state: dict, device) -> None:
     pass  # nothing to restore: see step_seed
 
 
-def _add_empty_subtrees(state, params) -> None:
-    """Give `state` the empty sub-trees (dropout modules: {}) that `params` has and it lacks, in place."""
-    items = params.items() if isinstance(params, dict) else enumerate(params)
-    for k, v in items:
-        if isinstance(v, (dict, list)):
-            if isinstance(state, dict) and k not in state:
-                state[k] = type(v)()
-            _add_empty_subtrees(state[k], v)
-
-
-def restore_optimizer(optimizer, model, opt_state: dict) -> None:
-    load_optimizer_state_numpy(optimizer, model, opt_state)
-    # optim.load_optimizer_state_numpy rebuilds the state from parameter names only, which drops the empty
-    # sub-trees of parameter-free modules; optimizer.update walks the gradient tree and needs them.
-    _add_empty_subtrees(optimizer.state, model.trainable_parameters())
-
-
 # ----------------------------------------------------------------------------- step, eval, sample
 def to_device(batch: np.ndarray, grad_accum: int = 1) -> mx.array:
     """(grad_accum * B, T+1) int32 windows -> one (grad_accum, B, T+1) array (mx.array of the numpy buffer)."""
@@ -254,7 +237,7 @@ def train(args, typed: set[str], log=print) -> Path:
     if run.resume_path is not None:
         weights, opt_state, meta = load_checkpoint(run.resume_path)
         model.load_numpy(weights)
-        restore_optimizer(optimizer, model, opt_state)
+        load_optimizer_state_numpy(optimizer, model, opt_state)
         loader.load_state_dict(meta["loader_state"])
         step = int(meta["step"])
         if meta.get("backend") == BACKEND:
