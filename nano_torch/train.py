@@ -30,7 +30,7 @@ from nano_core.metrics import (MetricsLogger, init_wandb, mfu, plot_loss_curve, 
                                 unigram_val_loss, val_metrics)
 from nano_core.schedule import lr_at
 from nano_torch.generate import generate, pick_device
-from nano_torch.model import GPT
+from nano_torch.model import GPT, linear
 from nano_torch.optim import (build_optimizer, clip_grad_norm, load_optimizer_state_numpy, optimizer_state_numpy,
                               set_lr)
 
@@ -102,7 +102,7 @@ def peak_flops(device_type: str, dtype: str) -> tuple[float, str]:
     b = torch.full((n, n), 0.5, dtype=tdtype, device=device_type)
 
     def matmul():
-        a @ b
+        linear(a, b)  # the model's own GEMM path (oneDNN for fp32 on x86 CPUs), so MFU compares like with like
         SYNC[device_type]()
 
     return probe_peak_flops(matmul, n), f"measured {n}x{n} {dtype} matmul, {torch.get_num_threads()} threads"

@@ -203,3 +203,59 @@ def test_adamw_decays_only_matrices_and_state_round_trips():
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
     optim.set_lr(opt_b, 0.5)
     assert all(g["lr"] == 0.5 for g in opt_b.param_groups)
+
+
+# ----------------------------------------------------------------------------- the fp32 CPU GEMM path (torch only)
+def test_fp32_linear_takes_the_onednn_path_on_x86():
+    import platform
+
+    from nano_torch import model as tm
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    y = tm.linear(x, torch.randn(8, 16, requires_grad=True))
+    on_x86 = platform.machine().lower() in ("x86_64", "amd64")
+    # CI runs on x86-64: there the fast path must really be taken, not silently fall back to F.linear
+    assert tm.ONEDNN_FP32 == on_x86
+    assert (type(y.grad_fn).__name__ == "_OneDNNLinearBackward") == on_x86
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 7, 24), (5, 24), (1, 1, 24)])
+def test_onednn_linear_values_and_all_three_grads_equal_f_linear(shape, bias):
+    from nano_torch.model import _OneDNNLinear
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    w = torch.randn(40, 24, generator=g)
+    b = torch.randn(40, generator=g) if bias else None
+    grad = torch.randn(*shape[:-1], 40, generator=g)
+    results = []
+    for fn in (_OneDNNLinear.apply, torch.nn.functional.linear):
+        leaves = [t.clone().requires_grad_() for t in (x, w) + ((b,) if bias else ())]
+        out = fn(leaves[0], leaves[1], leaves[2] if bias else None)
+        out.backward(grad)
+        results.append([out] + [t.grad for t in leaves])
+    for ours, ref in zip(*results):
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_path_gives_the_same_loss_and_grads_as_the_mkl_path(monkeypatch):
+    from nano_torch import model as tm
+    x = tokens(2, 24)
+    losses, grads = [], []
+    for flag in (True, False):
+        monkeypatch.setattr(tm, "ONEDNN_FP32", flag)
+        model = make("learned-gelu")
+        loss = model.loss(x[:, :-1], x[:, 1:])
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_autocast_bypasses_the_fp32_path_and_computes_in_bf16():
+    from nano_torch.model import linear
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = linear(torch.randn(4, 8), torch.randn(3, 8))
+    assert y.dtype == torch.bfloat16
