@@ -105,6 +105,7 @@ chips = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(chips)
 from nano_core.config import PRESETS, ModelConfig  # noqa: E402
 from nano_core.data import ShardLoader, default_data_dir, load_manifest  # noqa: E402
+from nano_core.host import keep_freed_memory  # noqa: E402
 from nano_core.init import init_weights  # noqa: E402
 from nano_core.schedule import lr_at  # noqa: E402
 
@@ -469,6 +470,7 @@ FRAMEWORKS = {"mlx": MlxBackend, "torch": TorchBackend}
 # ----------------------------------------------------------------------------- one process per backend
 def _serve(conn, framework: str, device: str, cfg: ModelConfig, weights: dict, dtype: str, hp):
     """Worker side: build the backend here, then answer (method, args) messages until None arrives."""
+    keep_freed_memory()  # as the training loops do
     s = FRAMEWORKS[framework](device, cfg, weights, dtype, hp)
     attention = {}
 

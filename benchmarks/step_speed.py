@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nano_core.config import ModelConfig  # noqa: E402
+from nano_core.host import keep_freed_memory  # noqa: E402
 
 COMPARE_CONFIG = dict(n_layer=6, n_head=6, n_embd=384, seq_len=256, vocab_size=8192, mlp="gelu", norm="layernorm",
                       pos="learned", bias=True, tie_embeddings=True)
@@ -121,6 +122,7 @@ def resolve_config(args) -> ModelConfig:
 def run(args) -> dict:
     cfg = resolve_config(args)
     cfg.validate()
+    keep_freed_memory()  # as the training loops do
     rng = np.random.default_rng(0)
     batch = rng.integers(0, cfg.vocab_size, size=(args.batch_size, cfg.seq_len + 1), dtype=np.int32)
     step, runtime = STEPPERS[args.backend](cfg, batch, args)

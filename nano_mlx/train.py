@@ -33,6 +33,7 @@ from tqdm import tqdm
 from nano_core.checkpoint import load_checkpoint, save_checkpoint
 from nano_core.cli import Run, StopFlag, build_parser, explicit_flags, prepare_run, run_meta, startup_line
 from nano_core.data import ShardLoader, unigram_entropy
+from nano_core.host import keep_freed_memory
 from nano_core.metrics import (MetricsLogger, init_wandb, mfu, plot_loss_curve, probe_peak_flops,
                                 unigram_val_loss, val_metrics)
 from nano_core.schedule import lr_at
@@ -216,6 +217,7 @@ def train(args, typed: set[str], log=print) -> Path:
     cfg, run_dir = run.model_config, run.run_dir
     dtype, dtype_why = pick_dtype(args.dtype, device)
     set_memory_limit(args.memory_limit, device, log)
+    keep_freed_memory()  # reuse each step's big buffers instead of page-faulting them in again (Linux)
     use_compile = args.compile is not False  # on unless --no-compile
     if device == mx.cpu and (notice := blas_notice()):
         log(notice)

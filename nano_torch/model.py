@@ -40,9 +40,16 @@ def _onednn_fp32_gemm_available() -> bool:
 ONEDNN_FP32 = _onednn_fp32_gemm_available()
 
 
-def _onednn_linear(x, w, b=None):
+# A custom op, so torch.compile keeps the call opaque (inductor's own lowering of the oneDNN op wants frozen weights).
+@torch.library.custom_op("nano::onednn_linear", mutates_args=())
+def _onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """x @ w.T (+ b) for 2-D x by oneDNN; both operands may be strided views (no copies for the transposes)."""
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+@_onednn_linear.register_fake
+def _(x, w, b=None):
+    return x.new_empty(x.shape[0], w.shape[0])
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -154,14 +161,16 @@ def eager_attention(q, k, v, scale, mask, dropout_p):
     Hkv = k.shape[1]
     q = q.unflatten(1, (Hkv, H // Hkv))
     k, v = k.unsqueeze(2), v.unsqueeze(2)
-    # Scale folded into q (a T x hd multiply, not T x T), mask applied in the compute dtype (-inf is exact in bf16)
-    # and the fp32 upcast done inside the softmax kernel: under bf16 autocast on CPU this made the eager kernel 1.4x
-    # faster (and 1.8x faster than the CPU flash kernel behind sdpa), same values as scaling the fp32 scores when
-    # scale is a power of two (hd = 64: bit-identical), within rounding otherwise.
+    # Scale folded into q (a T x hd multiply, not T x T): same values as scaling the scores when scale is a power of
+    # two (hd = 64: bit-identical), within rounding otherwise. Mask applied in the compute dtype (-inf is exact).
     scores = (q * scale) @ k.transpose(-1, -2)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    probs = scores.softmax(dim=-1, dtype=torch.float32)
+    # Softmax in the compute dtype on CPU: its bf16 kernel accumulates in fp32 and returns exactly the fp32 softmax
+    # rounded to bf16 (tested) -- the values the P @ V matmul would get anyway -- while an fp32 softmax plus casts
+    # made eager bf16 attention 3x slower (31 vs 11 ms per layer, fwd+bwd, at the comparison config). Other
+    # devices keep the explicit fp32 softmax.
+    probs = scores.softmax(dim=-1) if scores.device.type == "cpu" else scores.softmax(dim=-1, dtype=torch.float32)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)
     return (probs.to(v.dtype) @ v).flatten(1, 2)

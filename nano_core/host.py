@@ -1,0 +1,35 @@
+"""Tuning of the host process that both training loops share (no framework imported here).
+
+keep_freed_memory(): a training step allocates and frees the same large buffers every step -- logits, attention
+scores, activations, gradients. glibc's malloc serves each block above its mmap threshold (at most 32 MiB) with
+fresh pages from the kernel and hands it back with munmap when it is freed, so the next step page-faults and zeroes
+all of it again. On the comparison config (PyTorch, bf16, 2 cores) that was ~37k minor page faults and ~0.1 s of
+CPU time in the kernel per step; keeping freed memory in the heap made the step 7% faster with the same peak RSS.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt() parameter numbers from glibc's <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse: no mmap for large blocks, no trimming of the heap top.
+
+    The process's resident size then stays at its high-water mark instead of dropping between steps -- a training
+    process is at that mark every step anyway. Returns True when applied; False (doing nothing) off Linux or on a
+    C library without mallopt (musl). macOS's allocator keeps its own caches and needs none of this.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
