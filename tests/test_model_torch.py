@@ -70,6 +70,26 @@ def test_banded_sliding_window_equals_full_attention_with_the_band_mask(T, w, he
     torch.testing.assert_close(banded_attention(q, k, v, 0.3, w, 0.0), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("T,heads", [(128, (4, 4)), (131, (4, 2)), (200, (2, 1)), (127, (2, 2))])
+def test_eager_causal_in_query_halves_equals_one_fully_masked_matrix_in_values_and_grads(T, heads):
+    from nano_torch.model import eager_causal
+    g = torch.Generator().manual_seed(0)
+    H, Hkv = heads
+    qkv = [torch.randn(2, h, T, 8, generator=g) for h in (H, Hkv, Hkv)]
+    pos = torch.arange(T)
+    outs, grads = [], []
+    for fn in (lambda q, k, v: eager_causal(q, k, v, 0.3, 0.0),
+               lambda q, k, v: eager_attention(q, k, v, 0.3, causal_mask(pos, pos, None), 0.0)):
+        leaves = [t.clone().requires_grad_() for t in qkv]
+        out = fn(*leaves)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append([t.grad for t in leaves])
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_window_at_least_as_long_as_the_sequence_equals_full_attention():
     x = tokens(2, 24)
     with torch.no_grad():
@@ -259,3 +279,23 @@ def test_autocast_bypasses_the_fp32_path_and_computes_in_bf16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = linear(torch.randn(4, 8), torch.randn(3, 8))
     assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blockwise_cross_entropy_equals_fp32_f_cross_entropy_in_value_and_gradient(dtype):
+    from nano_torch.model import cross_entropy
+    g = torch.Generator().manual_seed(0)
+    # 2500 rows of V=1000: blocks of 1048 rows, the last one partial
+    logits = (torch.randn(2500, 1000, generator=g) * 3).to(dtype)
+    targets = torch.randint(0, 1000, (2500,), generator=g)
+    ours = logits.clone().requires_grad_()
+    ref = logits.float().requires_grad_()
+    loss = cross_entropy(ours, targets)
+    expected = torch.nn.functional.cross_entropy(ref, targets)
+    (2.0 * loss).backward()
+    (2.0 * expected).backward()
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert ours.grad.dtype == dtype
+    rtol = 1e-5 if dtype == torch.float32 else 2 ** -8  # bf16: the rounding of the gradient itself (8 bits)
+    torch.testing.assert_close(ours.grad.float(), ref.grad, rtol=rtol, atol=1e-9)
