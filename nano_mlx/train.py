@@ -35,7 +35,7 @@ from nano_core.cli import Run, StopFlag, build_parser, explicit_flags, prepare_r
 from nano_core.data import ShardLoader, unigram_entropy
 from nano_core.host import keep_freed_memory
 from nano_core.metrics import (MetricsLogger, init_wandb, mfu, plot_loss_curve, probe_peak_flops,
-                                unigram_val_loss, val_metrics)
+                               recheck_peak, unigram_val_loss, val_metrics)
 from nano_core.schedule import lr_at
 from nano_mlx.generate import generate, pick_device
 from nano_mlx.model import GPT
@@ -306,6 +306,9 @@ def train(args, typed: set[str], log=print) -> Path:
             now = time.time()
             tok_per_s = tokens_since_log / max(now - t_log, 1e-9)
             t_log, tokens_since_log = now, 0
+            # the probe is cached per process; __wrapped__ measures afresh
+            peak = recheck_peak(peak, flops_per_token, tok_per_s,
+                                lambda: peak_flops.__wrapped__(device_name(device), dtype)[0])
             last.update(train_loss=loss_value, lr=lr, tok_per_s=tok_per_s, mfu=mfu(flops_per_token, tok_per_s, peak))
             logger.log({"step": step, "train_loss": loss_value, "lr": lr, "tok_per_s": tok_per_s, "mfu": last["mfu"]})
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_per_s:,.0f}", mfu=f"{last['mfu']:.1%}")
