@@ -1,6 +1,7 @@
 """Training-step speed of one backend: forward + backward + grad clipping + AdamW, timed step by step.
 
     python benchmarks/step_speed.py --backend torch --dtype fp32
+    python benchmarks/step_speed.py --backend torch --dtype fp32 --aten-gemm  # fp32 GEMMs by MKL, not oneDNN
     python benchmarks/step_speed.py --backend torch --dtype bf16            # torch.autocast("cpu", bfloat16)
     python benchmarks/step_speed.py --backend torch --dtype bf16 --compile  # torch.compile(model)
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \
@@ -12,7 +13,8 @@ The model is the DESIGN.md comparison config (GPT-2 classic, 6 x 384, 6 heads, T
 own (torch on CPU is synchronous; MLX is forced with one mx.eval per step), after --warmup untimed steps, and the
 table shows the median and the spread (min..max) of the per-step times. GFLOP/s = tok/s x cfg.estimate_flops(),
 the model FLOPs (fwd+bwd, PaLM accounting) — the number MFU is computed from. The load average is recorded with
-the result because other work on the same cores moves these figures by tens of percent.
+the result because other work on the same cores moves these figures by tens of percent. --attn-impl auto and
+nano_core.host.keep_freed_memory() are applied as in the training CLIs, so the step is the one they run.
 """
 from __future__ import annotations
 
@@ -42,12 +44,17 @@ def torch_stepper(cfg: ModelConfig, batch: np.ndarray, args):
     """Returns step() -> float loss. Mirrors nano_torch/train.py: autocast forward, fp32 masters and AdamW."""
     import torch
 
+    from nano_torch import model as torch_model
     from nano_torch.model import GPT
     from nano_torch.optim import build_optimizer, clip_grad_norm
 
+    if args.aten_gemm:
+        torch_model.ONEDNN_FP32 = False
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    from nano_torch.train import pick_attn_impl
+    args.attn_impl = pick_attn_impl(args.attn_impl, torch.device("cpu"), args.dtype)  # as the training CLI does
     model = GPT(cfg, attn_impl=args.attn_impl).init_weights(seed=0)
     model.train()
     opt = build_optimizer(model, lr=3e-4)
@@ -80,6 +87,8 @@ def mlx_stepper(cfg: ModelConfig, batch: np.ndarray, args):
         raise ValueError("MLX bf16 on a Linux CPU has no fast matmul path (DESIGN.md); use --dtype fp32 with mlx")
     if args.compile:
         raise ValueError("--compile is a torch option; the MLX step is always compiled here")
+    from nano_mlx.train import pick_attn_impl
+    args.attn_impl = pick_attn_impl(args.attn_impl, mx.cpu, args.dtype)  # as the training CLI does
     mx.random.seed(0)
     model = GPT(cfg, attn_impl=args.attn_impl).init_weights(seed=0)
     model.train()
@@ -141,6 +150,7 @@ def run(args) -> dict:
     flops = cfg.estimate_flops()
     return {
         "backend": args.backend, "dtype": args.dtype, "compile": bool(args.compile), "attn_impl": args.attn_impl,
+        "aten_gemm": bool(getattr(args, "aten_gemm", False)),
         "runtime": runtime, "config": cfg.to_dict(), "batch_size": args.batch_size, "tokens_per_step": tokens,
         "flops_per_token": flops, "warmup_steps": args.warmup, "warmup_s": warmup_s,
         "step_ms": [1000 * s for s in times], "ms_median": 1000 * med, "ms_min": 1000 * min(times),
@@ -160,8 +170,10 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
-    p.add_argument("--attn-impl", default="sdpa")
+    p.add_argument("--attn-impl", default="auto", help="auto = what the training CLI picks (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="torch only: torch.compile the loss (needs a C++ compiler)")
+    p.add_argument("--aten-gemm", action="store_true",
+                   help="torch only: fp32 linears by aten (MKL) instead of oneDNN, to measure the difference")
     p.add_argument("--threads", type=int, default=0, help="torch only: torch.set_num_threads (0 = default)")
     p.add_argument("--out", default=None, help="JSON output path (default runs/step_speed_{backend}_{dtype}.json)")
     p.add_argument("--omp-wait", choices=("passive", "active", "env"), default="passive",
@@ -178,8 +190,9 @@ def main(argv=None):
     la = r["loadavg_before"]
     print(f"{r['runtime']}; load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f} before, "
           f"{r['loadavg_after'][0]:.2f} after")
-    print(f"{'backend':8} {'dtype':5} {'compile':7} {'tok/s':>8} {'ms/step med':>12} {'min..max':>15} {'GFLOP/s':>8}")
-    print(f"{r['backend']:8} {r['dtype']:5} {str(r['compile']):7} {r['tok_s']:8.0f} {r['ms_median']:12.1f} "
+    print(f"{'backend':8} {'dtype':5} {'attn':6} {'compile':7} {'tok/s':>8} {'ms/step med':>12} {'min..max':>15} "
+          f"{'GFLOP/s':>8}")
+    print(f"{r['backend']:8} {r['dtype']:5} {r['attn_impl']:6} {str(r['compile']):7} {r['tok_s']:8.0f} {r['ms_median']:12.1f} "
           f"{r['ms_min']:7.1f}..{r['ms_max']:<7.1f} {r['gflop_s']:8.1f}")
     print(f"loss first/last: {r['losses'][0]:.4f} / {r['losses'][-1]:.4f}; warmup {r['warmup_s']:.1f} s")
     out = Path(args.out or ROOT / "runs" / f"step_speed_{args.backend}_{args.dtype}{'_compile' if args.compile else ''}.json")
