@@ -299,3 +299,12 @@ def test_blockwise_cross_entropy_equals_fp32_f_cross_entropy_in_value_and_gradie
     assert ours.grad.dtype == dtype
     rtol = 1e-5 if dtype == torch.float32 else 2 ** -8  # bf16: the rounding of the gradient itself (8 bits)
     torch.testing.assert_close(ours.grad.float(), ref.grad, rtol=rtol, atol=1e-9)
+
+
+def test_cpu_bf16_softmax_is_the_fp32_softmax_rounded_to_bf16():
+    # eager_attention relies on this to run its softmax in bf16 on CPU: if a PyTorch release changes the kernel's
+    # accumulation, this fails instead of the bf16 loss curve drifting silently.
+    scores = (torch.randn(4, 3, 64, 256, generator=torch.Generator().manual_seed(0)) * 4).bfloat16()
+    scores[..., 200:] = float("-inf")  # masked keys, as in causal attention
+    expected = torch.softmax(scores.float(), dim=-1).bfloat16()
+    assert torch.equal(torch.softmax(scores, dim=-1), expected)
