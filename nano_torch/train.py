@@ -26,7 +26,7 @@ from tqdm import tqdm
 from nano_core.checkpoint import load_checkpoint, save_checkpoint
 from nano_core.cli import Run, StopFlag, build_parser, explicit_flags, prepare_run, run_meta, startup_line
 from nano_core.data import ShardLoader, unigram_entropy
-from nano_core.host import keep_freed_memory
+from nano_core.host import keep_freed_memory, preloaded_openblas
 from nano_core.metrics import (MetricsLogger, init_wandb, mfu, plot_loss_curve, probe_peak_flops,
                                recheck_peak, unigram_val_loss, val_metrics)
 from nano_core.schedule import lr_at
@@ -74,6 +74,16 @@ def pick_attn_impl(name: str, device: torch.device, dtype: str) -> str:
     if name != "auto":
         return name
     return "eager" if (device.type == "cpu" and dtype == "bf16") else "sdpa"
+
+
+def blas_notice() -> str | None:
+    """An OpenBLAS preloaded for nano_mlx (LD_PRELOAD) reaches PyTorch's CPU kernels too, and its thread pool
+    competes with PyTorch's: the comparison config's fp32 step measured 3.5x slower. This only prints."""
+    lib = preloaded_openblas()
+    if lib is None:
+        return None
+    return (f"notice: LD_PRELOAD={lib} is meant for nano_mlx; inside PyTorch it made CPU steps 3.5x slower here "
+            f"(two thread pools on the same cores): run nano_torch without it")
 
 
 def autocast(device: torch.device, dtype: str):
@@ -193,6 +203,8 @@ def train(args, typed: set[str], log=print) -> Path:
     ctx = autocast(device, dtype)
     set_memory_limit(args.memory_limit, device, log)
     keep_freed_memory()  # reuse each step's big buffers instead of page-faulting them in again (Linux)
+    if device.type == "cpu" and (notice := blas_notice()):
+        log(notice)
     use_compile = bool(args.compile)
     if use_compile and device.type == "mps":
         log("notice: torch.compile is a prototype on MPS; running eagerly")
