@@ -176,12 +176,14 @@ def main(argv=None):
                    help="torch only: fp32 linears by aten (MKL) instead of oneDNN, to measure the difference")
     p.add_argument("--threads", type=int, default=0, help="torch only: torch.set_num_threads (0 = default)")
     p.add_argument("--out", default=None, help="JSON output path (default runs/step_speed_{backend}_{dtype}.json)")
-    p.add_argument("--omp-wait", choices=("passive", "active", "env"), default="passive",
-                   help="OMP_WAIT_POLICY for torch's OpenMP threads (set before torch loads; env = leave as is)")
+    p.add_argument("--omp-wait", choices=("passive", "active", "env"), default="env",
+                   help="OMP_WAIT_POLICY for torch's OpenMP threads (set before torch loads; env = leave as is, "
+                        "as the training CLIs do)")
     args = p.parse_args(argv)
     if args.omp_wait != "env":
-        # Measured here: with other work on the 2 cores, spinning OpenMP threads (the default) made a 2-thread
-        # torch step ~8x slower (300 vs 2,600 tok/s bf16); passive waiting costs nothing measurable when idle.
+        # Measured here: on an idle machine libgomp's default (spin briefly, then sleep) beat PASSIVE by ~12% on the
+        # bf16 step (PASSIVE wakes the threads by futex for every op); with other work on the 2 cores, fully
+        # spinning threads (ACTIVE) made the step up to 8x slower.
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait.upper()
     try:
         r = run(args)
