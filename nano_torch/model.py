@@ -27,17 +27,19 @@ def _param(*shape: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape))
 
 
-def _onednn_fp32_gemm_available() -> bool:
+def _onednn_fp32_gemm_wanted() -> bool:
     return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and torch.backends.cpu.get_cpu_capability() == "AVX512")
 
 
 # Why route fp32 CPU matmuls around F.linear: PyTorch's CPU wheels send fp32 GEMMs to MKL, and MKL runs its AVX2
 # kernels on AMD processors even when they have AVX-512. oneDNN (also inside every x86 wheel, already used for bf16)
 # runs AVX-512 kernels on any x86 CPU that has them. Measured on this project's 2-core AMD EPYC (Zen 5): 190 vs
-# 410-450 GFLOP/s for the GEMM shapes of a 384-wide GPT, in true fp32 (same results to rounding). On Intel CPUs both
-# are fast. Set nano_torch.model.ONEDNN_FP32 = False to compare.
-ONEDNN_FP32 = _onednn_fp32_gemm_available()
+# 410-450 GFLOP/s for the GEMM shapes of a 384-wide GPT, in true fp32 (same results to rounding). Only CPUs with
+# AVX-512 take this path: that is where the gain was measured (on Intel ones MKL uses AVX-512 itself, so the two are
+# level); AVX2-only CPUs keep F.linear. Set nano_torch.model.ONEDNN_FP32 = False to compare.
+ONEDNN_FP32 = _onednn_fp32_gemm_wanted()
 
 
 # A custom op, so torch.compile keeps the call opaque (inductor's own lowering of the oneDNN op wants frozen weights).
