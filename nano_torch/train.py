@@ -69,8 +69,8 @@ def pick_dtype(name: str, device: torch.device) -> tuple[str, str]:
 
 
 def pick_attn_impl(name: str, device: torch.device, dtype: str) -> str:
-    """auto: sdpa, except bf16 on a CPU, where the eager path measured about 2x faster per layer than the sdpa CPU kernel
-    (Zen 5, fwd+bwd; in fp32 the two are even, and sdpa uses less memory) - see benchmarks/step_speed.py."""
+    """auto: sdpa, except bf16 on a CPU, where the eager path measured about 2x faster per layer than the sdpa CPU
+    kernel (Zen 5, fwd+bwd; in fp32 the two are even, and sdpa uses less memory) - see benchmarks/step_speed.py."""
     if name != "auto":
         return name
     return "eager" if (device.type == "cpu" and dtype == "bf16") else "sdpa"
