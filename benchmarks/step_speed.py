@@ -10,11 +10,12 @@
 
 The model is the DESIGN.md comparison config (GPT-2 classic, 6 x 384, 6 heads, T=256, V=8192) unless --preset or
 --config says otherwise. Tokens are random (seeded): speed does not depend on the text. Each step is timed on its
-own (torch on CPU is synchronous; MLX is forced with one mx.eval per step), after --warmup untimed steps, and the
-table shows the median and the spread (min..max) of the per-step times. GFLOP/s = tok/s x cfg.estimate_flops(),
-the model FLOPs (fwd+bwd, PaLM accounting) — the number MFU is computed from. The load average is recorded with
-the result because other work on the same cores moves these figures by tens of percent. --attn-impl auto and
-nano_core.host.keep_freed_memory() are applied as in the training CLIs, so the step is the one they run.
+own (torch on CPU is synchronous; MLX is forced with one mx.eval per step), after --warmup untimed steps; the table
+shows the median and the spread (min..max) of the per-step times, and a PNG beside the JSON plots every step.
+GFLOP/s = tok/s x cfg.estimate_flops(), the model FLOPs (fwd+bwd, PaLM accounting) — the number MFU is computed
+from. The load average is recorded with the result because other work on the same cores moves these figures by tens
+of percent. --attn-impl auto and nano_core.host.keep_freed_memory() are applied as in the training CLIs, so the
+step is the one they run.
 """
 from __future__ import annotations
 
@@ -160,6 +161,31 @@ def run(args) -> dict:
     }
 
 
+def plot_steps(r: dict, path: Path) -> None:
+    """Per-step time (ms) in run order with the median: drift and outliers show at a glance, a median does not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(range(1, len(r["step_ms"]) + 1), r["step_ms"], "o-", ms=3, lw=1)
+    ax.axhline(r["ms_median"], color="C1", ls="--", lw=1,
+               label=f"median {r['ms_median']:.0f} ms = {r['tok_s']:,.0f} tok/s")
+    ax.set_xlabel("timed step")
+    ax.set_ylabel("ms / step")
+    ax.set_ylim(bottom=0)
+    compiled = ", compiled" if r["compile"] else ""
+    ax.set_title(f"{r['backend']} {r['dtype']} ({r['attn_impl']} attention{compiled}): "
+                 f"{r['flops_per_token'] / 1e6:.1f} MFLOP/token, {r['tokens_per_step']} tokens/step", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -202,7 +228,8 @@ def main(argv=None):
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(r, indent=1))
     os.replace(tmp, out)
-    print(f"wrote {out}")
+    plot_steps(r, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png').name}")
 
 
 if __name__ == "__main__":
