@@ -242,6 +242,7 @@ def train(args, typed: set[str], log=print) -> Path:
     loss_fn = torch.compile(model.loss) if use_compile else model.loss
 
     peak, peak_source = peak_flops(device.type, dtype)
+    remeasure_peak = lambda: peak_flops.__wrapped__(device.type, dtype)[0]  # noqa: E731 (uncached probe)
     flops_per_token = cfg.estimate_flops()
     entropy = unigram_entropy(run.data_dir, max_tokens=50_000_000)
     val_bar = unigram_val_loss(run.data_dir)
@@ -292,9 +293,7 @@ def train(args, typed: set[str], log=print) -> Path:
             now = time.time()
             tok_per_s = tokens_since_log / max(now - t_log, 1e-9)
             t_log, tokens_since_log = now, 0
-            # the probe is cached per process; __wrapped__ measures afresh
-            peak = recheck_peak(peak, flops_per_token, tok_per_s,
-                                lambda: peak_flops.__wrapped__(device.type, dtype)[0])
+            peak, remeasure_peak = recheck_peak(peak, flops_per_token, tok_per_s, remeasure_peak)
             last.update(train_loss=loss_value, lr=lr, tok_per_s=tok_per_s, mfu=mfu(flops_per_token, tok_per_s, peak))
             logger.log({"step": step, "train_loss": loss_value, "lr": lr, "tok_per_s": tok_per_s, "mfu": last["mfu"]})
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_per_s:,.0f}", mfu=f"{last['mfu']:.1%}")
