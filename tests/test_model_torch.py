@@ -308,3 +308,20 @@ def test_cpu_bf16_softmax_is_the_fp32_softmax_rounded_to_bf16():
     scores[..., 200:] = float("-inf")  # masked keys, as in causal attention
     expected = torch.softmax(scores.float(), dim=-1).bfloat16()
     assert torch.equal(torch.softmax(scores, dim=-1), expected)
+
+
+def test_torch_compile_of_the_loss_matches_eager_in_loss_and_grads():
+    # --compile runs the fp32 oneDNN linear as an opaque custom op inside an inductor graph (inductor's own lowering
+    # of the oneDNN op would fail on trainable weights): this is the end-to-end check of that path.
+    x = tokens(2, 17)
+    results = []
+    for compiled in (False, True):
+        model = make("learned-gelu")
+        loss_fn = torch.compile(model.loss) if compiled else model.loss
+        loss = loss_fn(x[:, :-1], x[:, 1:])
+        loss.backward()
+        results.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+    torch._dynamo.reset()
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-4, atol=1e-6)
