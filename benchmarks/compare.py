@@ -10,7 +10,7 @@ What it does, in order:
    once with nano_core.prepare into the nano cache;
 2. one numpy init (nano_core.init) loaded into every backend, one list of training batches fed to all of them;
 3. each backend runs its own real training step (nano_torch.train.train_step, eager; nano_mlx.train.make_train_step,
-   mx.compile'd) with the same AdamW (bias correction, weight decay on >= 2-D weights), clipping and LR schedule;
+   mx.compile'd), with the attention kernel its training CLI's --attn-impl auto picks, and the same AdamW (bias correction, weight decay on >= 2-D weights), clipping and LR schedule;
    the first --warmup steps (compilation, allocator warm-up) are excluded from timing; then --repeats chunks of
    --steps steps, alternating the backend order every repeat so machine drift hits all of them. Every step is
    timed on its own, after a device synchronisation (mx.eval / torch.cuda|mps.synchronize);
@@ -48,7 +48,7 @@ report.json fields
                               ratio (independent / estimate), convention (text), breakdown {matmul_fwd,
                               attention_fwd} per token}
   backends                   one entry per backend name ("mlx-cpu", "torch-cpu", ...):
-    .framework .device .step   "mlx"|"torch", device, which training step was used (and whether it is compiled)
+    .framework .device .step   "mlx"|"torch", device, which training step was used (compiled or not, which attention)
     .tok_per_s                 B*T / median step time
     .tok_per_s_mean            all timed tokens / all timed seconds
     .ms_per_step               {median, p25, p75, iqr, min, max, n}: per-step wall time in milliseconds
@@ -296,11 +296,12 @@ class TorchBackend:
         self.device = torch.device(device)
         self.sync = tt.SYNC[device]
         self.ctx = tt.autocast(self.device, dtype)
-        self.model = GPT(cfg).to(self.device)
+        self.attn_impl = tt.pick_attn_impl("auto", self.device, dtype)  # what the training CLI would run
+        self.model = GPT(cfg, attn_impl=self.attn_impl).to(self.device)
         self.model.load_numpy(weights)
         self.model.train()
         self.opt = build_optimizer(self.model, hp.lr, (hp.beta1, hp.beta2), hp.eps, hp.weight_decay)
-        self.step_name = "nano_torch.train.train_step (eager)"
+        self.step_name = f"nano_torch.train.train_step (eager mode, {self.attn_impl} attention)"
         self.memory = {"cpu": lambda: ProcessPeakRSS(), "cuda": lambda: CudaPeak(torch),
                        "mps": lambda: MpsPeak(torch)}[device]()
 
@@ -328,7 +329,7 @@ class TorchBackend:
         from nano_torch.model import GPT
 
         torch = self.torch
-        model = GPT(cfg).to(self.device)
+        model = GPT(cfg, attn_impl=self.attn_impl).to(self.device)
         model.load_numpy(weights)
         attn = model.h[0].attn
         x = torch.from_numpy(x_np).to(self.device)
@@ -408,12 +409,13 @@ class MlxBackend:
         self.device = {"gpu": mx.gpu, "cpu": mx.cpu}[device]
         with mx.stream(self.device):
             mx.random.seed(hp.seed)
-            self.model = GPT(cfg)
+            self.attn_impl = mt.pick_attn_impl("auto", self.device, dtype)  # what the training CLI would run
+            self.model = GPT(cfg, attn_impl=self.attn_impl)
             self.model.load_numpy(weights)
             self.model.train()
             self.opt = build_optimizer(self.model, hp.lr, (hp.beta1, hp.beta2), hp.eps, hp.weight_decay)
             self.train_step = mt.make_train_step(self.model, self.opt, 1, hp.grad_clip, dtype, use_compile=True)
-        self.step_name = "nano_mlx.train.make_train_step (mx.compile)"
+        self.step_name = f"nano_mlx.train.make_train_step (mx.compile, {self.attn_impl} attention)"
         self.memory = MlxPeak(mx)
 
     def step(self, batch: np.ndarray, lr: float) -> tuple[float, object]:
@@ -446,7 +448,7 @@ class MlxBackend:
         mx = self.mx
         cast = self.mt.COMPUTE_DTYPES[self.dtype]
         with mx.stream(self.device):
-            model = GPT(cfg)
+            model = GPT(cfg, attn_impl=self.attn_impl)
             model.load_numpy(weights)
             attn = model.h[0].attn
             if cast != mx.float32:
@@ -750,8 +752,9 @@ def run_attention(sessions: dict, cfg: ModelConfig, batch_size: int, reps: int, 
     return {"batch_size": batch_size, "seq_len": cfg.seq_len, "n_head": cfg.n_head, "head_dim": cfg.head_dim,
             "reps": reps, "rows": rows,
             "convention": "median wall time of the Attention module of each model.py (qkv projection, attention, "
-                          "output projection), eager on both backends; fwd_bwd includes the parameter gradients; "
-                          "sliding windows run the banded kernel"}
+                          "output projection), run op by op (not compiled) on both backends, with the attention kernel "
+                          "each training CLI picks for this dtype (backends.*.step names it); fwd_bwd includes the "
+                          "parameter gradients; sliding windows run the banded kernel"}
 
 
 def parity(rec: dict, val: dict, dtype: str) -> dict:
