@@ -8,8 +8,6 @@ cannot be UTF-8 encoded and raises ValueError.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import multiprocessing as mp
 import os
 import time
@@ -19,17 +17,18 @@ import numpy as np
 import regex
 
 from nano_core.sources import Source, open_sources, texts_source
+from tokenizer.base import EOT, Tokenizer
 from tokenizer.count import count_chunks
 from tokenizer.merges import learn_merges
 from tokenizer.patterns import pattern_name, resolve_pattern
 
-FORMAT = "nano-bpe"
-VERSION = 1
-EOT = "<|endoftext|>"
 _CACHE_MAX = 1 << 20  # chunk -> ids cache entries before the cache is cleared (bounded memory on huge corpora)
 
 
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
+    FORMAT = "nano-bpe"
+    VERSION = 1
+
     def __init__(self, merges, pattern: str = "gpt4", special_tokens=(EOT,)):
         self.pattern = resolve_pattern(pattern)
         self.merges = [tuple(m) for m in merges]
@@ -143,20 +142,8 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return len(self._vocab)
 
-    @property
-    def eot_id(self) -> int:
-        if EOT not in self.special_tokens:
-            raise ValueError(f"this tokenizer has no {EOT} token (special tokens: {list(self.special_tokens)})")
-        return self.special_tokens[EOT]
-
     def token_bytes(self, i: int) -> bytes:
         return self._vocab[i]
-
-    def token_byte_lengths(self) -> np.ndarray:
-        """Bytes per token id (for bits-per-byte); special tokens count 0 bytes of text."""
-        lengths = np.array([len(v) for v in self._vocab], dtype=np.int32)
-        lengths[list(self.special_tokens.values())] = 0
-        return lengths
 
     def mergeable_ranks(self) -> dict[bytes, int]:
         """token bytes -> id for bytes and merges (what tiktoken calls mergeable ranks)."""
@@ -164,27 +151,17 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------------------------------------ io
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "pattern": self.pattern, "pattern_name": pattern_name(
+        return {"format": self.FORMAT, "version": self.VERSION, "pattern": self.pattern, "pattern_name": pattern_name(
             self.pattern), "merges": [list(m) for m in self.merges], "special_tokens": self.special_tokens}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BPETokenizer":
-        if d.get("format") != FORMAT or d.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} v{VERSION} tokenizer (format={d.get('format')!r}, "
-                             f"version={d.get('version')!r})")
+        cls.check_format(d)
         specials = sorted(d["special_tokens"].items(), key=lambda kv: kv[1])
         tok = cls(d["merges"], d["pattern"], [s for s, _ in specials])
         if tok.special_tokens != d["special_tokens"]:
             raise ValueError("special token ids in the file do not follow the merges; the file is corrupt")
         return tok
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
-
-    def save(self, directory) -> Path:
-        from tokenizer.io import save_tokenizer
-        return save_tokenizer(self, directory)
 
     def to_tiktoken(self):
         from tokenizer.io import to_tiktoken
@@ -199,10 +176,6 @@ class BPETokenizer:
 
     def __setstate__(self, d):
         self.__init__(d["merges"], d["pattern"], list(d["special_tokens"]))
-
-
-def canonical_json(d: dict) -> str:
-    return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 _worker_tok: BPETokenizer | None = None

@@ -2,17 +2,13 @@
 sorted by code point; special tokens after them. Same interface as BPETokenizer."""
 from __future__ import annotations
 
-import hashlib
-import json
-
-import numpy as np
-
-FORMAT = "nano-char"
-VERSION = 1
-EOT = "<|endoftext|>"
+from tokenizer.base import EOT, Tokenizer
 
 
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
+    FORMAT = "nano-char"
+    VERSION = 1
+
     def __init__(self, chars, special_tokens=(EOT,)):
         self.chars = list(chars)
         if len(set(self.chars)) != len(self.chars) or not all(isinstance(c, str) and len(c) == 1 for c in self.chars):
@@ -57,38 +53,17 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self._itos)
 
-    @property
-    def eot_id(self) -> int:
-        if EOT not in self.special_tokens:
-            raise ValueError(f"this tokenizer has no {EOT} token")
-        return self.special_tokens[EOT]
-
     def token_bytes(self, i: int) -> bytes:
         return self._itos[i].encode("utf-8")
 
-    def token_byte_lengths(self) -> np.ndarray:
-        lengths = np.array([len(c.encode("utf-8")) for c in self._itos], dtype=np.int32)
-        lengths[list(self.special_tokens.values())] = 0
-        return lengths
-
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "chars": self.chars, "special_tokens": self.special_tokens}
+        return {"format": self.FORMAT, "version": self.VERSION, "chars": self.chars, "special_tokens": self.special_tokens}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":
-        if d.get("format") != FORMAT or d.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} v{VERSION} tokenizer")
+        cls.check_format(d)
         specials = sorted(d["special_tokens"].items(), key=lambda kv: kv[1])
         return cls(d["chars"], [s for s, _ in specials])
-
-    @property
-    def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"),
-                                         ensure_ascii=True).encode()).hexdigest()
-
-    def save(self, directory):
-        from tokenizer.io import save_tokenizer
-        return save_tokenizer(self, directory)
 
     def __repr__(self):
         return f"CharTokenizer(vocab_size={self.vocab_size})"

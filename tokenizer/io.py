@@ -21,7 +21,7 @@ from tokenizer.bpe import BPETokenizer
 from tokenizer.char import CharTokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
-LOADERS = {"nano-bpe": BPETokenizer.from_dict, "nano-char": CharTokenizer.from_dict}
+LOADERS = {cls.FORMAT: cls.from_dict for cls in (BPETokenizer, CharTokenizer)}
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from nano_core.sources import open_sources
-from tokenizer.bpe import EOT, BPETokenizer
+from tokenizer.base import EOT
+from tokenizer.bpe import BPETokenizer
 from tokenizer.char import CharTokenizer
 from tokenizer.io import export_hf, export_tiktoken
 from tokenizer.patterns import PATTERNS
