@@ -373,3 +373,12 @@ def startup_line(backend: str, device: str, dtype: str, cfg, params: int, data_t
             f"FLOPs/token {format_count(cfg.estimate_flops())} | batch {batch_size}x{cfg.seq_len}x{grad_accum} | "
             f"data {format_count(data_tokens)} train tokens | unigram entropy {entropy:.3f} nats/token on train, "
             f"{val_bar:.3f} on val (the losses to beat) | peak {format_flops(peak)}/s ({peak_source})")
+
+
+def summary_line(step: int, last: dict, val_bar: float, run_dir) -> str:
+    """The closing line of a training run, the same for both backends."""
+    nan = float("nan")
+    return (f"done at step {step}: train loss {last.get('train_loss', nan):.4f}, "
+            f"val loss {last.get('val_loss', nan):.4f} (unigram on val {val_bar:.4f}), "
+            f"bpb {last.get('val_bpb', nan):.4f}, {last.get('tok_per_s', 0):,.0f} tok/s, MFU {last.get('mfu', 0):.1%}, "
+            f"peak memory {last.get('peak_memory_gb', nan):.2f} GB; checkpoint in {run_dir}")

@@ -31,7 +31,8 @@ from mlx.utils import tree_map
 from tqdm import tqdm
 
 from nano_core.checkpoint import load_checkpoint, save_checkpoint
-from nano_core.cli import Run, StopFlag, build_parser, explicit_flags, prepare_run, run_meta, startup_line
+from nano_core.cli import (Run, StopFlag, build_parser, explicit_flags, prepare_run, run_meta, startup_line,
+                           summary_line)
 from nano_core.data import ShardLoader, unigram_entropy
 from nano_core.host import keep_freed_memory
 from nano_core.metrics import (MetricsLogger, init_wandb, mfu, plot_loss_curve, probe_peak_flops,
@@ -94,6 +95,11 @@ def set_memory_limit(gb: float | None, device, log) -> None:
             mx.set_cache_limit(int(recommended) // 4)
     if gb is not None:
         mx.set_memory_limit(int(gb * 2**30))
+
+
+def peak_memory_gb(device) -> float:
+    """Peak memory in GiB of this process's MLX allocator (mx.get_peak_memory)."""
+    return mx.get_peak_memory() / 2**30
 
 
 def blas_notice() -> str | None:
@@ -325,15 +331,12 @@ def train(args, typed: set[str], log=print) -> Path:
             break
     bar.close()
     stop.restore()
-    last["peak_memory_gb"] = mx.get_peak_memory() / 2**30
+    last["peak_memory_gb"] = peak_memory_gb(device)
     if interrupted:
         path = save(step, last)
         log(f"interrupted: saved {path}; continue with --resume latest --out {run_dir}")
     else:
-        nan = float("nan")
-        log(f"done at step {step}: train loss {last.get('train_loss', nan):.4f}, "
-            f"val loss {last.get('val_loss', nan):.4f} (unigram on val {val_bar:.4f}), "
-            f"bpb {last.get('val_bpb', nan):.4f}, {last.get('tok_per_s', 0):,.0f} tok/s, MFU {last.get('mfu', 0):.1%}, peak memory {last['peak_memory_gb']:.2f} GB; checkpoint in {run_dir}")
+        log(summary_line(step, last, val_bar, run_dir))
     plot_loss_curve(run_dir, entropy, val_bar, title=f"{BACKEND} {args.preset or args.config} ({dtype})")
     logger.close()
     return run_dir

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from nano_core.checkpoint import load_checkpoint, save_checkpoint
-from nano_core.cli import Run, StopFlag, build_parser, explicit_flags, prepare_run, run_meta, startup_line
+from nano_core.cli import (Run, StopFlag, build_parser, explicit_flags, prepare_run, run_meta, startup_line,
+                           summary_line)
 from nano_core.data import ShardLoader, unigram_entropy
 from nano_core.host import keep_freed_memory, preloaded_openblas
 from nano_core.metrics import (MetricsLogger, init_wandb, mfu, plot_loss_curve, probe_peak_flops,
@@ -76,16 +77,6 @@ def pick_attn_impl(name: str, device: torch.device, dtype: str) -> str:
     return "eager" if (device.type == "cpu" and dtype == "bf16") else "sdpa"
 
 
-def blas_notice() -> str | None:
-    """An OpenBLAS preloaded for nano_mlx (LD_PRELOAD) reaches PyTorch's CPU kernels too, and its thread pool
-    competes with PyTorch's: the comparison config's fp32 step measured 3.5x slower. This only prints."""
-    lib = preloaded_openblas()
-    if lib is None:
-        return None
-    return (f"notice: LD_PRELOAD={lib} is meant for nano_mlx; inside PyTorch it made CPU steps 3.5x slower here "
-            f"(two thread pools on the same cores): run nano_torch without it")
-
-
 def autocast(device: torch.device, dtype: str):
     # keyed on device.type, so MPS gets MPS autocast (not CPU's) and fp32 gets no autocast at all
     amp = AUTOCAST_DTYPES[dtype]
@@ -102,6 +93,29 @@ def set_memory_limit(gb: float | None, device: torch.device, log) -> None:
         torch.mps.set_per_process_memory_fraction(min(2.0, gb * 2**30 / torch.mps.recommended_max_memory()))
     else:
         log(f"notice: --memory-limit is ignored on {device.type}")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory in GiB: the allocator's peak on CUDA; on MPS the driver's current allocation (PyTorch keeps no
+    MPS peak); on CPU the process's peak RSS (framework and data included)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**30
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def blas_notice() -> str | None:
+    """An OpenBLAS preloaded for nano_mlx (LD_PRELOAD) reaches PyTorch's CPU kernels too, and its thread pool
+    competes with PyTorch's: the comparison config's fp32 step measured 3.5x slower. This only prints."""
+    lib = preloaded_openblas()
+    if lib is None:
+        return None
+    return (f"notice: LD_PRELOAD={lib} is meant for nano_mlx; inside PyTorch it made CPU steps 3.5x slower here "
+            f"(two thread pools on the same cores): run nano_torch without it")
 
 
 @functools.cache
@@ -311,14 +325,12 @@ def train(args, typed: set[str], log=print) -> Path:
             break
     bar.close()
     stop.restore()
+    last["peak_memory_gb"] = peak_memory_gb(device)
     if interrupted:
         path = save(step, last)
         log(f"interrupted: saved {path}; continue with --resume latest --out {run_dir}")
     else:
-        nan = float("nan")
-        log(f"done at step {step}: train loss {last.get('train_loss', nan):.4f}, "
-            f"val loss {last.get('val_loss', nan):.4f} (unigram on val {val_bar:.4f}), "
-            f"bpb {last.get('val_bpb', nan):.4f}, {last.get('tok_per_s', 0):,.0f} tok/s, MFU {last.get('mfu', 0):.1%}; checkpoint in {run_dir}")
+        log(summary_line(step, last, val_bar, run_dir))
     plot_loss_curve(run_dir, entropy, val_bar, title=f"{BACKEND} {args.preset or args.config} ({dtype})")
     logger.close()
     return run_dir

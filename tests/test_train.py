@@ -302,3 +302,20 @@ def test_torch_dtype_choice_is_keyed_on_device_type(monkeypatch):
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     monkeypatch.undo()
     assert tt.cpu_has_fast_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)
+
+
+def test_both_backends_report_peak_memory_in_the_same_closing_line(backend):
+    import importlib
+
+    from nano_core.cli import summary_line
+    mod = importlib.import_module(f"nano_{backend}.train")
+    device = mod.pick_device("cpu")
+    if backend == "mlx":
+        import mlx.core as mx
+        mx.eval(mx.zeros((1 << 20,)))  # something for the allocator to have held
+    gb = mod.peak_memory_gb(device)
+    assert 0 < gb < 64  # GiB: a real reading (KiB/bytes confusion would be off by 2**10)
+    last = {"train_loss": 5.0, "val_loss": 4.9, "val_bpb": 1.8, "tok_per_s": 1234.0, "mfu": 0.25, "peak_memory_gb": gb}
+    line = summary_line(300, last, 6.87, "runs/x")
+    assert line.startswith("done at step 300: train loss 5.0000, val loss 4.9000 (unigram on val 6.8700)")
+    assert f"peak memory {gb:.2f} GB; checkpoint in runs/x" in line
