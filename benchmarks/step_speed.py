@@ -88,6 +88,8 @@ def mlx_stepper(cfg: ModelConfig, batch: np.ndarray, args):
         raise ValueError("MLX bf16 on a Linux CPU has no fast matmul path (DESIGN.md); use --dtype fp32 with mlx")
     if args.compile:
         raise ValueError("--compile is a torch option; the MLX step is always compiled here")
+    if args.aten_gemm or args.threads:
+        raise ValueError("--aten-gemm and --threads are torch options; drop them with --backend mlx")
     from nano_mlx.train import pick_attn_impl
     args.attn_impl = pick_attn_impl(args.attn_impl, mx.cpu, args.dtype)  # as the training CLI does
     mx.random.seed(0)

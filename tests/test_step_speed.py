@@ -40,3 +40,11 @@ def test_aten_gemm_flag_gives_the_same_losses_as_the_onednn_path(tmp_path):
     b, _ = run(tmp_path, "--backend", "torch", "--aten-gemm")
     assert (a["aten_gemm"], b["aten_gemm"]) == (False, True)
     assert b["losses"] == pytest.approx(a["losses"], rel=1e-5)
+
+
+def test_torch_only_flags_with_mlx_are_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--backend", "mlx", "--aten-gemm", "--config", SMALL,
+                           "--out", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "error: --aten-gemm and --threads are torch options; drop them with --backend mlx"
+    assert not (tmp_path / "r.json").exists()
