@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import register_flop_formula
 
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights as numpy_init
@@ -52,6 +53,12 @@ def _onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = No
 @_onednn_linear.register_fake
 def _(x, w, b=None):
     return x.new_empty(x.shape[0], w.shape[0])
+
+
+# So torch.utils.flop_counter.FlopCounterMode counts this GEMM like aten's mm (2 * M * K * N).
+@register_flop_formula(torch.ops.nano.onednn_linear)
+def _(x_shape, w_shape, *args, **kwargs) -> int:
+    return 2 * x_shape[0] * x_shape[1] * w_shape[0]
 
 
 class _OneDNNLinear(torch.autograd.Function):

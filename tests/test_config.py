@@ -116,15 +116,8 @@ def test_num_params_matches_torch_and_mlx_models(name):
     assert n_torch == n_mlx == cfg.num_params() == sum(w.size for w in init_weights(cfg, 0).values())
 
 
-@pytest.fixture
-def aten_gemms(monkeypatch):
-    """FlopCounterMode knows aten's GEMMs, not oneDNN's private linear op: count on the aten path (same math)."""
-    from nano_torch import model as torch_model
-    monkeypatch.setattr(torch_model, "ONEDNN_FP32", False)
-
-
 @pytest.mark.parametrize("name", ["gpt2", "modern", "sinusoidal-relu2-mqa"])
-def test_estimate_flops_matches_a_brute_force_count(name, aten_gemms):
+def test_estimate_flops_matches_a_brute_force_count(name):
     """Count every matmul FLOP of one forward+backward of the eager PyTorch model (full attention)."""
     from nano_torch.model import GPT as TorchGPT
     cfg = ModelConfig(**SMALL, **VARIANTS[name])
@@ -136,7 +129,7 @@ def test_estimate_flops_matches_a_brute_force_count(name, aten_gemms):
     assert counter.get_total_flops() / (B * T) == cfg.estimate_flops()
 
 
-def test_estimate_flops_for_rnn_matches_a_brute_force_count(aten_gemms):
+def test_estimate_flops_for_rnn_matches_a_brute_force_count():
     from nano_torch.model import GPT as TorchGPT
     cfg = ModelConfig(**SMALL, **VARIANTS["rnn"])
     model = TorchGPT(cfg).init_weights(0)
