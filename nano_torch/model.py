@@ -363,10 +363,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str):
         super().__init__()
-        layernorm_bias = cfg.bias
-        self.ln_1 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, layernorm_bias)
+        self.ln_1 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.attn = Attention(cfg, window, attn_impl)
-        self.ln_2 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, layernorm_bias)
+        self.ln_2 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x, rope=None, cache=None, layer=0):
