@@ -1,0 +1,108 @@
+"""What a framework has to supply: the backend interface that nano_torch/backend.py and nano_mlx/backend.py implement.
+
+Everything that is not framework code lives once in nano_core: the training loop (loop.py), evaluation,
+generation, checkpoints, schedules, metrics. They talk to a framework only through the methods below, so a new
+feature (an optimizer, an eval task, an export) is written once and a new backend is one file.
+
+The contract, in words:
+- Arrays cross the boundary as numpy, under the canonical parameter names of nano_core.init: weights and optimizer
+  state go in and out as dict[str, np.ndarray] (float32), batches come in as int32 (rows, T+1) windows.
+- The model and the optimizer are the framework's own objects; nano_core never looks inside them, it passes them
+  back to the backend. A model has `.cfg` (its ModelConfig).
+- The train step is the whole optimizer step: forward, backward, gradient accumulation over micro-batches, global
+  norm clipping, the AdamW update (bias-corrected, decoupled decay on >= 2-D weights only). It returns the mean
+  loss as a framework scalar *without* synchronising; `loss_value` synchronises. Randomness inside the step
+  (dropout) is a pure function of (seed, step): the step reseeds the framework's generator from
+  `step_seed(seed, step)`, so a resumed run draws what the uninterrupted run drew, whichever backend wrote the
+  checkpoint, and no RNG state has to be saved.
+- `inference(model)` is a context for evaluation and sampling: eval mode, no gradients, the training compute dtype.
+- A backend is a plain class (no base class to inherit): `Backend(device=..., dtype=..., attn_impl=..., compile=...)`
+  resolves "auto" for each of them and raises ValueError with a one-line message for a choice that cannot run.
+
+tests/test_backend.py runs one contract suite against both implementations.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from nano_core.config import ModelConfig
+
+Weights = dict[str, np.ndarray]
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of the framework RNG for optimizer step `step` (0-based) of a run seeded with `seed`."""
+    return (seed * 1_000_003 + step) % 2**32
+
+
+class Backend(Protocol):
+    name: str          # "torch" | "mlx": written into checkpoints and run names
+    device: str        # where it runs, as the framework names it: "cpu" | "cuda" | "mps" (torch), "cpu" | "gpu" (mlx)
+    dtype: str         # the compute dtype after "auto": "fp32" | "bf16" | "fp16"; weights and AdamW state stay fp32
+    dtype_why: str     # a few words on why that dtype (the startup line prints them)
+    attn_impl: str     # the attention kernel after "auto": "sdpa" | "eager" | "flash"
+    compile: bool      # whether the train step is compiled (mx.compile / torch.compile)
+
+    # -- the machine ------------------------------------------------------------------------------------------
+    def notices(self) -> list[str]:
+        """One-line notices worth printing at the start of a run (a slow BLAS, a setting that was ignored)."""
+
+    def set_memory_limit(self, gb: float | None) -> str | None:
+        """Cap accelerator memory at `gb` GiB (None: the framework default); a notice when it cannot."""
+
+    def measure_peak_flops(self) -> tuple[float, str]:
+        """(FLOP/s, how): a square matmul in the compute dtype, through the model's own GEMM path, timed now.
+        The MFU denominator; the loop caches it and re-measures at most once (nano_core.metrics.recheck_peak)."""
+
+    def peak_memory(self) -> tuple[int, str]:
+        """(bytes, method): the peak memory so far and what was measured (allocator peak, driver allocation, RSS)."""
+
+    def sync(self) -> None:
+        """Wait for queued device work (timing); a no-op where the framework is synchronous."""
+
+    # -- model ------------------------------------------------------------------------------------------------
+    def build_model(self, cfg: ModelConfig, weights: Weights, grad_checkpoint: bool = False) -> Any:
+        """The model for `cfg` on the device, in training mode, holding `weights` (canonical names, fp32)."""
+
+    def model_weights(self, model) -> Weights:
+        """A float32 numpy copy of every parameter, under the canonical names."""
+
+    def num_params(self, model) -> int:
+        """Number of trainable parameters."""
+
+    # -- optimizer --------------------------------------------------------------------------------------------
+    def build_optimizer(self, model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> Any:
+        """AdamW: bias-corrected, decoupled weight decay on parameters with ndim >= 2 only, fp32 moments."""
+
+    def optimizer_state(self, optimizer, model) -> Weights:
+        """`{name}.exp_avg`, `{name}.exp_avg_sq` (float32) per parameter and `step` (0-d int64)."""
+
+    def load_optimizer_state(self, optimizer, model, state: Weights) -> None:
+        """The inverse of optimizer_state; ValueError (one line) when the state does not fit the model."""
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float,
+                        seed: int) -> Callable[[np.ndarray, float, int], Any]:
+        """step(batch, lr, step) -> mean loss (unsynchronised framework scalar). `batch` is (grad_accum * B, T+1)
+        int32, split into grad_accum micro-batches of B rows; `lr` is this step's learning rate; `step` is the
+        0-based index of this optimizer step (it seeds dropout, see step_seed). grad_clip 0 means no clipping."""
+
+    def loss_value(self, loss) -> float:
+        """The Python float of a loss returned by the train step (synchronises)."""
+
+    # -- inference --------------------------------------------------------------------------------------------
+    def inference(self, model) -> AbstractContextManager:
+        """Eval mode, no gradients, the compute dtype, for the duration of the block; training mode after it."""
+
+    def token_losses(self, model, batch: np.ndarray) -> np.ndarray:
+        """(B, T) float32 nats of each next token of (B, T+1) int32 windows. Call inside inference()."""
+
+    def make_cache(self, model, batch_size: int, max_len: int) -> Any:
+        """A KV cache (hidden state for the RNN) for `max_len` positions; `.pos` counts the positions written."""
+
+    def next_logits(self, model, ids: list[int], cache) -> np.ndarray:
+        """Feed `ids` (one sequence) through the model, advancing `cache`; float32 (V,) logits at the last one.
+        Call inside inference()."""
