@@ -58,7 +58,11 @@ class Backend(Protocol):
         The MFU denominator; the loop caches it and re-measures at most once (nano_core.metrics.recheck_peak)."""
 
     def peak_memory(self) -> tuple[int, str]:
-        """(bytes, method): the peak memory so far and what was measured (allocator peak, driver allocation, RSS)."""
+        """(bytes, method): the peak memory since the start (or the last reset_peak_memory) and what was measured
+        (allocator peak, driver allocation, process peak RSS)."""
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak, where the framework (or the OS, for RSS) allows it; else the lifetime peak stays."""
 
     def sync(self) -> None:
         """Wait for queued device work (timing); a no-op where the framework is synchronous."""
