@@ -67,3 +67,29 @@ def without_openblas_preload():
         yield
     finally:
         os.environ["LD_PRELOAD"] = old
+
+
+# --- process memory (the CPU backends' peak-memory figure) ---------------------------------------------------
+def peak_rss() -> tuple[int, str]:
+    """(bytes, method): the process's peak resident set since start or the last reset_peak_rss(). Linux reads VmHWM
+    from /proc/self/status (resettable); elsewhere getrusage's lifetime maximum (KiB on Linux, bytes on macOS)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "process peak RSS (VmHWM)"
+    except OSError:
+        pass
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (rss if sys.platform == "darwin" else rss * 1024), "process lifetime peak RSS (ru_maxrss)"
+
+
+def reset_peak_rss() -> bool:
+    """Start a new VmHWM peak (Linux >= 4.0: write 5 to /proc/self/clear_refs); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
