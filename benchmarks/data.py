@@ -17,12 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared" / "data"
+from nano_core.data import ShardLoader
+from nano_core.prepare import prepare
+from tokenizer import BPETokenizer
+from tokenizer.files import atomic_write
 
-from nano_core.data import ShardLoader  # noqa: E402
-from nano_core.prepare import prepare  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 
 
 def corpus(novels: int) -> list[Path]:
@@ -92,7 +93,6 @@ def main():
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "data.json"))
     args = p.parse_args()
 
-    from tokenizer import BPETokenizer
     files = corpus(args.novels)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -130,9 +130,7 @@ def main():
     result = {"machine": platform.platform(), "python": platform.python_version(), "files": [str(f) for f in files],
               "vocab_size": args.vocab_size, "tokenizer_train_seconds": train_secs, "prepare": preps,
               "loader": loads, "tiny_step_tok_s": step, "step_source": step_source, "loader_over_step": ratio}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = atomic_write(args.json, json.dumps(result, indent=1))
     print(f"wrote {out}")
 
 

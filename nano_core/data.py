@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizer import load_tokenizer
+
 MAGIC = 20240520
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -359,7 +361,6 @@ class ShardLoader:
             if not tok_dir.is_dir():
                 raise FileNotFoundError(f"{tok_dir} not found: this data was not made by nano_core.prepare; "
                                         "pass a tokenizer explicitly")
-            from tokenizer import load_tokenizer  # lazy: the loader itself needs only numpy
             self._tokenizer = load_tokenizer(tok_dir)
         return self._tokenizer
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nano_core.data import ShardLoader, load_manifest, read_shard
+
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 
@@ -90,8 +92,6 @@ def unigram_val_loss(data_dir, max_tokens: int = 50_000_000) -> float:
     above the train split's unigram entropy when val and train differ in kind (shard 0 is the first documents of
     the first source, e.g. all of a small FineWeb-Edu sample in front of novels).
     """
-    from nano_core.data import ShardLoader, load_manifest, read_shard
-
     vocab = int(load_manifest(data_dir)["vocab_size"])
 
     def counts(split: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -32,13 +33,15 @@ import numpy as np
 from tqdm import tqdm
 
 from nano_core.data import load_manifest, shard_dtype, write_shard
+from tokenizer import BPETokenizer, load_tokenizer
+from tokenizer.base import EOT
+from tokenizer.sources import open_sources
 
 MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
 DEFAULT_VOCAB = 8192
 DEFAULT_SHARD_TOKENS = 50_000_000   # 100 MB per uint16 shard: many shards to shuffle, few files to open
 DEFAULT_VAL_TOKENS = 1_000_000
 CHUNK_CHARS = 1 << 20               # text per task sent to a worker: big enough to amortise pickling
-EOT = "<|endoftext|>"
 
 
 def _write_json(path: Path, obj: dict):
@@ -60,7 +63,6 @@ _DTYPE = None
 
 def _init_worker(tok_dir: str, encoder: str, dtype: str):
     global _ENCODE, _EOT_ID, _DTYPE
-    from tokenizer import load_tokenizer
     tok = load_tokenizer(tok_dir)
     _EOT_ID, _DTYPE = tok.eot_id, dtype
     _ENCODE = ENCODERS[encoder](tok)
@@ -157,7 +159,6 @@ def _encoded(chunks, tok_dir: Path, encoder: str, dtype: str, num_workers: int):
         for first, texts in chunks:
             yield first, _encode_chunk(texts)
         return
-    import multiprocessing as mp
     pool = mp.get_context().Pool(num_workers, initializer=_init_worker, initargs=(str(tok_dir), encoder, dtype))
     try:
         pending = deque()
@@ -222,7 +223,6 @@ def _source_spec(s) -> str:
 
 def _get_tokenizer(tokenizer, vocab_size, sources, prior, out: Path, num_workers, progress):
     """The tokenizer to use: given object, loaded directory, the one a previous run saved in OUT, or newly trained."""
-    from tokenizer import BPETokenizer, load_tokenizer
     if tokenizer is not None:
         if isinstance(tokenizer, (str, os.PathLike)):
             path = Path(tokenizer).expanduser()
@@ -247,7 +247,6 @@ def _get_tokenizer(tokenizer, vocab_size, sources, prior, out: Path, num_workers
 
 
 def _open_sources(specs, max_docs):
-    from nano_core.sources import open_sources
     sources = open_sources(list(specs), max_docs=max_docs)
     for src in sources:  # an empty source is a mistake worth stopping for before any work is done
         if next(iter(src.documents()), None) is None:  # (documents() raises for most empty sources itself)

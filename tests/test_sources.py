@@ -1,4 +1,4 @@
-"""nano_core.sources on the real files in ../shared/data: encodings, formats, errors, splitting."""
+"""tokenizer.sources on the real files in ../shared/data: encodings, formats, errors, splitting."""
 import json
 import os
 import pickle
@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nano_core.sources import BLANK_LINES, Source, decode_bytes, hub_reachable, open_sources, read_text
+from tokenizer.sources import BLANK_LINES, Source, decode_bytes, hub_reachable, open_sources, read_text
 
 
 def docs_of(specs, **kw):
@@ -156,6 +156,6 @@ def test_hub_helpers_are_offline_safe(monkeypatch):
 def test_sources_module_imports_no_backend():
     import subprocess
     import sys
-    code = "import sys, nano_core.sources; print('torch' in sys.modules or 'mlx' in sys.modules)"
+    code = "import sys, tokenizer.sources; print('torch' in sys.modules or 'mlx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -1,6 +1,6 @@
 """What every nano tokenizer shares: the end-of-text token, bytes per token (for bits per byte), the identity hash
-and saving. A subclass defines its vocabulary (vocab_size, token_bytes), encode/decode, and to_dict/from_dict with
-its own FORMAT and VERSION (checked by check_format)."""
+and saving (DIR/tokenizer.json). A subclass defines its vocabulary (vocab_size, token_bytes), encode/decode, and
+to_dict/from_dict with its own FORMAT and VERSION (checked by check_format)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizer.files import atomic_write
+
 EOT = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"  # what save() writes into its directory
 
 
 def canonical_json(d: dict) -> str:
@@ -55,5 +58,7 @@ class Tokenizer:
         return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
 
     def save(self, directory) -> Path:
-        from tokenizer.io import save_tokenizer
-        return save_tokenizer(self, directory)
+        """Write DIRECTORY/tokenizer.json (our versioned JSON, see tokenizer.io) atomically; return its path."""
+        path = Path(directory) / TOKENIZER_FILE
+        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        return path

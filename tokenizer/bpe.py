@@ -11,16 +11,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import regex
 
-from nano_core.sources import Source, open_sources, texts_source
 from tokenizer.base import EOT, Tokenizer
 from tokenizer.count import count_chunks
 from tokenizer.merges import learn_merges
 from tokenizer.patterns import pattern_name, resolve_pattern
+from tokenizer.sources import resolve_inputs
 
 _CACHE_MAX = 1 << 20  # chunk -> ids cache entries before the cache is cleared (bounded memory on huge corpora)
 
@@ -164,8 +163,10 @@ class BPETokenizer(Tokenizer):
         return tok
 
     def to_tiktoken(self):
-        from tokenizer.io import to_tiktoken
-        return to_tiktoken(self)
+        """A tiktoken.Encoding with our ranks, pattern and specials (no download involved)."""
+        return require_tiktoken().Encoding(name=f"nano-{self.hash[:12]}", pat_str=self.pattern,
+                                           mergeable_ranks=self.mergeable_ranks(),
+                                           special_tokens=dict(self.special_tokens))
 
     def __repr__(self):
         name = pattern_name(self.pattern) or "custom"
@@ -178,6 +179,15 @@ class BPETokenizer(Tokenizer):
         self.__init__(d["merges"], d["pattern"], list(d["special_tokens"]))
 
 
+def require_tiktoken():
+    """The tiktoken module (an optional dependency, imported only when an export or encoder asks for it)."""
+    try:
+        import tiktoken
+    except ImportError:
+        raise ValueError("tiktoken is not installed (pip install 'nano[bench]')") from None
+    return tiktoken
+
+
 _worker_tok: BPETokenizer | None = None
 
 
@@ -188,48 +198,3 @@ def _set_worker_tokenizer(tok):
 
 def _encode_in_worker(text):
     return _worker_tok.encode(text)
-
-
-class _IterSource:
-    """An iterator of texts that cannot be split: counted in the main process."""
-    name = "texts"
-
-    def __init__(self, it):
-        self._it = it
-
-    def documents(self):
-        for t in self._it:
-            if not isinstance(t, str):
-                raise ValueError(f"texts must be str, got {type(t).__name__}")
-            yield t
-
-    def split(self, n):
-        raise ValueError("an iterator of texts cannot be split; pass a list or files for parallel reading")
-
-    def num_bytes(self):
-        return 0
-
-
-def _looks_like_spec(s) -> bool:
-    if isinstance(s, (Path, Source)):
-        return True
-    if not isinstance(s, str) or "\n" in s or len(s) > 4096:
-        return False
-    return (s in ("builtin", "fineweb-edu") or s.startswith("fineweb-edu:") or os.path.exists(s) or "/" in s
-            or os.sep in s or Path(s).suffix in (".txt", ".jsonl", ".parquet", ".md"))
-
-
-def resolve_inputs(inputs) -> list:
-    """Training inputs -> sources. Rules: a str/Path/Source, or a list/tuple whose items all look like specs
-    (existing path, has a '/' or a known suffix, 'builtin', 'fineweb-edu[:cfg]') -> sources (missing paths are an
-    error); another list/tuple of str -> in-memory texts (split across workers); any other iterable of str ->
-    texts counted in the main process."""
-    if isinstance(inputs, (str, Path, Source)):
-        return open_sources([inputs])
-    if isinstance(inputs, (list, tuple)):
-        if not inputs:
-            raise ValueError("empty corpus: no inputs given")
-        if all(_looks_like_spec(s) for s in inputs):
-            return open_sources(list(inputs))
-        return [texts_source(inputs)]
-    return [_IterSource(iter(inputs))]

@@ -3,6 +3,7 @@ sorted by code point; special tokens after them. Same interface as BPETokenizer.
 from __future__ import annotations
 
 from tokenizer.base import EOT, Tokenizer
+from tokenizer.sources import resolve_inputs
 
 
 class CharTokenizer(Tokenizer):
@@ -21,7 +22,6 @@ class CharTokenizer(Tokenizer):
     def train(cls, inputs, special_tokens=(EOT,), max_chars: int | None = None, progress: bool = False,
               **_ignored) -> "CharTokenizer":
         """The alphabet of `inputs` (same input rules as BPETokenizer.train)."""
-        from tokenizer.bpe import resolve_inputs
         seen: set[str] = set()
         total = 0
         for src in resolve_inputs(inputs):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import regex
 from tqdm import tqdm
 
-from nano_core.sources import Source
+from tokenizer.sources import Source
 
 _PROGRESS_EVERY = 1 << 20  # characters between progress messages from a worker
 

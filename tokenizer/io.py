@@ -13,35 +13,19 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from pathlib import Path
 
-from tokenizer.bpe import BPETokenizer
+from tokenizer.base import TOKENIZER_FILE
+from tokenizer.bpe import BPETokenizer, require_tiktoken
 from tokenizer.char import CharTokenizer
+from tokenizer.files import atomic_write
 
-TOKENIZER_FILE = "tokenizer.json"
 LOADERS = {cls.FORMAT: cls.from_dict for cls in (BPETokenizer, CharTokenizer)}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_tokenizer(tok, directory) -> Path:
-    path = Path(directory) / TOKENIZER_FILE
-    atomic_write_text(path, json.dumps(tok.to_dict(), ensure_ascii=False) + "\n")
-    return path
+    """DIRECTORY/tokenizer.json, written atomically (the same as tok.save(directory))."""
+    return tok.save(directory)
 
 
 def load_tokenizer(path):
@@ -105,7 +89,7 @@ def export_hf(tok: BPETokenizer, path) -> Path:
     path = Path(path)
     if path.suffix != ".json":
         path = path / "tokenizer.json"
-    atomic_write_text(path, json.dumps(to_hf_dict(tok), ensure_ascii=False))
+    atomic_write(path, json.dumps(to_hf_dict(tok), ensure_ascii=False))
     return path
 
 
@@ -117,24 +101,10 @@ def export_tiktoken(tok: BPETokenizer, directory) -> Path:
     directory = Path(directory)
     ranks = tok.mergeable_ranks()
     lines = "".join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in ranks.items())
-    atomic_write_text(directory / TIKTOKEN_RANKS, lines)
+    atomic_write(directory / TIKTOKEN_RANKS, lines)
     meta = {"pattern": tok.pattern, "special_tokens": tok.special_tokens, "name": f"nano-{tok.hash[:12]}"}
-    atomic_write_text(directory / TIKTOKEN_META, json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
+    atomic_write(directory / TIKTOKEN_META, json.dumps(meta, ensure_ascii=False, indent=1) + "\n")
     return directory
-
-
-def _tiktoken():
-    try:
-        import tiktoken
-    except ImportError:
-        raise ValueError("tiktoken is not installed (pip install 'nano[bench]')") from None
-    return tiktoken
-
-
-def to_tiktoken(tok: BPETokenizer):
-    """A tiktoken.Encoding with our ranks, pattern and specials (no download involved)."""
-    return _tiktoken().Encoding(name=f"nano-{tok.hash[:12]}", pat_str=tok.pattern,
-                                mergeable_ranks=tok.mergeable_ranks(), special_tokens=dict(tok.special_tokens))
 
 
 def load_tiktoken(directory):
@@ -144,5 +114,5 @@ def load_tiktoken(directory):
     for line in (directory / TIKTOKEN_RANKS).read_text(encoding="ascii").splitlines():
         token, rank = line.split()
         ranks[base64.b64decode(token)] = int(rank)
-    return _tiktoken().Encoding(name=meta["name"], pat_str=meta["pattern"], mergeable_ranks=ranks,
+    return require_tiktoken().Encoding(name=meta["name"], pat_str=meta["pattern"], mergeable_ranks=ranks,
                                 special_tokens=meta["special_tokens"])

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nano_core.sources import open_sources
+from tokenizer.sources import open_sources
 from tokenizer.base import EOT
 from tokenizer.bpe import BPETokenizer
 from tokenizer.char import CharTokenizer

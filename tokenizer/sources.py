@@ -274,3 +274,51 @@ def hub_reachable(timeout: float = 3.0) -> bool:
             return True
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training inputs: what BPETokenizer.train / CharTokenizer.train accept
+
+class _IterSource:
+    """An iterator of texts that cannot be split: counted in the main process."""
+    name = "texts"
+
+    def __init__(self, it):
+        self._it = it
+
+    def documents(self):
+        for t in self._it:
+            if not isinstance(t, str):
+                raise ValueError(f"texts must be str, got {type(t).__name__}")
+            yield t
+
+    def split(self, n):
+        raise ValueError("an iterator of texts cannot be split; pass a list or files for parallel reading")
+
+    def num_bytes(self):
+        return 0
+
+
+def _looks_like_spec(s) -> bool:
+    if isinstance(s, (Path, Source)):
+        return True
+    if not isinstance(s, str) or "\n" in s or len(s) > 4096:
+        return False
+    return (s in ("builtin", "fineweb-edu") or s.startswith("fineweb-edu:") or os.path.exists(s) or "/" in s
+            or os.sep in s or Path(s).suffix in (".txt", ".jsonl", ".parquet", ".md"))
+
+
+def resolve_inputs(inputs) -> list:
+    """Training inputs -> sources. Rules: a str/Path/Source, or a list/tuple whose items all look like specs
+    (existing path, has a '/' or a known suffix, 'builtin', 'fineweb-edu[:cfg]') -> sources (missing paths are an
+    error); another list/tuple of str -> in-memory texts (split across workers); any other iterable of str ->
+    texts counted in the main process."""
+    if isinstance(inputs, (str, Path, Source)):
+        return open_sources([inputs])
+    if isinstance(inputs, (list, tuple)):
+        if not inputs:
+            raise ValueError("empty corpus: no inputs given")
+        if all(_looks_like_spec(s) for s in inputs):
+            return open_sources(list(inputs))
+        return [texts_source(inputs)]
+    return [_IterSource(iter(inputs))]

@@ -1,6 +1,6 @@
 """Tokenizer trainers side by side on the same corpus and vocab size.
 
-  python benchmarks/tokenizer.py [--vocab-size 32768] [--target-mb 44.5] [--out runs/bench_tokenizer.json]
+  python benchmarks/tokenizer_bench.py [--vocab-size 32768] [--target-mb 44.5] [--out runs/bench_tokenizer.json]
 
 Trainers: ours (pure Python), HF `tokenizers` BPE with the same regex split, SentencePiece BPE, and rustbpe
 (nanochat's Rust trainer, the merge reference). Each trains in its own subprocess; peak memory is the peak RSS
@@ -18,14 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from tokenizer import BPETokenizer, load_tokenizer
+from tokenizer.files import atomic_write
+from tokenizer.patterns import GPT4
+from tokenizer.sources import read_text
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-sys.path.insert(0, str(REPO))
 
 
 def build_corpus(target_mb: float, out_dir: Path) -> list[Path]:
     """FineWeb-edu + WikiText-2 valid + Gutenberg novels (in name order) until target_mb, as clean UTF-8 files."""
-    from nano_core.sources import read_text
     files = [DATA / "fineweb_edu" / "sample-10BT-281docs.txt", DATA / "wikitext2" / "wiki.valid.raw"]
     files += sorted((DATA / "gutenberg").glob("*.txt"))
     out, total = [], 0
@@ -44,7 +47,6 @@ def build_corpus(target_mb: float, out_dir: Path) -> list[Path]:
 # Each runs inside its own subprocess: (files, vocab_size, workdir) -> an object with .encode(str) -> ids.
 
 def train_ours(files, vocab, work):
-    from tokenizer import BPETokenizer
     stats = {}
     tok = BPETokenizer.train([str(f) for f in files], vocab_size=vocab, num_workers=2, progress=False, stats=stats)
     tok.save(work / "ours")
@@ -60,8 +62,6 @@ def _line_pieces(files, lines_per_piece: int = 1000):
 
 def train_hf(files, vocab, work):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    from tokenizer.patterns import GPT4
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(GPT4), behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -89,8 +89,6 @@ def train_spm(files, vocab, work):
 
 def train_rustbpe(files, vocab, work):
     import rustbpe
-
-    from tokenizer.patterns import GPT4
     tok = rustbpe.Tokenizer()
     tok.train_from_iterator((f.read_text(encoding="utf-8") for f in files), vocab - 1, pattern=GPT4)
     ranks = sorted(dict(tok.get_mergeable_ranks()).items(), key=lambda kv: kv[1])
@@ -135,8 +133,6 @@ def encoding_speed(work, heldout) -> dict:
     """MB/s encoding the held-out text: ours (fresh cache, 1 process), ours encode_batch (2 processes),
     our tiktoken export (1 thread), HF tokenizers (1 call)."""
     from tokenizers import Tokenizer
-
-    from tokenizer import load_tokenizer
     text = Path(heldout).read_text(encoding="utf-8")
     mb = len(text.encode()) / 1e6
     docs = text.split("\n \n")
@@ -185,7 +181,6 @@ def main():
             print(f"  {name:14s} {rows[name]['seconds']:6.2f} s  {rows[name]['peak_rss_mb']:7.0f} MB", flush=True)
         same = None
         if "rustbpe" in rows and "ours" in rows:
-            from tokenizer import load_tokenizer
             ours = load_tokenizer(work / "ours")
             rust = [bytes.fromhex(h) for h in json.loads((work / "rustbpe.json").read_text())]
             same = [ours.token_bytes(i) for i in range(256 + len(ours.merges))] == rust
@@ -208,11 +203,7 @@ def main():
     result = {"corpus_mb": mb, "files": len(files), "vocab_size": args.vocab_size, "heldout": args.heldout,
               "trainers": rows, "merges_identical_to_rustbpe": same, "encode_mb_per_s": speed,
               "cpu_count": os.cpu_count()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(result, indent=1))
-    os.replace(tmp_out, out)
+    out = atomic_write(args.out, json.dumps(result, indent=1))
     print(f"\nwrote {out}")
 
 
