@@ -4,7 +4,7 @@
 
 Corpus: the FineWeb-Edu sample (jsonl) + the first --novels Gutenberg novels from ../shared/data. The tokenizer is
 trained once (timed separately); prepare is then timed with that tokenizer, so the figure is encoding + sharding.
-The loader must outrun training by a wide margin (the issue asks >= 100x what a `tiny` model step consumes): the
+The loader must outrun training by a wide margin (the target: >= 100x what a `tiny` model step consumes): the
 ratio is computed against a measured PyTorch tiny-model step when nano_torch is importable, else --step-tok-s.
 """
 from __future__ import annotations

@@ -7,9 +7,9 @@ A checkpoint is a directory `ckpt_{step:07d}/` inside the run directory:
                          code version, backend; non-array optimizer entries (its step count) under "optimizer"
   tokenizer/             a copy of the tokenizer the data was encoded with, so the checkpoint stands alone
 
-Everything is written into a hidden temp directory in the run dir and then renamed into place, so a crash (or a
-Ctrl-C) mid-write never leaves a half checkpoint that `latest_checkpoint` would pick up. Only the last `keep`
-checkpoints are kept.
+Everything is written into a hidden temp directory in the run dir, flushed to disk (fsync), and then the directory
+is renamed into place, so a crash (or a Ctrl-C) mid-write never leaves a half checkpoint that `latest_checkpoint`
+would pick up. Only the last `keep` checkpoints are kept.
 """
 from __future__ import annotations
 
@@ -87,6 +87,7 @@ def save_checkpoint(run_dir, step: int, model_weights: dict, optim_state: dict, 
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+        _fsync_tree(tmp)  # the rename below must never publish files whose bytes are still in flight
         if final.exists():  # re-saving the same step (e.g. Ctrl-C right after a periodic save): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -97,6 +98,28 @@ def save_checkpoint(run_dir, step: int, model_weights: dict, optim_state: dict, 
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under `root` (and, where the OS allows, the directories' entries) to disk."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(dirpath)
+
+
+def _fsync_dir(path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; its renames do not need this
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _json_default(o):
@@ -152,36 +175,3 @@ def checkpoint_tokenizer_dir(path) -> Path:
     if recorded and Path(recorded).is_dir():
         return Path(recorded)
     raise FileNotFoundError(f"checkpoint {path} carries no tokenizer/ and the recorded one ({recorded}) is gone")
-
-
-# --- Hugging Face config mapping -------------------------------------------------------------------------------
-# Only the classic GPT-2 layout (learned positions, LayerNorm, GELU MLP, tied embeddings) maps onto
-# transformers' GPT2Config; the modern variants (RoPE, RMSNorm, ...) have no single HF counterpart.
-def to_hf_config(cfg) -> dict:
-    """A transformers GPT2Config dict for a classic GPT-2-style ModelConfig (or its to_dict())."""
-    d = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    classic = {"arch": "gpt", "pos": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True,
-               "n_kv_head": None, "qk_norm": False, "window": None, "logit_softcap": None, "tie_embeddings": True}
-    for key, want in classic.items():
-        if d.get(key, want) != want:
-            raise ValueError(f"to_hf_config maps classic GPT-2 configs only; {key}={d.get(key)!r} has no GPT2Config "
-                             f"equivalent (GPT-2 has {key}={want!r})")
-    n_embd = d["n_embd"]
-    return {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": d["vocab_size"],
-        "n_positions": d["seq_len"],
-        "n_ctx": d["seq_len"],
-        "n_embd": n_embd,
-        "n_layer": d["n_layer"],
-        "n_head": d["n_head"],
-        "n_inner": d.get("mlp_hidden") or 4 * n_embd,
-        # GPT-2's "gelu_new" is the tanh approximation; our gelu must match it for logits to agree.
-        "activation_function": "gelu_new",
-        "layer_norm_epsilon": d.get("norm_eps", 1e-5),
-        "resid_pdrop": d.get("dropout_resid", 0.0),
-        "embd_pdrop": d.get("dropout_emb", 0.0),
-        "attn_pdrop": d.get("dropout_attn", 0.0),
-        "tie_word_embeddings": True,
-    }

@@ -25,12 +25,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tokenizer import load_tokenizer
+from tokenizer.files import atomic_path
 
 MAGIC = 20240520
 HEADER_INTS = 256
@@ -54,7 +54,7 @@ def shard_dtype(vocab_size: int) -> str:
 # one shard: write, read, validate
 
 def write_shard(path, tokens, dtype: str | None = None) -> Path:
-    """Write `tokens` as one shard at `path`, atomically (temp file in the same directory, then os.replace).
+    """Write `tokens` as one shard at `path`, atomically (tokenizer.files.atomic_path: temp file, fsync, rename).
 
     dtype "uint16"/"uint32" picks the header version; None picks the narrowest that holds max(tokens).
     """
@@ -74,18 +74,9 @@ def write_shard(path, tokens, dtype: str | None = None) -> Path:
         raise ValueError(f"write_shard({path.name}): {tokens.size} tokens overflow the int32 count; split the shard")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION_OF_DTYPE[dtype], tokens.size
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(f"<{np.dtype(dtype).str[1:]}", copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())  # the rename below must never publish a file whose bytes are still in flight
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(f"<{np.dtype(dtype).str[1:]}", copy=False).tobytes())
     return path
 
 
@@ -325,13 +316,6 @@ class ShardLoader:
             shard, start = self._next_window()
             out[b] = self._tokens(shard)[start:start + T + 1]  # assignment casts uint16/uint32 -> int32
         return out
-
-    def __iter__(self):
-        while True:
-            yield self.next_batch()
-
-    def reset(self):
-        self.epoch, self.pos = 0, 0
 
     # -- exact resume ----------------------------------------------------------------
     def state_dict(self) -> dict:

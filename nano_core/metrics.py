@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from nano_core.data import ShardLoader, load_manifest, read_shard
+from tokenizer.files import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -88,9 +88,9 @@ def bits_per_byte(nats: np.ndarray, targets: np.ndarray, token_byte_lengths: np.
 def unigram_val_loss(data_dir, max_tokens: int = 50_000_000) -> float:
     """Cross-entropy (nats/token) of the val split under the train split's unigram distribution (add-one smoothed).
 
-    This is the val loss of a model that ignores context, i.e. the bar a *val* loss has to beat. It can sit well
-    above the train split's unigram entropy when val and train differ in kind (shard 0 is the first documents of
-    the first source, e.g. all of a small FineWeb-Edu sample in front of novels).
+    This is the val loss of a model that ignores context, i.e. the bar a *val* loss has to beat. It sits above the
+    train split's unigram entropy by however much the val documents differ from the training ones (prepare
+    interleaves the sources by size, so the val shard mixes them as the training shards do).
     """
     vocab = int(load_manifest(data_dir)["vocab_size"])
 
@@ -134,9 +134,7 @@ class MetricsLogger:
         if not self.path.is_file():
             return
         keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(ln + "\n" for ln in keep))
 
     def log(self, record: dict) -> None:
         record = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in record.items()}
@@ -197,8 +195,9 @@ def plot_loss_curve(run_dir, unigram_entropy: float | None = None, unigram_val: 
     ax.legend()
     fig.tight_layout()
     out = Path(run_dir) / LOSS_CURVE_FILE
-    tmp = out.with_name(".loss_curve.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out, suffix=".png") as tmp:  # savefig picks the format from the extension
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return out

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from nano_core.data import load_manifest, shard_dtype, write_shard
 from tokenizer import BPETokenizer, load_tokenizer
 from tokenizer.base import EOT
+from tokenizer.files import atomic_write
 from tokenizer.sources import open_sources
 
 MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
@@ -45,12 +46,7 @@ CHUNK_CHARS = 1 << 20               # text per task sent to a worker: big enough
 
 
 def _write_json(path: Path, obj: dict):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 # -----------------------------------------------------------------------------
@@ -264,6 +260,35 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
     encoder: "auto" (tiktoken when installed), "tiktoken" or "python" — all give the same ids.
     on_shard: called with each shard's manifest entry once the shard and manifest are on disk.
     """
+    specs = _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs)
+    out = Path(out_dir).expanduser()
+    t0 = time.time()
+    src = _open_sources(specs, max_docs)
+    prior = _open_out_dir(out)
+    tok = _get_tokenizer(tokenizer, vocab_size, src, prior, out, num_workers, progress)
+    options = {"sources": specs, "max_docs": max_docs, "shard_tokens": shard_tokens, "val_tokens": val_tokens,
+               "train_vocab_size": (vocab_size or DEFAULT_VOCAB) if tokenizer is None else None}
+    if prior is not None:
+        _check_resumable(prior, out, tok, options)
+        if prior.get("complete"):
+            if progress:
+                print(f"{out}: already prepared ({len(prior['shards'])} shards, {prior['total_tokens']:,} tokens)")
+            return prior
+        manifest = prior
+    else:
+        manifest = _start(out, tok, specs, src, options)
+    ENCODERS[encoder](tok)  # fail here, in one line, rather than inside every worker process
+    done_before = len(manifest["shards"])
+    t_enc = time.time()
+    text_bytes, encoded_bytes = _write_shards(src, out, manifest, encoder, num_workers, on_shard, progress)
+    _finish(out, manifest, text_bytes)
+    if progress:
+        _print_summary(out, manifest, done_before, encoded_bytes, time.time() - t0, time.time() - t_enc)
+    return manifest
+
+
+def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs) -> list[str]:
+    """Validate the options before any work; return the source specs (paths made absolute)."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     specs = [_source_spec(s) for s in sources]
@@ -278,61 +303,64 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
         raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
     if max_docs is not None and max_docs < 1:
         raise ValueError(f"max-docs must be a positive integer, got {max_docs!r}")
-    out = Path(out_dir).expanduser()
-    t0 = time.time()
+    return specs
 
-    src = _open_sources(specs, max_docs)
+
+def _open_out_dir(out: Path) -> dict | None:
+    """Create OUT, clear what a killed run left half-written, and return the manifest of a previous run (or None)."""
     out.mkdir(parents=True, exist_ok=True)
     prior = load_manifest(out) if (out / "manifest.json").exists() else None
-    for stale in out.glob(".*.tmp"):  # temp files of a run killed mid-write: never part of the result
+    for stale in out.glob(".*.tmp"):  # atomic_path temp files (.NAME.XXXX.tmp) of a run killed mid-write
         stale.unlink()
-    for stale in out.glob(".tokenizer.*"):
+    for stale in out.glob(".tokenizer.*"):  # a tokenizer directory _save_tokenizer had not renamed yet
         shutil.rmtree(stale, ignore_errors=True)
     if prior is None and any(out.glob("shard_*.bin")):
         raise ValueError(f"{out} holds shard files but no manifest.json; delete them or use another --out")
-    tok = _get_tokenizer(tokenizer, vocab_size, src, prior, out, num_workers, progress)
+    return prior
 
-    options = {"sources": specs, "max_docs": max_docs, "shard_tokens": shard_tokens, "val_tokens": val_tokens,
-               "train_vocab_size": (vocab_size or DEFAULT_VOCAB) if tokenizer is None else None}
-    if prior is not None:
-        if prior.get("format_version") != MANIFEST_FORMAT and not prior.get("complete"):
-            raise ValueError(f"{out} holds an unfinished prepare from another nano version (manifest format "
-                             f"{prior.get('format_version')}, this one {MANIFEST_FORMAT}); delete {out} and rerun")
-        if prior["tokenizer_hash"] != tok.hash:
-            raise ValueError(f"{out} already holds shards made with a different tokenizer (hash "
-                             f"{prior['tokenizer_hash'][:12]}, vocab {prior['vocab_size']}; this one {tok.hash[:12]}, "
-                             f"vocab {tok.vocab_size}). Use another --out or delete {out}")
-        changed = [k for k in ("sources", "max_docs", "shard_tokens", "val_tokens")
-                   if prior["options"].get(k) != options[k]]
-        if changed:
-            was = ", ".join(f"{k}={prior['options'].get(k)!r}" for k in changed)
-            raise ValueError(f"{out} was prepared with different {', '.join(changed)} ({was}); "
-                             "repeat those options or use another --out")
-        if prior.get("complete"):
-            if progress:
-                print(f"{out}: already prepared ({len(prior['shards'])} shards, {prior['total_tokens']:,} tokens)")
-            return prior
-        manifest = prior
-    else:
-        _save_tokenizer(tok, out)
-        dtype = shard_dtype(tok.vocab_size)
-        manifest = {
-            "format": "nano-shards", "format_version": MANIFEST_FORMAT,
-            "shard_version": {"uint16": 1, "uint32": 2}[dtype], "dtype": dtype,
-            "tokenizer_hash": tok.hash, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-            "sources": specs, "source_names": [x.name for x in src],
-            "options": options, "shards": [], "resume": {"next_doc": 0, "next_offset": 0},
-            "total_tokens": 0, "total_documents": 0, "text_bytes": 0, "complete": False,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        _write_json(out / "manifest.json", manifest)
 
-    ENCODERS[encoder](tok)  # fail here, in one line, rather than inside every worker process
-    dtype = manifest["dtype"]
-    resume = manifest["resume"]
-    done_before = len(manifest["shards"])
-    sharder = _Sharder(out, manifest, dtype, shard_tokens, val_tokens, on_shard)
-    total_bytes = sum(x.num_bytes() for x in src) if max_docs is None else 0
+def _check_resumable(prior: dict, out: Path, tok, options: dict) -> None:
+    """A previous run in OUT may be continued only with the same tokenizer, sources and shard options."""
+    if prior.get("format_version") != MANIFEST_FORMAT and not prior.get("complete"):
+        raise ValueError(f"{out} holds an unfinished prepare from another nano version (manifest format "
+                         f"{prior.get('format_version')}, this one {MANIFEST_FORMAT}); delete {out} and rerun")
+    if prior["tokenizer_hash"] != tok.hash:
+        raise ValueError(f"{out} already holds shards made with a different tokenizer (hash "
+                         f"{prior['tokenizer_hash'][:12]}, vocab {prior['vocab_size']}; this one {tok.hash[:12]}, "
+                         f"vocab {tok.vocab_size}). Use another --out or delete {out}")
+    changed = [k for k in ("sources", "max_docs", "shard_tokens", "val_tokens")
+               if prior["options"].get(k) != options[k]]
+    if changed:
+        was = ", ".join(f"{k}={prior['options'].get(k)!r}" for k in changed)
+        raise ValueError(f"{out} was prepared with different {', '.join(changed)} ({was}); "
+                         "repeat those options or use another --out")
+
+
+def _start(out: Path, tok, specs: list[str], src, options: dict) -> dict:
+    """A fresh run: save the tokenizer to OUT/tokenizer, write and return the empty manifest."""
+    _save_tokenizer(tok, out)
+    dtype = shard_dtype(tok.vocab_size)
+    manifest = {
+        "format": "nano-shards", "format_version": MANIFEST_FORMAT,
+        "shard_version": {"uint16": 1, "uint32": 2}[dtype], "dtype": dtype,
+        "tokenizer_hash": tok.hash, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+        "sources": specs, "source_names": [x.name for x in src],
+        "options": options, "shards": [], "resume": {"next_doc": 0, "next_offset": 0},
+        "total_tokens": 0, "total_documents": 0, "text_bytes": 0, "complete": False,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int, on_shard,
+                  progress: bool) -> tuple[int, int]:
+    """Encode the documents from the manifest's resume point on and write the remaining shards; return (text bytes
+    of every document, text bytes encoded by this run)."""
+    dtype, resume, options = manifest["dtype"], manifest["resume"], manifest["options"]
+    val_tokens = options["val_tokens"]
+    sharder = _Sharder(out, manifest, dtype, options["shard_tokens"], val_tokens, on_shard)
+    total_bytes = sum(x.num_bytes() for x in src) if options["max_docs"] is None else 0
     # the bar counts UTF-8 text bytes against file sizes: close enough for an ETA (jsonl escapes, CRLF aside)
     bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="prepare",
                disable=not progress, smoothing=0.1)
@@ -344,7 +372,6 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
         skipped_bytes += n
         bar.update(n)
 
-    t_enc = time.time()
     end_doc = resume["next_doc"]  # one past the last document seen: where a rerun would start
     try:
         for first, (ids, lengths, nbytes) in _encoded(_chunks(_documents(src), resume["next_doc"], on_skip),
@@ -361,26 +388,30 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
     finally:
         bar.close()
     if sharder.index == 0:
-        got = sharder.n
-        raise ValueError(f"the sources give only {got:,} tokens, not enough for the validation shard "
+        raise ValueError(f"the sources give only {sharder.n:,} tokens, not enough for the validation shard "
                          f"(--val-tokens {val_tokens:,}) plus training data; lower --val-tokens or add sources")
     if sharder.n:
         sharder.flush(next_doc=end_doc, next_offset=0)
+    return skipped_bytes + encoded_bytes, encoded_bytes  # every document counted once
+
+
+def _finish(out: Path, manifest: dict, text_bytes: int) -> None:
+    """Mark the manifest complete (totals, timestamp, no resume point) and write it."""
     manifest["total_documents"] = sum(s["documents"] for s in manifest["shards"])
-    manifest["text_bytes"] = skipped_bytes + encoded_bytes  # every document counted once
+    manifest["text_bytes"] = text_bytes
     manifest["complete"] = True
     manifest["completed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest.pop("resume", None)
     _write_json(out / "manifest.json", manifest)
-    if progress:
-        secs = time.time() - t0
-        enc_secs = max(time.time() - t_enc, 1e-9)
-        val = manifest["shards"][0]["tokens"]
-        print(f"prepared {out}: {len(manifest['shards'])} shards ({len(manifest['shards']) - done_before} new), "
-              f"{manifest['total_documents']:,} documents, {val:,} val + {manifest['total_tokens'] - val:,} train "
-              f"tokens ({dtype}, vocab {manifest['vocab_size']}); encoded {encoded_bytes / 1e6:.1f} MB of text at "
-              f"{encoded_bytes / 1e6 / enc_secs:.1f} MB/s, {secs:.1f}s total")
-    return manifest
+
+
+def _print_summary(out: Path, manifest: dict, done_before: int, encoded_bytes: int, secs: float, enc_secs: float):
+    enc_secs = max(enc_secs, 1e-9)
+    val = manifest["shards"][0]["tokens"]
+    print(f"prepared {out}: {len(manifest['shards'])} shards ({len(manifest['shards']) - done_before} new), "
+          f"{manifest['total_documents']:,} documents, {val:,} val + {manifest['total_tokens'] - val:,} train "
+          f"tokens ({manifest['dtype']}, vocab {manifest['vocab_size']}); encoded {encoded_bytes / 1e6:.1f} MB of "
+          f"text at {encoded_bytes / 1e6 / enc_secs:.1f} MB/s, {secs:.1f}s total")
 
 
 def _save_tokenizer(tok, out: Path):

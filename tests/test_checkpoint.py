@@ -1,11 +1,13 @@
-"""Checkpoints: round trip, atomic write (a failed save leaves nothing behind), retention, HF config mapping."""
+"""Checkpoints: round trip, atomic write (a failed save leaves nothing behind; files are on disk before the
+rename that publishes them), retention."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nano_core import checkpoint as ck
-from nano_core.config import ModelConfig
 
 
 def state(seed=0):
@@ -66,9 +68,25 @@ def test_tokenizer_copied_into_checkpoint(tmp_path):
     assert json.loads((path / "tokenizer" / "tokenizer.json").read_text()) == {}
 
 
-def test_hf_config_for_classic_gpt2_and_refusal_for_modern():
-    hf = ck.to_hf_config(ModelConfig.from_preset("gpt2-124m"))
-    assert (hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"], hf["vocab_size"]) == (12, 12, 768, 1024, 50257)
-    assert hf["model_type"] == "gpt2" and hf["n_inner"] == 3072
-    with pytest.raises(ValueError, match="classic GPT-2"):
-        ck.to_hf_config(ModelConfig.from_preset("modern"))
+def test_every_file_is_fsynced_before_the_rename_that_publishes_it(tmp_path, monkeypatch):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    synced, published = set(), []  # files as (device, inode): portable, unlike a path from a descriptor
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.add((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        published.append({(p.stat().st_dev, p.stat().st_ino) for p in Path(src).rglob("*") if p.is_file()})
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "fsync", fsync)
+    monkeypatch.setattr(ck.os, "replace", replace)
+    weights, optim = state()
+    ck.save_checkpoint(tmp_path / "run", 1, weights, optim, {}, tokenizer_dir=tok)
+    assert len(published) == 1 and len(published[0]) == 4  # model, optimizer, meta, tokenizer/tokenizer.json
+    assert published[0] <= synced
