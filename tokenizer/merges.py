@@ -62,17 +62,23 @@ def _initial_pairs(words: list[str], counts: list[int]):
     return pairs, where
 
 
-def learn_merges(chunk_counts: dict[str, int], num_merges: int, vocab_size: int | None = None,
-                 progress: bool = True) -> list[tuple[int, int]]:
-    """chunk (str) -> count  ==>  list of merges (left id, right id); merge i creates id 256 + i."""
-    K = max(vocab_size or 0, 256 + num_merges)
-    KK = K * K
+def _initial_words(chunk_counts: dict[str, int]) -> tuple[list[str], list[int]]:
+    """Each chunk as a word of one character per byte (latin-1 of its UTF-8), with its count; single bytes dropped."""
     words, counts = [], []
     for chunk, c in chunk_counts.items():
         w = chunk if chunk.isascii() else chunk.encode("utf-8").decode("latin-1")
         if len(w) >= 2:
             words.append(w)
             counts.append(c)
+    return words, counts
+
+
+def learn_merges(chunk_counts: dict[str, int], num_merges: int, vocab_size: int | None = None,
+                 progress: bool = True) -> list[tuple[int, int]]:
+    """chunk (str) -> count  ==>  list of merges (left id, right id); merge i creates id 256 + i."""
+    K = max(vocab_size or 0, 256 + num_merges)
+    KK = K * K
+    words, counts = _initial_words(chunk_counts)
     merges: list[tuple[int, int]] = []
     if not words or num_merges <= 0:
         return merges
@@ -93,43 +99,49 @@ def learn_merges(chunk_counts: dict[str, int], num_merges: int, vocab_size: int 
             continue
         if count <= 0:
             break
-        new = 256 + len(merges)
+        created = _apply_merge(ab, chr(256 + len(merges)), words, counts, pairs, where)
         merges.append((a, b))
-        ca, cb, cn = ab[0], ab[1], chr(new)
-        created = set()  # pairs made in this merge (all contain the new id): pushed once each, at the end
-        for w in where.pop(ab):
-            word = words[w]
-            i = word.find(ab)
-            if i < 0:  # stale index entry: the pair left this word in an earlier merge
-                continue
-            n = len(word)
-            if n == 2:  # the commonest case: the word IS the pair, no neighbours
-                words[w] = cn
-                continue
-            c = counts[w]
-            end = -1  # where the previous occurrence ended: then the left neighbour is the new token
-            while i >= 0:
-                if i > 0:
-                    left = cn if i == end else word[i - 1]
-                    pairs[left + ca] -= c
-                    q = left + cn
-                    pairs[q] += c
-                    where[q].add(w)
-                    created.add(q)
-                j = i + 2
-                if j < n:
-                    r = word[j]
-                    pairs[cb + r] -= c
-                    q = cn + r
-                    pairs[q] += c
-                    where[q].add(w)
-                    created.add(q)
-                end = j
-                i = word.find(ab, j)
-            words[w] = word.replace(ab, cn)
-        del pairs[ab]  # after the loop: with a == b, "aaa" decrements (a, a) as a right neighbour too
         for q in created:
             heappush(heap, -pairs[q] * KK + ord(q[0]) * K + ord(q[1]))
         bar.update(1)
     bar.close()
     return merges
+
+
+def _apply_merge(ab: str, cn: str, words: list[str], counts: list[int], pairs: dict, where: dict) -> set[str]:
+    """Replace pair `ab` by the new token `cn` in every word holding it, updating pair counts and where[] around
+    each occurrence; return the pairs this created (all contain the new token)."""
+    ca, cb = ab[0], ab[1]
+    created = set()
+    for w in where.pop(ab):
+        word = words[w]
+        i = word.find(ab)
+        if i < 0:  # stale index entry: the pair left this word in an earlier merge
+            continue
+        n = len(word)
+        if n == 2:  # the commonest case: the word IS the pair, no neighbours
+            words[w] = cn
+            continue
+        c = counts[w]
+        end = -1  # where the previous occurrence ended: then the left neighbour is the new token
+        while i >= 0:
+            if i > 0:
+                left = cn if i == end else word[i - 1]
+                pairs[left + ca] -= c
+                q = left + cn
+                pairs[q] += c
+                where[q].add(w)
+                created.add(q)
+            j = i + 2
+            if j < n:
+                r = word[j]
+                pairs[cb + r] -= c
+                q = cn + r
+                pairs[q] += c
+                where[q].add(w)
+                created.add(q)
+            end = j
+            i = word.find(ab, j)
+        words[w] = word.replace(ab, cn)
+    del pairs[ab]  # after the loop: with a == b, "aaa" decrements (a, a) as a right neighbour too
+    return created
