@@ -83,6 +83,24 @@ def tiny_step_tok_s(vocab_size: int, steps: int = 6) -> float | None:
     return B * T / min(times[1:])  # the first step pays allocation; the best of the rest is the fair figure
 
 
+def print_report(files, vocab_size, train_secs, preps, loads, step, step_source, ratio) -> None:
+    print(f"corpus: {len(files)} files, {preps[0]['text_mb']:.1f} MB text; tokenizer vocab {vocab_size} "
+          f"trained in {train_secs:.1f}s")
+    print(f"{'prepare':<28}{'MB/s':>10}{'seconds':>10}{'tokens':>14}")
+    for r in preps:
+        print(f"{'workers=' + str(r['workers']):<28}{r['mb_per_s']:>10.1f}{r['seconds']:>10.2f}{r['tokens']:>14,}")
+    print(f"{'loader':<28}{'Mtok/s':>10}{'batch/s':>10}")
+    for r in loads:
+        name = f"B={r['batch_size']} T={r['seq_len']} {'shuffled' if r['shuffle'] else 'sequential'}"
+        print(f"{name:<28}{r['tok_per_s'] / 1e6:>10.2f}{r['batches_per_s']:>10.0f}")
+    if ratio is not None:
+        verdict = "OK" if ratio >= 100 else "BELOW the 100x target"
+        print(f"tiny step consumes {step:,.0f} tok/s ({step_source}); loader B=8 T=256 delivers {ratio:,.0f}x "
+              f"that: {verdict}")
+    else:
+        print("no training-step figure: install torch (nano_torch) or pass --step-tok-s")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vocab-size", type=int, default=8192)
@@ -112,21 +130,7 @@ def main():
         step, step_source = args.step_tok_s, "--step-tok-s"
     ratio = loads[0]["tok_per_s"] / step if step else None
 
-    print(f"corpus: {len(files)} files, {preps[0]['text_mb']:.1f} MB text; tokenizer vocab {args.vocab_size} "
-          f"trained in {train_secs:.1f}s")
-    print(f"{'prepare':<28}{'MB/s':>10}{'seconds':>10}{'tokens':>14}")
-    for r in preps:
-        print(f"{'workers=' + str(r['workers']):<28}{r['mb_per_s']:>10.1f}{r['seconds']:>10.2f}{r['tokens']:>14,}")
-    print(f"{'loader':<28}{'Mtok/s':>10}{'batch/s':>10}")
-    for r in loads:
-        name = f"B={r['batch_size']} T={r['seq_len']} {'shuffled' if r['shuffle'] else 'sequential'}"
-        print(f"{name:<28}{r['tok_per_s'] / 1e6:>10.2f}{r['batches_per_s']:>10.0f}")
-    if ratio is not None:
-        verdict = "OK" if ratio >= 100 else "BELOW the 100x target"
-        print(f"tiny step consumes {step:,.0f} tok/s ({step_source}); loader B=8 T=256 delivers {ratio:,.0f}x "
-              f"that: {verdict}")
-    else:
-        print("no training-step figure: install torch (nano_torch) or pass --step-tok-s")
+    print_report(files, args.vocab_size, train_secs, preps, loads, step, step_source, ratio)
     result = {"machine": platform.platform(), "python": platform.python_version(), "files": [str(f) for f in files],
               "vocab_size": args.vocab_size, "tokenizer_train_seconds": train_secs, "prepare": preps,
               "loader": loads, "tiny_step_tok_s": step, "step_source": step_source, "loader_over_step": ratio}

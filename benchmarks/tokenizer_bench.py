@@ -155,6 +155,24 @@ def encoding_speed(work, heldout) -> dict:
     return out
 
 
+def print_tables(rows: dict, same: bool | None, speed: dict) -> None:
+    """The results as markdown tables (what README quotes)."""
+    print(f"\n| trainer | train s | peak RSS MB | held-out bytes/token |\n|---|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_token']:.3f} |")
+    if "ours" in rows:
+        o = rows["ours"]
+        print(f"\nours: split {o['split_seconds']:.2f} s + merges {o['merge_seconds']:.2f} s; "
+              f"{o['unique_chunks']:,} unique chunks; merges identical to rustbpe: {same}")
+        if "hf" in rows:
+            print(f"ours / HF: time {o['seconds'] / rows['hf']['seconds']:.2f}x, "
+                  f"peak memory {o['peak_rss_mb'] / rows['hf']['peak_rss_mb']:.2f}x")
+    if speed:
+        print("\n| encoder (held-out text) | MB/s |\n|---|---:|")
+        for k, v in speed.items():
+            print(f"| {k} | {v:.2f} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vocab-size", type=int, default=32768)
@@ -186,20 +204,7 @@ def main():
             same = [ours.token_bytes(i) for i in range(256 + len(ours.merges))] == rust
         speed = encoding_speed(work, args.heldout) if {"ours", "hf"} <= rows.keys() else {}
 
-    print(f"\n| trainer | train s | peak RSS MB | held-out bytes/token |\n|---|---:|---:|---:|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_token']:.3f} |")
-    if "ours" in rows:
-        o = rows["ours"]
-        print(f"\nours: split {o['split_seconds']:.2f} s + merges {o['merge_seconds']:.2f} s; "
-              f"{o['unique_chunks']:,} unique chunks; merges identical to rustbpe: {same}")
-        if "hf" in rows:
-            print(f"ours / HF: time {o['seconds'] / rows['hf']['seconds']:.2f}x, "
-                  f"peak memory {o['peak_rss_mb'] / rows['hf']['peak_rss_mb']:.2f}x")
-    if speed:
-        print("\n| encoder (held-out text) | MB/s |\n|---|---:|")
-        for k, v in speed.items():
-            print(f"| {k} | {v:.2f} |")
+    print_tables(rows, same, speed)
     result = {"corpus_mb": mb, "files": len(files), "vocab_size": args.vocab_size, "heldout": args.heldout,
               "trainers": rows, "merges_identical_to_rustbpe": same, "encode_mb_per_s": speed,
               "cpu_count": os.cpu_count()}
