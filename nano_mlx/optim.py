@@ -65,12 +65,16 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
 
 
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
+    """The inverse of optimizer_state_numpy, in place. A one-line ValueError for a shape that does not fit, or a
+    parameter with no entry (allowed only at step 0: such a state is fresh anyway)."""
     step = int(np.asarray(state.get("step", 0)))
     if not opt._initialized:
         opt.init(model.trainable_parameters())
     for name, p in tree_flatten(model.trainable_parameters()):
         if f"{name}.exp_avg" not in state:
-            raise ValueError(f"optimizer state has no entry for {name}; was it saved from a different model?")
+            if step > 0:
+                raise ValueError(f"optimizer state has no entry for {name}; was it saved from a different model?")
+            continue
         m, v = state[f"{name}.exp_avg"], state[f"{name}.exp_avg_sq"]
         if tuple(m.shape) != tuple(p.shape):
             raise ValueError(f"optimizer state {name}.exp_avg has shape {tuple(m.shape)}, parameter {tuple(p.shape)}")

@@ -26,9 +26,11 @@ def set_lr(opt, lr: float):
         g["lr"] = lr
 
 
-def clip_grad_norm(model, max_norm: float):
-    """Scale all grads so their global L2 norm is at most max_norm; return the norm before clipping (a 0-d tensor,
-    call .item() only when logging). Coefficient max_norm / (norm + 1e-6), capped at 1 (same as MLX side)."""
+def clip_grad_norm_(model, max_norm: float):
+    """Scale the model's .grad tensors in place so their global L2 norm is at most max_norm; return the norm before
+    clipping (a 0-d tensor: .item() only when logging). Coefficient max_norm / (norm + 1e-6), capped at 1, as
+    nano_mlx.optim.clip_grad_norm, which returns a clipped copy of the gradient tree instead (MLX arrays are
+    immutable): hence the two names."""
     return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
 
 
@@ -48,6 +50,8 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
 
 
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
+    """The inverse of optimizer_state_numpy, in place. A one-line ValueError for a shape that does not fit, or a
+    parameter with no entry (allowed only at step 0: such a state is fresh anyway)."""
     step = int(np.asarray(state.get("step", 0)))
     for name, p in model.named_parameters():
         if f"{name}.exp_avg" not in state:

@@ -17,7 +17,7 @@ import pytest
 
 from nano_core import checkpoint as ck
 from nano_core import metrics
-from nano_core.cli import MAX_STEPS_ENV
+from nano_core.run import MAX_STEPS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = {"n_layer": 2, "n_head": 2, "n_embd": 64, "seq_len": 64}
@@ -86,7 +86,7 @@ def check_short_run(run: Path, backend: str):
     assert [p.name for p in ck.list_checkpoints(run)] == ["ckpt_0000004", "ckpt_0000008"]
     weights, opt, meta = ck.load_checkpoint(run)
     assert meta["backend"] == backend and meta["step"] == 8 and meta["tokens_seen"] == 8 * 4 * 64
-    assert meta["loader_state"]["pos"] == 8 * 4 and meta["rng_state"] and meta["model_config"]["n_embd"] == 64
+    assert meta["loader_state"]["pos"] == 8 * 4 and "step_seed" in meta["rng"] and meta["model_config"]["n_embd"] == 64
     assert meta["train_config"]["lr"] == 3e-3 and meta["code_version"]["package"]
     assert opt["step"] == 8 and all(v.dtype == np.float32 for v in weights.values())
     assert (run / "ckpt_0000008" / "tokenizer" / "tokenizer.json").is_file()
@@ -141,15 +141,15 @@ def check_no_argument_run(backend: str, tmp_path_factory, monkeypatch, capsys):
     workdir = tmp_path_factory.mktemp(f"noarg-{backend}")
     monkeypatch.chdir(workdir)
     # Keep it quick: smaller eval/sample/batch defaults (the MLX CPU wheel multiplies on the reference BLAS here).
-    module = __import__(f"nano_{backend}.train", fromlist=["build_parser"])
-    real_build = module.build_parser
+    from nano_core import cli
+    real_build = cli.build_parser
 
     def quick_parser(name):
         parser = real_build(name)
         parser.set_defaults(batch_size=2, eval_steps=1, sample_tokens=4)
         return parser
 
-    monkeypatch.setattr(module, "build_parser", quick_parser)
+    monkeypatch.setattr(cli, "build_parser", quick_parser)
     run = train_main(backend)([])
     out = capsys.readouterr().out
     assert "--source ../shared/data/fineweb_edu" in out  # the notice says how to use real data
@@ -283,39 +283,3 @@ def test_unigram_val_loss_is_val_cross_entropy_under_train_unigram(shared_data):
     val = np.bincount(read_shard(data / "shard_00000.bin"), minlength=512)
     want = -(val * np.log(train / train.sum())).sum() / val.sum()
     assert metrics.unigram_val_loss(data) == pytest.approx(want, rel=1e-12)
-
-
-def test_torch_dtype_choice_is_keyed_on_device_type(monkeypatch):
-    import torch
-
-    from nano_torch import train as tt
-
-    monkeypatch.setattr(tt, "cpu_has_fast_bf16", lambda: True)
-    monkeypatch.setitem(tt.FAST_BF16, "cpu", tt.cpu_has_fast_bf16)
-    assert tt.pick_dtype("auto", torch.device("cpu"))[0] == "bf16"
-    assert tt.pick_dtype("auto", torch.device("mps"))[0] == "fp32"
-    assert tt.pick_dtype("bf16", torch.device("mps"))[0] == "bf16"
-    with pytest.raises(ValueError, match="fp16"):
-        tt.pick_dtype("fp16", torch.device("cpu"))
-    ctx = tt.autocast(torch.device("cpu"), "bf16")
-    assert ctx.device == "cpu" and ctx.fast_dtype == torch.bfloat16
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    monkeypatch.undo()
-    assert tt.cpu_has_fast_bf16() == (" avx512_bf16" in flags or " amx_bf16" in flags)
-
-
-def test_both_backends_report_peak_memory_in_the_same_closing_line(backend):
-    import importlib
-
-    from nano_core.cli import summary_line
-    mod = importlib.import_module(f"nano_{backend}.train")
-    device = mod.pick_device("cpu")
-    if backend == "mlx":
-        import mlx.core as mx
-        mx.eval(mx.zeros((1 << 20,)))  # something for the allocator to have held
-    gb = mod.peak_memory_gb(device)
-    assert 0 < gb < 64  # GiB: a real reading (KiB/bytes confusion would be off by 2**10)
-    last = {"train_loss": 5.0, "val_loss": 4.9, "val_bpb": 1.8, "tok_per_s": 1234.0, "mfu": 0.25, "peak_memory_gb": gb}
-    line = summary_line(300, last, 6.87, "runs/x")
-    assert line.startswith("done at step 300: train loss 5.0000, val loss 4.9000 (unigram on val 6.8700)")
-    assert f"peak memory {gb:.2f} GB; checkpoint in runs/x" in line

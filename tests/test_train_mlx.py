@@ -1,7 +1,6 @@
-"""What is MLX's own in nano_mlx.train: bf16 compute with fp32 masters, the compiled step, the BLAS notice.
+"""What is MLX's own in a training run: bf16 compute with fp32 masters, the compiled step (the backend's own choices
+are tested in test_backend.py).
 The end-to-end checks both train commands share are parametrized over the backends in test_train.py."""
-import math
-
 import numpy as np
 import pytest
 
@@ -32,32 +31,3 @@ def test_uncompiled_step_gives_the_compiled_losses(shared_data, tmp_path):
     eager, compiled = losses(tmp_path / "eager"), losses(reference_run(BACKEND, shared_data))
     for s in (1, 2, 3):
         assert eager[s] == pytest.approx(compiled[s], rel=1e-5)
-
-
-def test_blas_notice_names_the_openblas_to_preload(monkeypatch):
-    from nano_mlx import train as mt
-
-    maps = ["7f0 r-xp 0 0 0 /venv/mlx_cpu.libs/libblas-bd8a282c.so.3.10.0\n",
-            "7f1 r-xp 0 0 0 /venv/numpy.libs/libscipy_openblas64_-32a4b2a6.so\n"]  # numpy's copy does not count
-    monkeypatch.setattr(mt.sys, "platform", "linux")
-    monkeypatch.setattr(mt.glob, "glob", lambda g: ["/usr/lib/x/openblas-pthread/libopenblas.so.0"]
-                        if "openblas-pthread" in g else [])
-    real_open = open
-    monkeypatch.setitem(mt.__builtins__ if isinstance(mt.__builtins__, dict) else vars(mt.__builtins__), "open",
-                        lambda p, *a, **k: iter(maps) if p == "/proc/self/maps" else real_open(p, *a, **k))
-    notice = mt.blas_notice()
-    assert "LD_PRELOAD=/usr/lib/x/openblas-pthread/libopenblas.so.0" in notice
-    maps.append("7f2 r-xp 0 0 0 /usr/lib/x/openblas-pthread/libopenblasp-r0.3.21.so\n")
-    assert mt.blas_notice() is None  # preloaded: nothing to say
-
-
-def test_mlx_dtype_choice():
-    import mlx.core as mx
-
-    from nano_mlx import train as mt
-
-    assert mt.pick_dtype("auto", mx.cpu)[0] == "fp32"
-    assert mt.pick_dtype("auto", mx.gpu)[0] == "bf16"
-    with pytest.raises(ValueError, match="fp16"):
-        mt.pick_dtype("fp16", mx.cpu)
-    assert math.isfinite(mt.peak_flops("cpu", "fp32")[0])

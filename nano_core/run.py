@@ -1,0 +1,197 @@
+"""From a TrainConfig to a concrete run: resume settings, device-dependent defaults, data, model config, run dir.
+
+Everything here is backend-free and happens before a framework builds anything, so a bad flag or a missing file
+is a one-line error before any work is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nano_core.checkpoint import META_FILE, code_version, resolve_checkpoint
+from nano_core.cli import DEFAULT_MAX_STEPS, DEFAULT_PRESET, TrainConfig
+from nano_core.config import ModelConfig
+from nano_core.data import default_data_dir, load_manifest
+from nano_core.prepare import prepare
+from nano_core.schedule import check_schedule
+from tokenizer.sources import hub_reachable, open_sources
+
+# Tests (and impatient people) can shrink the no-argument run without touching the flags' documented defaults.
+MAX_STEPS_ENV = "NANO_DEFAULT_MAX_STEPS"
+HUB_MAX_DOCS = 20_000  # the no-argument FineWeb-Edu download: ~20k documents (~20M tokens), enough for a first run
+BUILTIN_NOTICE = ("notice: the FineWeb-Edu hub is not reachable, so training on the small builtin text; point it at "
+                  "real data with --source (text files, dirs, .jsonl, .parquet), e.g. "
+                  "--source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --source ../shared/data/gutenberg")
+# On --resume every setting comes from the checkpoint unless typed again, except these, which belong to the
+# session or the machine (and --device values differ between backends, so a checkpoint can change backend).
+NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time")
+
+
+@dataclass
+class Run:
+    config: TrainConfig
+    run_dir: Path
+    data_dir: Path
+    model_config: ModelConfig
+    grad_accum: int
+    resume_path: Path | None = None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.grad_accum * self.config.batch_size * self.model_config.seq_len
+
+
+# --- resume ------------------------------------------------------------------------------------------------------
+def apply_resume_args(config: TrainConfig, saved: dict, typed: set[str]) -> None:
+    """Take the checkpoint's run settings for every flag the user did not type again."""
+    for name, value in saved.items():
+        if hasattr(config, name) and name not in typed and name not in NOT_RESUMED:
+            setattr(config, name, value)
+
+
+def resolve_resume(config: TrainConfig, typed: set[str]) -> tuple[Path | None, dict | None]:
+    """(checkpoint, its meta) for --resume, with the checkpoint's settings applied to `config`; (None, None) when
+    starting fresh. Runs before the backend is built: the checkpoint's dtype decides the backend's."""
+    if not config.resume:
+        return None, None
+    path = resolve_checkpoint(config.resume, config.out)
+    meta = json.loads((path / META_FILE).read_text())
+    apply_resume_args(config, meta.get("train_config", {}), typed)
+    if config.out is None:
+        config.out = str(path.parent)
+    return path, meta
+
+
+# --- defaults and checks -------------------------------------------------------------------------------------------
+def device_kind(device: str) -> str:
+    return "cpu" if device == "cpu" else "accelerator"
+
+
+def resolve_defaults(config: TrainConfig, device: str) -> None:
+    """Fill the defaults that depend on the device (preset, step budget), in place."""
+    kind = device_kind(device)
+    if config.preset is None and config.config is None:
+        config.preset = DEFAULT_PRESET[kind]
+    if config.max_steps is None:
+        config.max_steps = int(os.environ.get(MAX_STEPS_ENV, DEFAULT_MAX_STEPS[kind]))
+
+
+def check_config(config: TrainConfig) -> None:
+    """One-line errors for settings that cannot run, before any data is prepared."""
+    check_schedule(config)
+    if config.config is not None and config.resume is None and not Path(config.config).is_file():
+        raise FileNotFoundError(f"--config {config.config} not found; give a ModelConfig JSON file or use --preset")
+    for name in ("max_steps", "batch_size", "eval_steps", "sample_tokens", "log_every"):
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
+    for name in ("eval_every", "sample_every", "ckpt_every", "keep"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+
+
+def grad_accum_steps(config: TrainConfig, seq_len: int) -> int:
+    micro = config.batch_size * seq_len
+    total = config.total_batch_tokens or micro
+    if total % micro:
+        raise ValueError(f"--total-batch-tokens {total} is not a multiple of batch-size x seq-len = {micro}; "
+                         f"use a multiple such as {max(1, round(total / micro)) * micro}")
+    return total // micro
+
+
+# --- data and model ------------------------------------------------------------------------------------------------
+def _source_cache_dir(specs: list[str], vocab_size: int) -> Path:
+    # Key the cache on what the shards depend on: the sources (resolved, in order) and the vocabulary. The
+    # well-known single sources keep their plain name (fineweb-edu-v8192, builtin-v8192).
+    if len(specs) == 1 and not Path(specs[0]).exists():
+        return default_data_dir(specs[0], vocab_size)
+    resolved = [str(Path(s).resolve()) if Path(s).exists() else s for s in specs]
+    key = hashlib.sha256(json.dumps(resolved).encode()).hexdigest()[:8]
+    slug = "+".join(Path(s).name or s for s in specs)[:60]
+    return default_data_dir(f"{slug}-{key}", vocab_size)
+
+
+def val_tokens_for(specs: list[str]) -> int:
+    """A validation shard of ~10% of a small corpus (at ~3.5 bytes/token), 1M tokens for big or unknown ones."""
+    size = sum(s.num_bytes() for s in open_sources(specs))
+    return 1_000_000 if size == 0 else int(min(1_000_000, max(16_384, size / 3.5 / 10)))
+
+
+def resolve_data(config: TrainConfig, log=print) -> Path:
+    """A shard directory to train on: --data as given, or --source prepared once into a cache directory."""
+    if config.data is not None:
+        data = Path(config.data)
+        if not (data / "manifest.json").is_file():
+            raise FileNotFoundError(f"--data {data} holds no manifest.json; prepare shards with "
+                                    f"`python -m nano_core.prepare` or pass --source instead")
+        return data
+    specs = config.source
+    if not specs:
+        specs = ["fineweb-edu"] if hub_reachable() else ["builtin"]
+        if specs == ["builtin"]:
+            log(BUILTIN_NOTICE)
+    max_docs = HUB_MAX_DOCS if specs == ["fineweb-edu"] else None
+    out = _source_cache_dir(specs, config.vocab_size)
+    if (out / "manifest.json").is_file() and json.loads((out / "manifest.json").read_text()).get("complete", True):
+        log(f"data: cached shards {out}")
+        return out
+    log(f"data: preparing {' + '.join(specs)} (vocab {config.vocab_size}) into {out}")
+    prepare(sources=specs, out_dir=out, vocab_size=config.vocab_size, progress=True, max_docs=max_docs,
+            val_tokens=val_tokens_for(specs))
+    return out
+
+
+def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
+    overrides = {"vocab_size": vocab_size}
+    if config.seq_len is not None:
+        overrides["seq_len"] = config.seq_len
+    if config.config is not None:
+        if not Path(config.config).is_file():
+            raise FileNotFoundError(f"--config {config.config} not found")
+        return ModelConfig.from_dict({**json.loads(Path(config.config).read_text()), **overrides})
+    return ModelConfig.from_preset(config.preset, **overrides)
+
+
+def default_run_dir(backend: str, preset: str | None) -> Path:
+    return Path("runs") / f"{backend}-{preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Path | None, dict | None],
+                log=print) -> Run:
+    """Resolve device-dependent defaults, data, model config and run dir (resume from resolve_resume)."""
+    resume_path, resume_meta = resume
+    resolve_defaults(config, device)
+    check_config(config)
+    data_dir = resolve_data(config, log)
+    vocab = int(load_manifest(data_dir)["vocab_size"])
+    if resume_meta is not None:
+        cfg = ModelConfig.from_dict(resume_meta["model_config"])
+        if cfg.vocab_size != vocab:
+            raise ValueError(f"checkpoint has vocab_size {cfg.vocab_size} but {data_dir} has {vocab}; resume on the "
+                             f"data it was trained on")
+    else:
+        cfg = resolve_model_config(config, vocab)
+    run_dir = Path(config.out) if config.out else default_run_dir(backend, config.preset)
+    config.out = str(run_dir)
+    return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path)
+
+
+def run_meta(run: Run, backend, step: int, loader_state: dict, metrics: dict) -> dict:
+    """meta.json of a checkpoint: everything needed to resume exactly, and to know what made it."""
+    manifest = load_manifest(run.data_dir)
+    return {
+        "backend": backend.name, "device": backend.device, "dtype": backend.dtype,
+        "model_config": run.model_config.to_dict(),
+        "train_config": run.config.to_dict(),
+        "step": step, "tokens_seen": step * run.tokens_per_step, "grad_accum": run.grad_accum,
+        "loader_state": loader_state,
+        "rng": "dropout is seeded per step from (seed, step): nano_core.backend.step_seed",
+        "metrics": metrics,
+        "data_dir": str(Path(run.data_dir).resolve()), "tokenizer_hash": manifest.get("tokenizer_hash"),
+        "tokenizer_dir": str((Path(run.data_dir) / "tokenizer").resolve()),
+        "code_version": code_version(),
+    }

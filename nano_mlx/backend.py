@@ -1,0 +1,236 @@
+"""MLX behind nano_core's backend interface (nano_core/backend.py): the Metal GPU or the CPU. Mirror of
+nano_torch/backend.py: the same class, the same methods in the same order; only the framework differs.
+
+Precision: MLX has no autocast. bf16 casts the fp32 master weights to bf16 inside the loss function, so gradients
+flow back to the fp32 masters and AdamW updates those; evaluation and sampling run on a bf16 copy (inference()).
+The whole train step (forward, backward, accumulation, clipping, AdamW) is one mx.compile'd function with
+[model.state, optimizer.state, mx.random.state] as inputs and outputs, evaluated with one mx.eval per step; the
+learning rate goes in through optimizer.state (no retrace).
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_map
+
+from nano_core.backend import step_seed
+from nano_core.config import ModelConfig
+from nano_core.metrics import probe_peak_flops
+from nano_mlx.model import GPT
+from nano_mlx.optim import (build_optimizer, clip_grad_norm, load_optimizer_state_numpy, optimizer_state_numpy,
+                            set_lr)
+
+COMPUTE_DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16}
+OPENBLAS_GLOBS = ("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0", "/usr/lib/*-linux-gnu/libopenblas.so.0",
+                  "/usr/lib64/libopenblas.so.0", "/usr/lib/libopenblas.so.0")
+
+
+# ----------------------------------------------------------------------------- device, dtype, kernels
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "gpu" if mx.is_available(mx.gpu) else "cpu"
+    if name not in ("gpu", "cpu"):
+        raise ValueError(f"--device {name} is not an MLX device; use auto, gpu or cpu")
+    if not mx.is_available(getattr(mx, name)):
+        raise ValueError(f"--device {name} is not available on this machine; use --device auto")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> tuple[str, str]:
+    """(fp32 | bf16, why). Master weights and optimizer states stay fp32; bf16 is the compute dtype."""
+    if name == "auto":
+        # bf16 matmuls are fast on Apple GPUs; MLX's CPU backend has no fast bf16 path, so fp32 there
+        return ("bf16", "auto: Metal GPU") if device == "gpu" else ("fp32", "auto: fp32 on the MLX CPU backend")
+    if name == "fp16":
+        raise ValueError("--dtype fp16 is not supported by nano_mlx (no loss scaling); use --dtype bf16 or fp32")
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"--dtype {name} is not one of auto, {', '.join(COMPUTE_DTYPES)}")
+    return name, "as asked"
+
+
+def pick_attn_impl(name: str, device: str, dtype: str) -> str:
+    """auto: the fused mx.fast kernel everywhere (flash is a PyTorch/CUDA kernel: asking for it is an error)."""
+    if name == "flash":
+        raise ValueError("--attn-impl flash is a PyTorch/CUDA kernel; nano_mlx has sdpa (mx.fast) and eager")
+    return "sdpa" if name == "auto" else name
+
+
+@contextlib.contextmanager
+def compute_dtype(model, dtype: str):
+    """Run the block on a copy of the weights in the compute dtype, then put the fp32 masters back."""
+    if dtype == "fp32":
+        yield
+        return
+    masters = model.parameters()
+    model.update(tree_map(lambda p: p.astype(COMPUTE_DTYPES[dtype]), masters))
+    try:
+        yield
+    finally:
+        model.update(masters)
+
+
+def blas_notice() -> str | None:
+    """On Linux the mlx[cpu] wheel links the reference BLAS (far slower matmuls than OpenBLAS). Look at what is
+    loaded in this process (nothing is timed) and, when an OpenBLAS is installed, say how to preload it. The
+    numerics are never changed behind the user's back: this only prints."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libs = {ln.split()[-1] for ln in open("/proc/self/maps") if ".so" in ln}
+    except OSError:
+        return None
+    # numpy's own OpenBLAS (libscipy_openblas64_) uses suffixed symbols that MLX cannot bind to: look for a plain
+    # libopenblas, which is what an LD_PRELOAD puts in front of the reference libblas.
+    if any(Path(lib).name.startswith("libopenblas") for lib in libs):
+        return None
+    if not any("libblas" in Path(lib).name for lib in libs):
+        return None  # some other BLAS (MKL, BLIS, ...): nothing known to say
+    found = [p for g in OPENBLAS_GLOBS for p in sorted(glob.glob(g))]
+    if found:
+        return (f"notice: MLX's CPU backend runs on the reference BLAS here (~30x slower matmuls); an OpenBLAS is "
+                f"installed, preload it: LD_PRELOAD={found[0]} python -m nano_mlx.train ...")
+    return ("notice: MLX's CPU backend runs on the reference BLAS here (~30x slower matmuls); install OpenBLAS "
+            "(apt-get install libopenblas0-pthread) and preload it with LD_PRELOAD=.../libopenblas.so.0")
+
+
+# ----------------------------------------------------------------------------- the backend
+class Backend:
+    name = "mlx"
+
+    def __init__(self, device: str = "auto", dtype: str = "auto", attn_impl: str = "auto", compile: bool | None = None):
+        self.device = pick_device(device)
+        self.dtype, self.dtype_why = pick_dtype(dtype, self.device)
+        self.attn_impl = pick_attn_impl(attn_impl, self.device, self.dtype)
+        self._notices = [n for n in [blas_notice() if self.device == "cpu" else None] if n]
+        self.compile = compile is not False  # on unless asked off: the compiled step is the measured default
+        self.mx_device = getattr(mx, self.device)
+        mx.set_default_device(self.mx_device)
+
+    # -- the machine --------------------------------------------------------------------------------------------
+    def notices(self) -> list[str]:
+        return list(self._notices)
+
+    def set_memory_limit(self, gb: float | None) -> str | None:
+        if self.device == "gpu":
+            # Wire the model's working set (no paging mid-step) and bound the buffer cache, as mlx-lm does.
+            recommended = mx.device_info().get("max_recommended_working_set_size")
+            if recommended:
+                mx.set_wired_limit(int(recommended))
+                mx.set_cache_limit(int(recommended) // 4)
+        if gb is not None:
+            mx.set_memory_limit(int(gb * 2**30))
+        return None
+
+    def measure_peak_flops(self) -> tuple[float, str]:
+        # 1024 on CPU: with the reference BLAS of the Linux wheel a 2048 probe alone would take seconds
+        n = 1024 if self.device == "cpu" else 4096
+        a = mx.full((n, n), 1.0 / n, dtype=COMPUTE_DTYPES[self.dtype])  # constant data: no RNG draws
+        b = mx.full((n, n), 0.5, dtype=COMPUTE_DTYPES[self.dtype])
+        mx.eval(a, b)
+
+        def matmul():
+            mx.eval(a @ b)
+
+        return probe_peak_flops(matmul, n), f"measured {n}x{n} {self.dtype} matmul on mlx {self.device}"
+
+    def peak_memory(self) -> tuple[int, str]:
+        return mx.get_peak_memory(), "mx.get_peak_memory (the MLX allocator)"
+
+    def reset_peak_memory(self) -> None:
+        mx.reset_peak_memory()
+
+    def sync(self) -> None:
+        mx.synchronize()
+
+    # -- model ----------------------------------------------------------------------------------------------------
+    def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False):
+        model = GPT(cfg, attn_impl=self.attn_impl)
+        model.load_numpy(weights)
+        model.grad_checkpoint = grad_checkpoint
+        model.train()
+        return model
+
+    def model_weights(self, model) -> dict[str, np.ndarray]:
+        return model.to_numpy()
+
+    def num_params(self, model) -> int:
+        return model.cfg.num_params()
+
+    # -- optimizer ------------------------------------------------------------------------------------------------
+    def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
+        return build_optimizer(model, lr, betas, eps, weight_decay)
+
+    def optimizer_state(self, optimizer, model) -> dict[str, np.ndarray]:
+        return optimizer_state_numpy(optimizer, model)
+
+    def load_optimizer_state(self, optimizer, model, state) -> None:
+        load_optimizer_state_numpy(optimizer, model, state)
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float, seed: int):
+        cast = COMPUTE_DTYPES[self.dtype]
+
+        def loss_fn(params, x, y):
+            # The model runs on (a bf16 copy of) `params`, so the gradient is taken w.r.t. the fp32 masters.
+            model.update(params if cast == mx.float32 else tree_map(lambda p: p.astype(cast), params))
+            return model.loss(x, y) / grad_accum
+
+        grad_fn = mx.value_and_grad(loss_fn)
+
+        def update(batch):
+            params = model.trainable_parameters()
+            total, grads = 0.0, None
+            for i in range(grad_accum):  # unrolled: grad_accum is fixed for the run, so the graph shape is too
+                loss, g = grad_fn(params, batch[i, :, :-1], batch[i, :, 1:])
+                total = total + loss
+                grads = g if grads is None else tree_map(mx.add, grads, g)
+            model.update(params)  # the fp32 masters back in place of the bf16 copies
+            if grad_clip > 0:
+                grads, _ = clip_grad_norm(grads, grad_clip)
+            optimizer.update(model, grads)
+            return total
+
+        if self.compile:
+            state = [model.state, optimizer.state, mx.random.state]
+            update = mx.compile(update, inputs=state, outputs=state)
+
+        def step(batch: np.ndarray, lr: float, index: int):
+            mx.random.seed(step_seed(seed, index))  # dropout masks are a function of (seed, step)
+            set_lr(optimizer, lr)
+            loss = update(mx.array(batch).reshape(grad_accum, -1, batch.shape[1]))
+            mx.eval(loss, model.state, optimizer.state)  # the one evaluation per step
+            return loss
+
+        return step
+
+    def loss_value(self, loss) -> float:
+        return float(loss.item())
+
+    # -- inference ------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def inference(self, model):
+        was_training = model.training
+        model.eval()
+        try:
+            with compute_dtype(model, self.dtype):
+                yield
+        finally:
+            model.train(was_training)
+
+    def token_losses(self, model, batch: np.ndarray) -> np.ndarray:
+        t = mx.array(batch)
+        logits = model(t[:, :-1])
+        return np.array(nn.losses.cross_entropy(logits.astype(mx.float32), t[:, 1:], reduction="none"))
+
+    def make_cache(self, model, batch_size: int, max_len: int):
+        return model.make_cache(batch_size, max_len)
+
+    def next_logits(self, model, ids: list[int], cache) -> np.ndarray:
+        logits = model(mx.array([ids], dtype=mx.int32), cache=cache)
+        return np.array(logits[0, -1].astype(mx.float32))

@@ -1,0 +1,229 @@
+"""PyTorch behind nano_core's backend interface (nano_core/backend.py): CUDA, MPS or CPU. Mirror of
+nano_mlx/backend.py: the same class, the same methods in the same order; only the framework differs.
+
+Precision: weights and AdamW moments are fp32; bf16/fp16 are autocast around the forward (fp16 with a GradScaler,
+CUDA only). The train step is eager by default; `compile=True` wraps the model's loss in torch.compile (never on
+MPS, where it is a prototype).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nano_core.backend import step_seed
+from nano_core.config import ModelConfig
+from nano_core.host import peak_rss, preloaded_openblas, reset_peak_rss
+from nano_core.metrics import probe_peak_flops
+from nano_torch.model import GPT, linear
+from nano_torch.optim import (build_optimizer, clip_grad_norm_, load_optimizer_state_numpy, optimizer_state_numpy,
+                              set_lr)
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+SYNC = {"cuda": lambda: torch.cuda.synchronize(), "mps": lambda: torch.mps.synchronize(), "cpu": lambda: None}
+
+
+# ----------------------------------------------------------------------------- device, dtype, kernels
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in available:
+        raise ValueError(f"--device {name} is not a PyTorch device here; use auto, cuda, mps or cpu")
+    if not available[name]:
+        raise ValueError(f"--device {name} is not available on this machine; use --device auto")
+    return name
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Native bf16 matmul on this CPU (AVX-512-BF16 or AMX): read from /proc/cpuinfo, nothing is timed."""
+    try:
+        flags = next((ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")), "").split()
+    except OSError:  # not Linux
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+FAST_BF16 = {
+    "cuda": lambda: torch.cuda.is_bf16_supported(),
+    "cpu": cpu_has_fast_bf16,
+    "mps": lambda: False,  # works, but slower than fp32 on Apple GPUs: opt in with --dtype bf16
+}
+
+
+def pick_dtype(name: str, device: str) -> tuple[str, str]:
+    """(fp32 | bf16 | fp16, why). Weights and optimizer states stay fp32; bf16/fp16 mean autocast."""
+    if name == "auto":
+        return ("bf16", f"auto: {device} has fast bf16") if FAST_BF16[device]() else \
+            ("fp32", f"auto: no fast bf16 on {device}")
+    if name not in AUTOCAST_DTYPES:
+        raise ValueError(f"--dtype {name} is not one of auto, {', '.join(AUTOCAST_DTYPES)}")
+    if name == "fp16" and device != "cuda":
+        raise ValueError("--dtype fp16 needs CUDA (loss scaling); use --dtype bf16 or fp32 here")
+    return name, "as asked"
+
+
+def pick_attn_impl(name: str, device: str, dtype: str) -> str:
+    """auto: sdpa, except bf16 on a CPU, where the eager path (nano_torch/kernels.py) is the faster kernel (in fp32
+    the two are level and sdpa uses less memory); benchmarks/step_speed.py measures both."""
+    if name != "auto":
+        return name
+    return "eager" if (device == "cpu" and dtype == "bf16") else "sdpa"
+
+
+def autocast(device: str, dtype: str):
+    # keyed on the device type, so MPS gets MPS autocast (not CPU's) and fp32 gets no autocast at all
+    amp = AUTOCAST_DTYPES[dtype]
+    return torch.autocast(device_type=device, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def blas_notice() -> str | None:
+    """An OpenBLAS preloaded for nano_mlx (LD_PRELOAD) reaches PyTorch's CPU kernels too, and its thread pool
+    competes with PyTorch's on the same cores (see the README's step-speed section). This only prints."""
+    lib = preloaded_openblas()
+    if lib is None:
+        return None
+    return (f"notice: LD_PRELOAD={lib} is meant for nano_mlx; inside PyTorch it makes CPU steps several times "
+            f"slower (two thread pools on the same cores): run nano_torch without it")
+
+
+# ----------------------------------------------------------------------------- the backend
+class Backend:
+    name = "torch"
+
+    def __init__(self, device: str = "auto", dtype: str = "auto", attn_impl: str = "auto", compile: bool | None = None):
+        self.device = pick_device(device)
+        self.dtype, self.dtype_why = pick_dtype(dtype, self.device)
+        self.attn_impl = pick_attn_impl(attn_impl, self.device, self.dtype)
+        self._notices = [n for n in [blas_notice() if self.device == "cpu" else None] if n]
+        self.compile = bool(compile)  # off unless asked: eager is the measured default
+        if self.compile and self.device == "mps":
+            self._notices.append("notice: torch.compile is a prototype on MPS; running eagerly")
+            self.compile = False
+        self.torch_device = torch.device(self.device)
+
+    # -- the machine --------------------------------------------------------------------------------------------
+    def notices(self) -> list[str]:
+        return list(self._notices)
+
+    def set_memory_limit(self, gb: float | None) -> str | None:
+        if gb is None:
+            return None
+        if self.device == "cuda":
+            total = torch.cuda.get_device_properties(self.torch_device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gb * 2**30 / total), self.torch_device)
+        elif self.device == "mps":
+            torch.mps.set_per_process_memory_fraction(min(2.0, gb * 2**30 / torch.mps.recommended_max_memory()))
+        else:
+            return f"notice: --memory-limit is ignored on {self.device}"
+        return None
+
+    def measure_peak_flops(self) -> tuple[float, str]:
+        n = 2048 if self.device == "cpu" else 4096
+        tdtype = AUTOCAST_DTYPES[self.dtype] or torch.float32
+        a = torch.full((n, n), 1.0 / n, dtype=tdtype, device=self.torch_device)  # constant data: no RNG draws
+        b = torch.full((n, n), 0.5, dtype=tdtype, device=self.torch_device)
+
+        def matmul():
+            linear(a, b)  # the model's own GEMM path (oneDNN for fp32 on x86 CPUs): MFU compares like with like
+            self.sync()
+
+        return probe_peak_flops(matmul, n), f"measured {n}x{n} {self.dtype} matmul, {torch.get_num_threads()} threads"
+
+    def peak_memory(self) -> tuple[int, str]:
+        if self.device == "cuda":
+            return torch.cuda.max_memory_allocated(self.torch_device), "torch.cuda.max_memory_allocated"
+        if self.device == "mps":  # PyTorch keeps no MPS peak: the driver's current allocation
+            return torch.mps.driver_allocated_memory(), "torch.mps.driver_allocated_memory"
+        return peak_rss()
+
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.torch_device)
+        elif self.device == "cpu":
+            reset_peak_rss()
+
+    def sync(self) -> None:
+        SYNC[self.device]()
+
+    # -- model ----------------------------------------------------------------------------------------------------
+    def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False):
+        model = GPT(cfg, attn_impl=self.attn_impl)
+        model.load_numpy(weights)
+        model.grad_checkpoint = grad_checkpoint
+        return model.to(self.torch_device).train()
+
+    def model_weights(self, model) -> dict[str, np.ndarray]:
+        return model.to_numpy()
+
+    def num_params(self, model) -> int:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # -- optimizer ------------------------------------------------------------------------------------------------
+    def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
+        return build_optimizer(model, lr, betas, eps, weight_decay)
+
+    def optimizer_state(self, optimizer, model) -> dict[str, np.ndarray]:
+        return optimizer_state_numpy(optimizer, model)
+
+    def load_optimizer_state(self, optimizer, model, state) -> None:
+        load_optimizer_state_numpy(optimizer, model, state)
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float, seed: int):
+        loss_fn = torch.compile(model.loss) if self.compile else model.loss
+        ctx = autocast(self.device, self.dtype)
+        scaler = torch.amp.GradScaler(self.device) if self.dtype == "fp16" else None
+
+        def step(batch: np.ndarray, lr: float, index: int):
+            torch.manual_seed(step_seed(seed, index))  # dropout masks are a function of (seed, step)
+            set_lr(optimizer, lr)
+            t = torch.from_numpy(batch).to(self.torch_device, non_blocking=True).long()
+            total = 0.0
+            for micro in t.view(grad_accum, -1, t.shape[1]):
+                with ctx:
+                    loss = loss_fn(micro[:, :-1], micro[:, 1:]) / grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                total = total + loss.detach()
+            if scaler:
+                scaler.unscale_(optimizer)
+            if grad_clip > 0:
+                clip_grad_norm_(model, grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return total
+
+        return step
+
+    def loss_value(self, loss) -> float:
+        return float(loss.item())
+
+    # -- inference ------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def inference(self, model):
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                yield
+        finally:
+            model.train(was_training)
+
+    def token_losses(self, model, batch: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(batch).to(self.torch_device).long()
+        logits = model(t[:, :-1])
+        nats = F.cross_entropy(logits.float().flatten(0, 1), t[:, 1:].flatten(), reduction="none")
+        return nats.view(t.shape[0], -1).cpu().numpy()
+
+    def make_cache(self, model, batch_size: int, max_len: int):
+        return model.make_cache(batch_size, max_len)
+
+    def next_logits(self, model, ids: list[int], cache) -> np.ndarray:
+        logits = model(torch.tensor([ids], dtype=torch.long, device=self.torch_device), cache=cache)
+        return logits[0, -1].float().cpu().numpy()
