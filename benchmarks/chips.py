@@ -13,13 +13,12 @@ Figures are FP32 TFLOPS of the full GPU configuration of each chip. Sources:
   * FP16: Apple GPUs since M1 issue FP16 FMAs at the FP32 rate (Wikipedia lists equal FP16/FP32 figures for the
     M-series), so the fp16/bf16 peak is taken equal to fp32. bf16 is emulated on M1/M2 GPUs, so an MFU against
     this figure is an upper bound of what bf16 can reach there.
-Chips sold with fewer GPU cores (binned parts) scale linearly with the core count when it can be detected.
+Chips sold with fewer GPU cores (binned parts) scale linearly with the core count when it can be detected. The brand
+string and the core count come from nano_core.host (cpu_brand, gpu_cores).
 """
 from __future__ import annotations
 
-import platform
 import re
-import subprocess
 
 # chip -> (GPU cores of the full configuration, FP32 TFLOPS of that configuration)
 APPLE_GPU_TFLOPS: dict[str, tuple[int, float]] = {
@@ -42,24 +41,6 @@ APPLE_GPU_TFLOPS: dict[str, tuple[int, float]] = {
 FP16_OVER_FP32 = 1.0  # see the module docstring
 
 
-def cpu_brand() -> str:
-    """The CPU / SoC model string: sysctl on macOS, /proc/cpuinfo on Linux, platform.processor() elsewhere."""
-    if platform.system() == "Darwin":
-        try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def apple_chip(brand: str) -> str | None:
     """'Apple M3 Max' -> 'M3 Max'; None when the brand string is not a known Apple M-series chip."""
     m = re.search(r"\b(M[1-4])(?:\s+(Pro|Max|Ultra))?\b", brand)
@@ -67,19 +48,6 @@ def apple_chip(brand: str) -> str | None:
         return None
     name = m.group(1) + (f" {m.group(2)}" if m.group(2) else "")
     return name if name in APPLE_GPU_TFLOPS else None
-
-
-def gpu_cores() -> int | None:
-    """GPU core count on macOS (system_profiler), None when it cannot be read."""
-    if platform.system() != "Darwin":
-        return None
-    try:
-        out = subprocess.run(["system_profiler", "SPDisplaysDataType"], capture_output=True, text=True,
-                             timeout=15).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r"Total Number of Cores:\s*(\d+)", out)
-    return int(m.group(1)) if m else None
 
 
 def known_gpu_peak(brand: str, dtype: str, cores: int | None = None) -> tuple[float, str] | None:

@@ -9,6 +9,13 @@ scores, activations, gradients. glibc's malloc serves each block above its mmap 
 fresh pages from the kernel and hands it back with munmap when it is freed, so the next step page-faults and zeroes
 all of it again. On the comparison config (PyTorch, bf16, 2 cores) that was ~37k minor page faults and ~0.1 s of
 CPU time in the kernel per step; keeping freed memory in the heap made the step 7% faster with the same peak RSS.
+
+peak_rss() / reset_peak_rss(): the process's peak resident memory, the CPU backends' peak-memory figure.
+
+Machine probes for the benchmark reports (benchmarks/compare.py, step_speed.py): cpu_brand(), gpu_cores(),
+loaded_blas() (the BLAS /proc/self/maps shows loaded in this process), build_config_summary() (of a build description a
+framework hands in as text), numpy_blas(), machine(). Framework-specific facts (versions, thread counts) are read
+by the caller in the framework's own process and passed as plain values; this module imports no framework.
 """
 from __future__ import annotations
 
@@ -16,6 +23,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import platform
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,3 +103,88 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+# --- what the machine is (benchmark reports) ------------------------------------------------------------------
+def cpu_brand() -> str:
+    """The CPU / SoC model string: sysctl on macOS, /proc/cpuinfo on Linux, platform.processor() elsewhere."""
+    if sys.platform == "darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_cores() -> int | None:
+    """GPU core count on macOS (system_profiler); None elsewhere or when it cannot be read."""
+    if sys.platform != "darwin":
+        return None
+    try:
+        out = subprocess.run(["system_profiler", "SPDisplaysDataType"], capture_output=True, text=True,
+                             timeout=15).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"Total Number of Cores:\s*(\d+)", out)
+    return int(m.group(1)) if m else None
+
+
+def mapped_libraries() -> set[str] | None:
+    """Paths of the shared libraries mapped into this process (Linux /proc/self/maps); None where it cannot be read."""
+    try:
+        with open("/proc/self/maps") as f:
+            return {line.split()[-1] for line in f if ".so" in line}
+    except OSError:
+        return None
+
+
+def loaded_blas() -> str:
+    """The system BLAS this process has loaded, for a framework that links it (MLX's CPU backend): on Linux a plain
+    libopenblas (an LD_PRELOAD puts it in front of the reference libblas; numpy's own scipy_openblas uses suffixed
+    symbols nothing else binds to, so it does not count), else the reference libblas. Import the framework first."""
+    if sys.platform == "darwin":
+        return "Accelerate (macOS)"
+    libs = mapped_libraries()
+    if libs is None:
+        return "unknown (no /proc/self/maps)"
+    openblas = sorted(p for p in libs if Path(p).name.startswith("libopenblas"))
+    if openblas:
+        return f"OpenBLAS ({openblas[0]})"
+    ref = sorted(p for p in libs if Path(p).name.startswith("libblas"))
+    return f"reference BLAS ({Path(ref[0]).resolve()})" if ref else "unknown"
+
+
+def build_config_summary(text: str) -> str:
+    """The BLAS/LAPACK, MKL, oneDNN, CPU capability and OpenMP lines of a framework's build description (PyTorch:
+    torch.__config__.show()), joined with '; '."""
+    keep = [m.group(0) for m in re.finditer(r"(BLAS_INFO|LAPACK_INFO)=\w+", text)]
+    keep += [line.strip(" -") for line in text.splitlines()
+             if any(s in line for s in ("Math Kernel Library", "MKL-DNN", "oneDNN", "CPU capability", "OpenMP"))]
+    return "; ".join(keep)
+
+
+def numpy_blas() -> str:
+    """The BLAS numpy was built with ("scipy-openblas 0.3.27"), or "unknown" (numpy < 1.26 has no dict config)."""
+    import numpy as np
+
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # noqa: BLE001 -- an old numpy: say so rather than fail a report
+        return "unknown"
+
+
+def machine() -> dict:
+    """The machine and this process's settings, for a benchmark report: OS, Python, CPU model, macOS GPU cores,
+    logical CPUs, LD_PRELOAD and OMP_WAIT_POLICY as found (None when unset)."""
+    return {"os": platform.platform(), "python": platform.python_version(), "cpu": cpu_brand(),
+            "gpu_cores": gpu_cores(), "cpu_count": os.cpu_count(), "ld_preload": os.environ.get("LD_PRELOAD"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}

@@ -1,5 +1,5 @@
 """nano_core.host: freed large buffers are reused without page faults (Linux glibc); an OpenBLAS preload is found
-and kept away from PyTorch processes."""
+and kept away from PyTorch processes; the machine probes of the benchmark reports (no framework imported)."""
 import os
 import subprocess
 import sys
@@ -64,9 +64,53 @@ def test_openblas_preload_is_found_and_kept_away_from_child_processes(monkeypatc
         assert "LD_PRELOAD" not in os.environ
 
 
-def test_torch_training_warns_about_an_openblas_preload(monkeypatch):
-    from nano_torch.train import blas_notice
+def test_torch_backend_warns_about_an_openblas_preload(monkeypatch):
+    from nano_torch.backend import Backend
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    assert blas_notice() is None
+    assert Backend(device="cpu").notices() == []
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libopenblas.so.0")
-    assert "LD_PRELOAD=/usr/lib/libopenblas.so.0" in blas_notice() and "nano_mlx" in blas_notice()
+    (notice,) = Backend(device="cpu").notices()
+    assert "LD_PRELOAD=/usr/lib/libopenblas.so.0" in notice and "nano_mlx" in notice
+
+
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+BLAS_PROBE = "import numpy; from nano_core.host import loaded_blas; print(loaded_blas())"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_loaded_blas_sees_a_preloaded_openblas_but_not_numpys_own():
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    plain = subprocess.run([sys.executable, "-c", BLAS_PROBE], capture_output=True, text=True, check=True, env=env)
+    assert not plain.stdout.startswith("OpenBLAS")  # numpy's scipy_openblas is not a BLAS MLX can call
+    if not os.path.exists(OPENBLAS):
+        pytest.skip(f"no {OPENBLAS} here")
+    preloaded = subprocess.run([sys.executable, "-c", BLAS_PROBE], capture_output=True, text=True, check=True,
+                               env={**env, "LD_PRELOAD": OPENBLAS})
+    assert preloaded.stdout.startswith("OpenBLAS (") and "libopenblas" in preloaded.stdout
+
+
+def test_build_config_summary_keeps_the_blas_lines():
+    from nano_core.host import build_config_summary
+    text = """PyTorch built with:
+  - GCC 11.2
+  - Intel(R) oneAPI Math Kernel Library Version 2024.2
+  - Intel(R) MKL-DNN v3.12.0
+  - OpenMP 201511 (a.k.a. OpenMP 4.5)
+  - CPU capability usage: AVX512
+  - Build settings: BLAS_INFO=mkl, BUILD_TYPE=Release, LAPACK_INFO=mkl, TORCH_VERSION=2.13.0,
+"""
+    assert build_config_summary(text) == ("BLAS_INFO=mkl; LAPACK_INFO=mkl; Intel(R) oneAPI Math Kernel Library "
+                                          "Version 2024.2; Intel(R) MKL-DNN v3.12.0; OpenMP 201511 (a.k.a. OpenMP "
+                                          "4.5); CPU capability usage: AVX512")
+
+
+def test_machine_describes_this_host(monkeypatch):
+    from nano_core.host import machine
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    m = machine()
+    assert set(m) == {"os", "python", "cpu", "gpu_cores", "cpu_count", "ld_preload", "omp_wait_policy"}
+    assert m["cpu"] and m["cpu_count"] == os.cpu_count() and m["omp_wait_policy"] == "PASSIVE"
+    probe = ("import sys, nano_core.host as h; h.machine(), h.numpy_blas(), h.loaded_blas(); "
+             "print('torch' in sys.modules, 'mlx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
