@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,6 @@ MODEL_FILE, OPTIM_FILE, META_FILE, TOKENIZER_DIR = "model.safetensors", "optimiz
 
 def code_version() -> dict:
     """Package version and, when run from a git checkout, the commit (plus whether the tree had local edits)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         pkg = version("nano")
     except PackageNotFoundError:

@@ -1,0 +1,126 @@
+"""The package graph, read from the source with `ast` (nothing is imported):
+
+    tokenizer  <-  nano_core  <-  nano_torch, nano_mlx  <-  benchmarks
+
+tokenizer/ is the bottom layer and imports no other nano package; nano_core/ is backend-free (neither torch nor mlx,
+nor a backend package); the two backends never import each other; no package imports benchmarks/. Imports between
+nano packages sit at module top, never inside a function, so the graph above is the whole truth (a lazy import
+would hide a dependency or a cycle). Lazy imports of heavy optional third-party modules are fine.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("tokenizer", "nano_core", "nano_torch", "nano_mlx")
+NANO = PACKAGES + ("benchmarks",)
+FORBIDDEN = {  # package -> top-level modules it must never import (at any level)
+    "tokenizer": {"nano_core", "nano_torch", "nano_mlx", "benchmarks"},
+    "nano_core": {"torch", "mlx", "nano_torch", "nano_mlx", "benchmarks"},
+    "nano_torch": {"nano_mlx", "benchmarks"},
+    "nano_mlx": {"nano_torch", "benchmarks"},
+}
+
+
+class _Imports(ast.NodeVisitor):
+    """(line, imported module, inside a function or class?) for every import statement and every
+    importlib.import_module("...") / __import__("...") call with a literal name."""
+
+    def __init__(self, package: str):
+        self.package, self.depth, self.found = package, 0, []
+
+    def _nested(self, node):
+        self.depth += 1
+        self.generic_visit(node)
+        self.depth -= 1
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = visit_ClassDef = _nested
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            self.found.append((node.lineno, alias.name, self.depth > 0))
+
+    def visit_ImportFrom(self, node):
+        module = self.package if node.level else ""  # a relative import stays inside the file's own package
+        module = ".".join(p for p in (module, node.module or "") if p)
+        self.found.append((node.lineno, module, self.depth > 0))
+
+    def visit_Call(self, node):
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+        if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            self.found.append((node.lineno, node.args[0].value, self.depth > 0))
+        self.generic_visit(node)
+
+
+def _imports(packages=PACKAGES):
+    """[(package, file relative to the repo, line, imported module, nested)] for every .py file of `packages`."""
+    rows = []
+    for package in packages:
+        files = sorted(p for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts)
+        assert files, f"{package}/ has no Python files: the layout test would check nothing"
+        for path in files:
+            text, rel = path.read_text(encoding="utf-8"), path.relative_to(REPO).as_posix()
+            visitor = _Imports(package)
+            visitor.visit(ast.parse(text, filename=str(path)))
+            lines = text.splitlines()
+            for line, module, nested in visitor.found:
+                rows.append((package, rel, line, module, nested))
+                SOURCE_LINES[rel, line] = lines[line - 1]
+    return rows
+
+
+SOURCE_LINES: dict = {}  # (file, line) -> the line's text
+IMPORTS = _imports()
+
+
+def _top(module: str) -> str:
+    return module.split(".")[0]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_packages_import_only_downwards(package):
+    """(a) tokenizer imports no other nano package; (b) nano_core neither torch, mlx nor a backend;
+    (c) the backends never import each other; none of them imports benchmarks."""
+    bad = [f"{rel}:{line}: {package} must not import {module}" for pkg, rel, line, module, _ in IMPORTS
+           if pkg == package and _top(module) in FORBIDDEN[package]]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_function_level_imports_between_nano_packages():
+    """(d) An import of another nano package sits at module top, where the graph can be read. Inside one package a
+    lazy import is allowed only to break a real import cycle, and says so in a comment on its line ("cycle")."""
+    bad = [f"{rel}:{line}: function-level import of {module} (move it to the top of the module)"
+           for pkg, rel, line, module, nested in IMPORTS if nested and _top(module) in NANO and _top(module) != pkg]
+    bad += [f"{rel}:{line}: function-level import of {module} inside {pkg}/ without a comment naming the cycle "
+            "it breaks" for pkg, rel, line, module, nested in IMPORTS
+            if nested and _top(module) == pkg and "cycle" not in SOURCE_LINES[rel, line].partition("#")[2]]
+    assert not bad, "\n".join(bad)
+
+
+def test_no_benchmark_module_shadows_a_nano_package():
+    """(e) `python benchmarks/X.py` puts benchmarks/ first on sys.path: a benchmarks/tokenizer.py would be imported
+    instead of the tokenizer package."""
+    bad = [f"{p.relative_to(REPO).as_posix()}: named like the {p.stem} package; rename it"
+           for p in sorted((REPO / "benchmarks").iterdir())
+           if p.stem in NANO and (p.suffix == ".py" or p.is_dir())]
+    assert not bad, "\n".join(bad)
+
+
+def test_imports_of_nano_modules_name_modules_that_exist():
+    """A moved module leaves no import of its old path behind (in the packages, the benchmarks or the tests)."""
+    def exists(module: str) -> bool:
+        path = REPO.joinpath(*module.split("."))
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+    bad = [f"{rel}:{line}: imports {module}, which does not exist" for _, rel, line, module, _ in
+           _imports(PACKAGES + ("benchmarks", "tests")) if _top(module) in PACKAGES and not exists(module)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_checks_see_imports():
+    """Guard against a vacuous pass: the known edges of the graph are found."""
+    edges = {(pkg, _top(module)) for pkg, _, _, module, _ in IMPORTS}
+    assert {("nano_core", "tokenizer"), ("tokenizer", "tokenizer")} <= edges
