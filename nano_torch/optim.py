@@ -40,7 +40,8 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
     step = 0
     for name, p in model.named_parameters():
         st = opt.state.get(p)
-        if not st:
+        if not st:  # torch creates the state at the first step; before it, the moments are zeros (as in MLX)
+            out[f"{name}.exp_avg"] = out[f"{name}.exp_avg_sq"] = np.zeros(tuple(p.shape), dtype=np.float32)
             continue
         out[f"{name}.exp_avg"] = st["exp_avg"].detach().float().cpu().numpy().copy()
         out[f"{name}.exp_avg_sq"] = st["exp_avg_sq"].detach().float().cpu().numpy().copy()

@@ -1,7 +1,7 @@
 """One CLI for both backends: the train and generate parsers agree on every flag and default but --device."""
 import pytest
 
-from nano_core import cli
+from nano_core import cli, run
 
 
 def options(parser):
@@ -50,37 +50,36 @@ def test_explicit_flags_tells_typed_from_default():
 
 def test_resume_takes_checkpoint_settings_unless_typed():
     p = cli.build_parser("torch")
-    args = p.parse_args(["--resume", "latest", "--max-steps", "50"])
-    saved = {"lr": 0.01, "max_steps": 20, "seed": 3, "log_every": 1, "out": "elsewhere", "device": "mps"}
-    cli.apply_resume_args(args, saved, cli.explicit_flags(p, ["--resume", "latest", "--max-steps", "50"]))
+    args, typed = cli.parse_train_args("torch", ["--resume", "latest", "--max-steps", "50"])
+    saved = {"lr": 0.01, "max_steps": 20, "seed": 3, "log_every": 1, "out": "elsewhere", "device": "mps",
+             "a_flag_of_an_older_version": 1}
+    run.apply_resume_args(args, saved, typed)
     assert (args.lr, args.max_steps, args.seed, args.log_every) == (0.01, 50, 3, 1)
     assert (args.out, args.device) == (None, "auto")  # session/machine settings are not taken over
 
 
 def test_grad_accum_from_total_batch_tokens():
-    args = cli.build_parser("mlx").parse_args(["--batch-size", "4", "--total-batch-tokens", "4096"])
-    assert cli.grad_accum_steps(args, 256) == 4
+    args, _ = cli.parse_train_args("mlx", ["--batch-size", "4", "--total-batch-tokens", "4096"])
+    assert run.grad_accum_steps(args, 256) == 4
     args.total_batch_tokens = 1000
     with pytest.raises(ValueError, match="multiple"):
-        cli.grad_accum_steps(args, 256)
+        run.grad_accum_steps(args, 256)
 
 
 def test_device_dependent_defaults(monkeypatch):
-    monkeypatch.delenv(cli.MAX_STEPS_ENV, raising=False)
-    args = cli.build_parser("torch").parse_args([])
-    cli.resolve_defaults(args, "cpu")
+    monkeypatch.delenv(run.MAX_STEPS_ENV, raising=False)
+    args, _ = cli.parse_train_args("torch", [])
+    run.resolve_defaults(args, "cpu")
     assert (args.preset, args.max_steps) == ("tiny", 300)
-    args = cli.build_parser("mlx").parse_args([])
-    cli.resolve_defaults(args, "gpu")
+    args, _ = cli.parse_train_args("mlx", [])
+    run.resolve_defaults(args, "gpu")
     assert args.preset == "small"
 
 
 def test_attn_impl_auto_picks_eager_for_bf16_on_cpu_and_sdpa_otherwise():
-    import torch
-
-    from nano_mlx.train import pick_attn_impl as mlx_pick
-    from nano_torch.train import pick_attn_impl as torch_pick
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    from nano_mlx.backend import pick_attn_impl as mlx_pick
+    from nano_torch.backend import pick_attn_impl as torch_pick
+    cpu, cuda = "cpu", "cuda"
     assert torch_pick("auto", cpu, "bf16") == "eager"
     assert torch_pick("auto", cpu, "fp32") == "sdpa"
     assert torch_pick("auto", cuda, "bf16") == "sdpa"
@@ -107,6 +106,21 @@ def test_unknown_preset_and_missing_config_are_refused_before_any_work(tmp_path,
     with pytest.raises(SystemExit):
         parser.parse_args(["--preset", "huge"])
     assert "invalid choice: 'huge'" in capsys.readouterr().err
-    args = cli.build_parser("mlx").parse_args(["--config", str(tmp_path / "missing.json")])
+    args, _ = cli.parse_train_args("mlx", ["--config", str(tmp_path / "missing.json")])
     with pytest.raises(FileNotFoundError, match="missing.json not found"):
-        cli.check_args(args)
+        run.check_config(args)
+
+
+def test_train_config_is_the_parser_one_field_per_flag_with_the_same_defaults():
+    from dataclasses import fields
+
+    parser = cli.build_parser("torch")
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert set(actions) == {f.name for f in fields(cli.TrainConfig)}
+    for f in fields(cli.TrainConfig):
+        assert actions[f.name].default == f.default, f.name
+        assert actions[f.name].option_strings[0] == "--" + f.name.replace("_", "-")
+    config, typed = cli.parse_train_args("mlx", ["--lr", "0.01", "--no-compile", "--source", "a", "b"])
+    assert isinstance(config, cli.TrainConfig) and (config.lr, config.compile, config.source) == (0.01, False, ["a", "b"])
+    assert typed == {"lr", "compile", "source"}
+    assert cli.TrainConfig(**config.to_dict()) == config  # what a checkpoint records rebuilds the same config
