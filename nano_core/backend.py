@@ -110,3 +110,19 @@ class Backend(Protocol):
     def next_logits(self, model, ids: list[int], cache) -> np.ndarray:
         """Feed `ids` (one sequence) through the model, advancing `cache`; float32 (V,) logits at the last one.
         Call inside inference()."""
+
+
+def check_optimizer_state(state: Weights, param_shapes: dict[str, tuple[int, ...]]) -> int:
+    """The checks both backends' load_optimizer_state make, written once: every parameter has its two moments of
+    its own shape (a missing entry is allowed only at step 0, where a state is fresh anyway). Returns the step."""
+    step = int(np.asarray(state.get("step", 0)))
+    for name, shape in param_shapes.items():
+        if f"{name}.exp_avg" not in state:
+            if step > 0:
+                raise ValueError(f"optimizer state has no entry for {name}; was it saved from a different model?")
+            continue
+        got = tuple(np.shape(state[f"{name}.exp_avg"]))
+        if got != tuple(shape):
+            raise ValueError(f"optimizer state {name}.exp_avg has shape {got}, parameter {tuple(shape)}; was it "
+                             f"saved from a different model?")
+    return step

@@ -12,6 +12,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
+from nano_core.backend import check_optimizer_state
+
 
 class AdamW(optim.Adam):
     """torch.optim.AdamW semantics: p <- p * (1 - lr * wd) for ndim >= 2 params only, then the bias-corrected Adam
@@ -65,24 +67,20 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
 
 
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
-    """The inverse of optimizer_state_numpy, in place. A one-line ValueError for a shape that does not fit, or a
-    parameter with no entry (allowed only at step 0: such a state is fresh anyway)."""
-    step = int(np.asarray(state.get("step", 0)))
+    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model
+    (nano_core.backend.check_optimizer_state)."""
+    params = tree_flatten(model.trainable_parameters())
+    step = check_optimizer_state(state, {name: tuple(p.shape) for name, p in params})
     if not opt._initialized:
         opt.init(model.trainable_parameters())
-    for name, p in tree_flatten(model.trainable_parameters()):
+    for name, _ in params:
         if f"{name}.exp_avg" not in state:
-            if step > 0:
-                raise ValueError(f"optimizer state has no entry for {name}; was it saved from a different model?")
-            continue
-        m, v = state[f"{name}.exp_avg"], state[f"{name}.exp_avg_sq"]
-        if tuple(m.shape) != tuple(p.shape):
-            raise ValueError(f"optimizer state {name}.exp_avg has shape {tuple(m.shape)}, parameter {tuple(p.shape)}")
+            continue  # step 0: the fresh state stays
         # Write into the existing nested state in place: a step compiled with inputs=[optimizer.state] holds it.
         node = opt.state
         for part in name.split("."):
             node = node[int(part)] if isinstance(node, list) else node[part]
-        node["m"] = mx.array(np.asarray(m, dtype=np.float32))
-        node["v"] = mx.array(np.asarray(v, dtype=np.float32))
+        node["m"] = mx.array(np.asarray(state[f"{name}.exp_avg"], dtype=np.float32))
+        node["v"] = mx.array(np.asarray(state[f"{name}.exp_avg_sq"], dtype=np.float32))
     opt.state["step"] = mx.array(step, dtype=mx.uint64)
     return opt

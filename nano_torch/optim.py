@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from nano_core.backend import check_optimizer_state
+
 
 def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
     """torch.optim.AdamW with two groups: matrices/embeddings decay, biases and norm weights do not."""
@@ -51,22 +53,17 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
 
 
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
-    """The inverse of optimizer_state_numpy, in place. A one-line ValueError for a shape that does not fit, or a
-    parameter with no entry (allowed only at step 0: such a state is fresh anyway)."""
-    step = int(np.asarray(state.get("step", 0)))
+    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model
+    (nano_core.backend.check_optimizer_state)."""
+    step = check_optimizer_state(state, {name: tuple(p.shape) for name, p in model.named_parameters()})
+    fused = any(g.get("fused") for g in opt.param_groups)
     for name, p in model.named_parameters():
         if f"{name}.exp_avg" not in state:
-            if step > 0:
-                raise ValueError(f"optimizer state has no entry for {name}; was it saved from a different model?")
-            continue
-        m, v = state[f"{name}.exp_avg"], state[f"{name}.exp_avg_sq"]
-        if tuple(m.shape) != tuple(p.shape):
-            raise ValueError(f"optimizer state {name}.exp_avg has shape {tuple(m.shape)}, parameter {tuple(p.shape)}")
-        fused = any(g.get("fused") for g in opt.param_groups)
+            continue  # step 0: the fresh state stays
         opt.state[p] = {
             # torch keeps 'step' as a float32 tensor: on the parameter's device when fused, on the CPU otherwise
             "step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu"),
-            "exp_avg": torch.from_numpy(np.array(m, dtype=np.float32)).to(p.device),
-            "exp_avg_sq": torch.from_numpy(np.array(v, dtype=np.float32)).to(p.device),
+            "exp_avg": torch.from_numpy(np.array(state[f"{name}.exp_avg"], dtype=np.float32)).to(p.device),
+            "exp_avg_sq": torch.from_numpy(np.array(state[f"{name}.exp_avg_sq"], dtype=np.float32)).to(p.device),
         }
     return opt
