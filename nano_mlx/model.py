@@ -5,6 +5,7 @@ Every option of nano_core.config.ModelConfig is implemented here. Weights come f
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import mlx.core as mx
@@ -15,6 +16,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights as numpy_init
 from nano_core.init import rope_attention_scale, rope_tables, sinusoidal_table
+from nano_mlx.kernels import (causal_mask, cross_entropy, eager_attention, eager_causal, flash_available,
+                              flash_causal, gelu, linear, sdpa_attention, sdpa_causal)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -27,13 +30,10 @@ class Linear(nn.Module):
     def __init__(self, inp: int, out: int, bias: bool):
         super().__init__()
         self.weight = _param(out, inp)  # (out, in), as in the canonical spec
-        if bias:
-            self.bias = _param(out)
+        self.bias = _param(out) if bias else None
 
     def __call__(self, x):
-        if "bias" in self:
-            return mx.addmm(self.bias, x, self.weight.T)
-        return x @ self.weight.T
+        return linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Module):
@@ -50,11 +50,10 @@ class LayerNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = _param(dim)
-        if bias:
-            self.bias = _param(dim)
+        self.bias = _param(dim) if bias else None
 
     def __call__(self, x):
-        return mx.fast.layer_norm(x, self.weight, self.get("bias"), self.eps)
+        return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -69,44 +68,8 @@ class RMSNorm(nn.Module):
 
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
-
-# No torch counterpart (torch has a fast erf): on a Linux CPU MLX evaluates transcendentals one scalar at a time
-# (no x86 SIMD path; mx.erf ~25 ns/element here), while mx.compile fuses plain arithmetic into a vectorised kernel.
-# mx.erf made the exact GELU cost 80 ms of a 2.9 s compiled step per layer; this form costs 16 ms, and deviates
-# from torch's erf-GELU by the same <= 1.5e-6 as mx.erf does. Fitted here: erf(x) = x P(x^2) / Q(x^2) on
-# |x| <= 4 (weighted least squares, then rounded to fp32), max abs error 4e-7 in fp32; erf(4) rounds to 1 in fp32.
-_ERF_P = (1.1283792257, 0.18289205432, 0.053291361779, 0.0036655860022, 3.4627693822e-4, 3.8138393847e-6,
-          -8.3325817357e-9)
-_ERF_Q = (1.0, 0.49541726708, 0.11236701161, 0.014972719364, 0.0012261697557, 5.5006366892e-5)
-
-
-def _erf(x):
-    x = mx.clip(x, -4.0, 4.0)
-    t = x * x
-    p, q = _ERF_P[-1], _ERF_Q[-1]
-    for c in _ERF_P[-2::-1]:
-        p = p * t + c
-    for c in _ERF_Q[-2::-1]:
-        q = q * t + c
-    return x * p / q
-
-
-@mx.custom_function
-def gelu(x):
-    """Exact (erf) GELU, x * Phi(x), as torch F.gelu; with _erf instead of mx.erf (see above)."""
-    return 0.5 * x * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
-
-
-@gelu.vjp
-def _gelu_vjp(primals, cotangent, output):
-    # d/dx x Phi(x) = Phi(x) + x phi(x): the exact derivative, not the derivative of the fitted erf.
-    x = primals[0] if isinstance(primals, (list, tuple)) else primals
-    cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
-    return cotangent * (cdf + x * mx.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi)))
-
-
 ACTIVATIONS = {
-    "gelu": gelu,                        # exact (erf) GELU, same as torch F.gelu
+    "gelu": gelu,                        # exact (erf) GELU in both backends (see kernels.py)
     "relu": nn.relu,
     "relu2": lambda x: mx.square(nn.relu(x)),
     "swiglu": nn.silu,                   # applied to the gate branch
@@ -126,56 +89,7 @@ def apply_rope(x, cos, sin):
     return mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
 
-def _dropout(x, p):
-    keep = mx.random.bernoulli(1.0 - p, x.shape)
-    return mx.where(keep, x / (1.0 - p), mx.zeros_like(x))
-
-
-# ----------------------------------------------------------------------------- attention kernels
-def causal_mask(q_pos, k_pos, window):
-    """Boolean keep-mask (Tq, Tk) from absolute positions: key <= query, and within the window when one is set."""
-    rel = q_pos[:, None] - k_pos[None, :]
-    keep = rel >= 0
-    if window is not None:
-        keep = keep & (rel < window)
-    return keep
-
-
-def eager_attention(q, k, v, scale, mask, dropout_p):
-    """softmax(q k^T * scale) v with a boolean keep-mask (None = no mask). GQA without copying K/V: the query heads
-    are grouped (B, Hkv, rep, ...) and broadcast against (B, Hkv, 1, ...). Extra dims between heads and time work."""
-    B, H = q.shape[:2]
-    Hkv = k.shape[1]
-    q = q.reshape(B, Hkv, H // Hkv, *q.shape[2:])
-    k, v = mx.expand_dims(k, 2), mx.expand_dims(v, 2)
-    # Scale folded into q and the mask applied before the fp32 upcast, as on the torch side (see there for why).
-    scores = (q * scale) @ mx.swapaxes(k, -1, -2)
-    if mask is not None:
-        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
-    probs = mx.softmax(scores.astype(mx.float32), axis=-1)
-    if dropout_p > 0:
-        probs = _dropout(probs, dropout_p)
-    y = probs.astype(v.dtype) @ v
-    return y.reshape(B, H, *y.shape[3:])
-
-
-def sdpa_attention(q, k, v, scale, mask, dropout_p):
-    if dropout_p > 0:  # the fused kernel has no dropout
-        return eager_attention(q, k, v, scale, mask, dropout_p)
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
-
-
-def sdpa_causal(q, k, v, scale, dropout_p):
-    if dropout_p > 0:
-        return eager_causal(q, k, v, scale, dropout_p)
-    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
-
-
-def eager_causal(q, k, v, scale, dropout_p):
-    pos = mx.arange(q.shape[2])
-    return eager_attention(q, k, v, scale, causal_mask(pos, pos, None), dropout_p)
-
-
+# ----------------------------------------------------------------------------- attention
 def banded_attention(q, k, v, scale, window, dropout_p, attend=eager_attention):
     """Sliding-window causal attention in O(T * window) work: queries in blocks of `window` attend to their own key
     block and the previous one (2*window keys) under a band mask, instead of a T x T masked matrix."""
@@ -205,6 +119,7 @@ def banded_attention(q, k, v, scale, window, dropout_p, attend=eager_attention):
 ATTENTION = {  # attn_impl -> (causal kernel, masked kernel)
     "eager": (eager_causal, eager_attention),
     "sdpa": (sdpa_causal, sdpa_attention),
+    "flash": (flash_causal, sdpa_attention),  # PyTorch on CUDA only; the KV-cache (masked) path uses sdpa
 }
 
 
@@ -242,15 +157,17 @@ class Attention(nn.Module):
         self.wq = Linear(d, cfg.n_head * hd, cfg.bias)
         self.wk = Linear(d, cfg.kv_heads * hd, cfg.bias)
         self.wv = Linear(d, cfg.kv_heads * hd, cfg.bias)
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(hd, cfg.norm_eps)
-            self.k_norm = RMSNorm(hd, cfg.norm_eps)
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.wo = Linear(cfg.n_head * hd, d, cfg.bias)
         self.window = window
         self.scale = rope_attention_scale(cfg) / math.sqrt(hd)
         self.dropout_attn = cfg.dropout_attn
         self.drop_resid = nn.Dropout(cfg.dropout_resid)
         self.causal, self.masked = ATTENTION[attn_impl]
+        self.native_window = attn_impl == "flash"  # the kernel takes the window itself: no banded fallback
+        if self.native_window:
+            self.causal = functools.partial(flash_causal, window=window)
 
     def __call__(self, x, rope, cache: KVCache | None, layer: int):
         B, T, _ = x.shape
@@ -258,20 +175,18 @@ class Attention(nn.Module):
         # One GEMM for q, k, v: the canonical weights are concatenated at run time (a small copy of the weights
         # buys one large matmul instead of three).
         w = mx.concatenate([self.wq.weight, self.wk.weight, self.wv.weight])
-        qkv = x @ w.T
-        if "bias" in self.wq:
-            qkv = qkv + mx.concatenate([self.wq.bias, self.wk.bias, self.wv.bias])
-        q, k, v = mx.split(qkv, [H * hd, (H + Hkv) * hd], axis=-1)
+        b = None if self.wq.bias is None else mx.concatenate([self.wq.bias, self.wk.bias, self.wv.bias])
+        q, k, v = mx.split(linear(x, w, b), [H * hd, (H + Hkv) * hd], axis=-1)
         q = q.reshape(B, T, H, hd).transpose(0, 2, 1, 3)
         k = k.reshape(B, T, Hkv, hd).transpose(0, 2, 1, 3)
         v = v.reshape(B, T, Hkv, hd).transpose(0, 2, 1, 3)
-        if "q_norm" in self:
+        if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         p = self.dropout_attn if self.training else 0.0
         if cache is None:
-            if self.window is None or T <= self.window:
+            if self.window is None or T <= self.window or self.native_window:
                 y = self.causal(q, k, v, self.scale, p)
             else:
                 y = banded_attention(q, k, v, self.scale, self.window, p)
@@ -293,15 +208,14 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = Linear(cfg.n_embd, cfg.hidden, cfg.bias)
-        if cfg.mlp == "swiglu":
-            self.gate = Linear(cfg.n_embd, cfg.hidden, cfg.bias)
+        self.gate = Linear(cfg.n_embd, cfg.hidden, cfg.bias) if cfg.mlp == "swiglu" else None
         self.proj = Linear(cfg.hidden, cfg.n_embd, cfg.bias)
         self.act = ACTIVATIONS[cfg.mlp]
         self.drop_resid = nn.Dropout(cfg.dropout_resid)
 
     def __call__(self, x):
         h = self.fc(x)
-        h = self.act(h) if "gate" not in self else self.act(self.gate(x)) * h
+        h = self.act(h) if self.gate is None else self.act(self.gate(x)) * h
         return self.drop_resid(self.proj(h))
 
 
@@ -331,11 +245,11 @@ class ElmanLayer(nn.Module):
         self.act = RNN_ACTIVATIONS[cfg.rnn_act]
 
     def __call__(self, x, h):
-        a = x @ self.w_ih.weight.T + self.bias
+        a = linear(x, self.w_ih.weight, self.bias)
         h = mx.zeros((a.shape[0], a.shape[2]), dtype=a.dtype) if h is None else h
         outs = []
         for t in range(a.shape[1]):
-            h = self.act(a[:, t] + h @ self.w_hh.weight.T)
+            h = self.act(a[:, t] + linear(h, self.w_hh.weight))
             outs.append(h)
         return mx.stack(outs, axis=1), h
 
@@ -347,20 +261,21 @@ class GPT(nn.Module):
         cfg.validate()
         if attn_impl not in ATTENTION:
             raise ValueError(f"attn_impl={attn_impl!r} is not one of {', '.join(ATTENTION)}")
+        if attn_impl == "flash" and not flash_available():
+            raise ValueError("attn_impl='flash' needs the flash_attn package (PyTorch on CUDA: pip install "
+                             "flash-attn); use attn_impl='sdpa'")
         self.cfg, self.attn_impl = cfg, attn_impl
         self.grad_checkpoint = False
         d = cfg.n_embd
         self.wte = Embedding(cfg.vocab_size, d)
-        if cfg.pos == "learned":
-            self.wpe = Embedding(cfg.seq_len, d)
+        self.wpe = Embedding(cfg.seq_len, d) if cfg.pos == "learned" else None
         self.drop_emb = nn.Dropout(cfg.dropout_emb)
         if cfg.arch == "rnn":
             self.rnn = [ElmanLayer(cfg) for _ in range(cfg.n_layer)]
         else:
             self.h = [Block(cfg, w, attn_impl) for w in cfg.layer_windows()]
         self.ln_f = NORMS[cfg.norm](d, cfg.norm_eps, cfg.bias)
-        if not cfg.tie_embeddings:
-            self.lm_head = Linear(d, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, bias=False)
         self._build_tables(cfg.seq_len)
 
     def _build_tables(self, length: int):
@@ -396,9 +311,6 @@ class GPT(nn.Module):
     def to_numpy(self) -> dict[str, np.ndarray]:
         return {n: np.array(p.astype(mx.float32)) for n, p in tree_flatten(self.parameters())}
 
-    def estimate_flops(self) -> int:
-        return self.cfg.estimate_flops()
-
     # -- forward ------------------------------------------------------------------
     def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         max_len = self.cfg.seq_len if max_len is None else max_len
@@ -418,7 +330,7 @@ class GPT(nn.Module):
         if p + T > self.table_len and self.cfg.pos in ("rope", "sinusoidal", "learned"):
             raise ValueError(f"sequence of {p + T} tokens is longer than the model context {self.table_len}")
         x = self.wte(idx)
-        if "wpe" in self:
+        if self.wpe is not None:
             x = x + self.wpe.weight[p:p + T]
         if self.cfg.pos == "sinusoidal":
             x = x + self._pos_table[p:p + T]
@@ -441,8 +353,8 @@ class GPT(nn.Module):
 
     def head(self, x):
         """Hidden states -> logits in the compute dtype; the soft cap is applied in fp32."""
-        w = self.wte.weight if "lm_head" not in self else self.lm_head.weight
-        logits = x @ w.T
+        w = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = linear(x, w)
         if self.cfg.logit_softcap is not None:
             c = self.cfg.logit_softcap
             logits = c * mx.tanh(logits.astype(mx.float32) / c)
@@ -452,16 +364,6 @@ class GPT(nn.Module):
         """Mean cross-entropy over all B*T tokens, reduced in fp32."""
         logits = self.head(self.features(idx))
         return cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-
-# ----------------------------------------------------------------------------- loss
-def cross_entropy(logits, targets):
-    """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction:
-    mean(logsumexp(logits) - logits[target]). mx.compile fuses the upcast into the reduction, so unlike the torch
-    side no hand-written backward is needed (nano_torch.model.cross_entropy explains why torch needs one)."""
-    logits = logits.astype(mx.float32)
-    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    return mx.mean(mx.logsumexp(logits, axis=-1) - picked)
 
 
 def _checkpointed(block, x, rope):

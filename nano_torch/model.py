@@ -8,85 +8,24 @@ from __future__ import annotations
 
 import functools
 import math
-import platform
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from torch.utils.flop_counter import register_flop_formula
 
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights as numpy_init
 from nano_core.init import rope_attention_scale, rope_tables, sinusoidal_table
+from nano_torch.kernels import (causal_mask, cross_entropy, eager_attention, eager_causal, flash_available,
+                                flash_causal, gelu, linear, sdpa_attention, sdpa_causal)
 
 
 # ----------------------------------------------------------------------------- building blocks
 def _param(*shape: int) -> nn.Parameter:
     # Filled by load_numpy(); empty so no framework default init runs (and none is ever relied on).
     return nn.Parameter(torch.empty(*shape))
-
-
-def _onednn_fp32_gemm_wanted() -> bool:
-    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and torch.backends.cpu.get_cpu_capability() == "AVX512")
-
-
-# Why route fp32 CPU matmuls around F.linear: PyTorch's CPU wheels send fp32 GEMMs to MKL, and MKL runs its AVX2
-# kernels on AMD processors even when they have AVX-512. oneDNN (also inside every x86 wheel, already used for bf16)
-# runs AVX-512 kernels on any x86 CPU that has them. Measured on this project's 2-core AMD EPYC (Zen 5): 190 vs
-# 410-450 GFLOP/s for the GEMM shapes of a 384-wide GPT, in true fp32 (same results to rounding). Only CPUs with
-# AVX-512 take this path: that is where the gain was measured (on Intel ones MKL uses AVX-512 itself, so the two are
-# level); AVX2-only CPUs keep F.linear. Set nano_torch.model.ONEDNN_FP32 = False to compare.
-ONEDNN_FP32 = _onednn_fp32_gemm_wanted()
-
-
-# A custom op, so torch.compile keeps the call opaque (inductor's own lowering of the oneDNN op wants frozen weights).
-@torch.library.custom_op("nano::onednn_linear", mutates_args=())
-def _onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ w.T (+ b) for 2-D x by oneDNN; both operands may be strided views (no copies for the transposes)."""
-    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-
-
-@_onednn_linear.register_fake
-def _(x, w, b=None):
-    return x.new_empty(x.shape[0], w.shape[0])
-
-
-# So torch.utils.flop_counter.FlopCounterMode counts this GEMM like aten's mm (2 * M * K * N).
-@register_flop_formula(torch.ops.nano.onednn_linear)
-def _(x_shape, w_shape, *args, **kwargs) -> int:
-    return 2 * x_shape[0] * x_shape[1] * w_shape[0]
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """F.linear in fp32 with all three GEMMs (forward, input grad, weight grad) done by oneDNN."""
-
-    @staticmethod
-    def forward(ctx, x, w, b):
-        x2 = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(x2, w)
-        ctx.has_bias = b is not None
-        return _onednn_linear(x2, w, b).view(*x.shape[:-1], w.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x2, w = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.shape[-1])
-        gx = _onednn_linear(g2, w.t()).view(*grad.shape[:-1], w.shape[1]) if ctx.needs_input_grad[0] else None
-        gw = _onednn_linear(g2.t(), x2.t()) if ctx.needs_input_grad[1] else None
-        gb = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return gx, gw, gb
-
-
-def linear(x, w, b=None):
-    """F.linear, by oneDNN for fp32 on x86 CPUs (see ONEDNN_FP32); autocast and other devices use F.linear."""
-    if ONEDNN_FP32 and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 \
-            and not torch.is_autocast_enabled("cpu"):
-        return _OneDNNLinear.apply(x, w, b)
-    return F.linear(x, w, b)
 
 
 class Linear(nn.Module):
@@ -133,7 +72,7 @@ class RMSNorm(nn.Module):
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 ACTIVATIONS = {
-    "gelu": F.gelu,                      # exact (erf) GELU, same as mlx.nn.gelu
+    "gelu": gelu,                        # exact (erf) GELU in both backends (see kernels.py)
     "relu": F.relu,
     "relu2": lambda x: F.relu(x).square(),
     "swiglu": F.silu,                    # applied to the gate branch
@@ -153,65 +92,7 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
 
-# ----------------------------------------------------------------------------- attention kernels
-def causal_mask(q_pos, k_pos, window):
-    """Boolean keep-mask (Tq, Tk) from absolute positions: key <= query, and within the window when one is set."""
-    rel = q_pos[:, None] - k_pos[None, :]
-    keep = rel >= 0
-    if window is not None:
-        keep = keep & (rel < window)
-    return keep
-
-
-def eager_attention(q, k, v, scale, mask, dropout_p):
-    """softmax(q k^T * scale) v with a boolean keep-mask (None = no mask). GQA without copying K/V: the query heads
-    are grouped (B, Hkv, rep, ...) and broadcast against (B, Hkv, 1, ...). Extra dims between heads and time work."""
-    B, H = q.shape[:2]
-    Hkv = k.shape[1]
-    q = q.unflatten(1, (Hkv, H // Hkv))
-    k, v = k.unsqueeze(2), v.unsqueeze(2)
-    # Scale folded into q (a T x hd multiply, not T x T): same values as scaling the scores when scale is a power of
-    # two (hd = 64: bit-identical), within rounding otherwise. The mask is added in place as a 0 / -inf bias in the
-    # compute dtype: the same scores as masked_fill, and its backward is the identity (softmax's gradient is already
-    # 0 where p = 0) instead of another masked pass -- ~20% faster attention per layer than masked_fill on CPU.
-    scores = (q * scale) @ k.transpose(-1, -2)
-    if mask is not None:
-        scores += torch.zeros(mask.shape, dtype=scores.dtype, device=scores.device).masked_fill_(~mask, float("-inf"))
-    # Softmax in the compute dtype on CPU: its bf16 kernel accumulates in fp32 and returns exactly the fp32 softmax
-    # rounded to bf16 (tested) -- the values the P @ V matmul would get anyway -- while an fp32 softmax plus casts
-    # made eager bf16 attention 3x slower (31 vs 11 ms per layer, fwd+bwd, at the comparison config). Other
-    # devices keep the explicit fp32 softmax.
-    probs = scores.softmax(dim=-1) if scores.device.type == "cpu" else scores.softmax(dim=-1, dtype=torch.float32)
-    if dropout_p > 0:
-        probs = F.dropout(probs, dropout_p)
-    return (probs.to(v.dtype) @ v).flatten(1, 2)
-
-
-def sdpa_attention(q, k, v, scale, mask, dropout_p):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
-                                          enable_gqa=k.shape[1] != q.shape[1])
-
-
-def sdpa_causal(q, k, v, scale, dropout_p):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale,
-                                          enable_gqa=k.shape[1] != q.shape[1])
-
-
-def eager_causal(q, k, v, scale, dropout_p):
-    """Causal attention in two query halves: the first half only scores the first half of the keys, so the upper-
-    right quarter of the T x T matrix (all masked) is never computed -- 25% less attention work, measured 30% faster
-    per layer at T=256 in bf16 on CPU. Short sequences go in one piece (the split would not pay for its overhead)."""
-    T = q.shape[2]
-    pos = torch.arange(T, device=q.device)
-    if T < 128:
-        return eager_attention(q, k, v, scale, causal_mask(pos, pos, None), dropout_p)
-    h = T // 2
-    first = eager_attention(q[:, :, :h], k[:, :, :h], v[:, :, :h], scale, causal_mask(pos[:h], pos[:h], None),
-                            dropout_p)
-    second = eager_attention(q[:, :, h:], k, v, scale, causal_mask(pos[h:], pos, None), dropout_p)
-    return torch.cat([first, second], dim=2)
-
-
+# ----------------------------------------------------------------------------- attention
 def banded_attention(q, k, v, scale, window, dropout_p, attend=eager_attention):
     """Sliding-window causal attention in O(T * window) work: queries in blocks of `window` attend to their own key
     block and the previous one (2*window keys) under a band mask, instead of a T x T masked matrix."""
@@ -238,29 +119,10 @@ def banded_attention(q, k, v, scale, window, dropout_p, attend=eager_attention):
     return y.flatten(2, 3)[:, :, :T]
 
 
-def flash_causal(q, k, v, scale, dropout_p, window=None):
-    """flash-attn 2 on CUDA: (B, T, H, D) layout, GQA and the sliding window native (window_size=(w-1, 0))."""
-    if not q.is_cuda:
-        raise ValueError(f"attn_impl='flash' runs on CUDA only, got a {q.device.type} tensor; use attn_impl='sdpa'")
-    from flash_attn import flash_attn_func
-    left = -1 if window is None else window - 1
-    y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p, softmax_scale=scale,
-                        causal=True, window_size=(left, 0))
-    return y.transpose(1, 2)
-
-
-def flash_available() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 ATTENTION = {  # attn_impl -> (causal kernel, masked kernel)
     "eager": (eager_causal, eager_attention),
     "sdpa": (sdpa_causal, sdpa_attention),
-    "flash": (flash_causal, sdpa_attention),  # torch + CUDA only; the KV-cache (masked) path uses sdpa
+    "flash": (flash_causal, sdpa_attention),  # PyTorch on CUDA only; the KV-cache (masked) path uses sdpa
 }
 
 
@@ -403,8 +265,8 @@ class GPT(nn.Module):
         if attn_impl not in ATTENTION:
             raise ValueError(f"attn_impl={attn_impl!r} is not one of {', '.join(ATTENTION)}")
         if attn_impl == "flash" and not flash_available():
-            raise ValueError("attn_impl='flash' needs the flash_attn package (pip install flash-attn, CUDA only); "
-                             "use attn_impl='sdpa'")
+            raise ValueError("attn_impl='flash' needs the flash_attn package (PyTorch on CUDA: pip install "
+                             "flash-attn); use attn_impl='sdpa'")
         self.cfg, self.attn_impl = cfg, attn_impl
         self.grad_checkpoint = False
         d = cfg.n_embd
@@ -451,9 +313,6 @@ class GPT(nn.Module):
     def to_numpy(self) -> dict[str, np.ndarray]:
         return {n: p.detach().float().cpu().numpy().copy() for n, p in self.named_parameters()}
 
-    def estimate_flops(self) -> int:
-        return self.cfg.estimate_flops()
-
     # -- forward ------------------------------------------------------------------
     def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         max_len = self.cfg.seq_len if max_len is None else max_len
@@ -487,7 +346,7 @@ class GPT(nn.Module):
             rope = (self.rope_cos[p:p + T], self.rope_sin[p:p + T]) if self.cfg.pos == "rope" else None
             for i, block in enumerate(self.h):
                 if self.grad_checkpoint and cache is None and torch.is_grad_enabled():
-                    x = checkpoint(block, x, rope, use_reentrant=False)
+                    x = _checkpointed(block, x, rope)
                 else:
                     x = block(x, rope, cache, i)
         if cache is not None:
@@ -504,45 +363,11 @@ class GPT(nn.Module):
         return logits
 
     def loss(self, idx, targets):
-        """Mean cross-entropy over all B*T tokens, reduced in fp32 (without an fp32 copy of the logits)."""
+        """Mean cross-entropy over all B*T tokens, reduced in fp32."""
         logits = self.head(self.features(idx))
         return cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-# ----------------------------------------------------------------------------- loss
-class _CrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy = -mean(log_softmax(logits)[target]), computed in fp32 over blocks of rows.
-
-    Why not F.cross_entropy(logits.float(), ...): with V=8192 the (B*T, V) logits are the largest tensor of the
-    step, and that path writes an fp32 copy, fp32 log-probs, a zero-filled fp32 gradient and its bf16 cast -- pure
-    memory traffic that cost ~15% of a bf16 step on CPU. Here each block of rows goes through one fused
-    log_softmax (bf16 in, fp32 math) while it is in cache, only the picked log-probs are kept, and backward writes
-    softmax - onehot straight into a gradient of the logits' own dtype, one fused fp32 softmax per block. (An earlier
-    upcast + logsumexp + sub + exp version was 3x slower; F.cross_entropy on bf16 logits directly is fast too but
-    rounds the per-token losses to bf16: measured 0.04 nats lower loss at init -- not the same math.)"""
-
-    @staticmethod
-    def forward(ctx, logits, targets):
-        rows = max(1, (1 << 20) // logits.shape[-1])  # ~4 MB of fp32 per block
-        picked = torch.cat([torch.log_softmax(blk, dim=-1, dtype=torch.float32).gather(1, t[:, None]).squeeze(1)
-                            for blk, t in zip(logits.split(rows), targets.split(rows))])
-        ctx.save_for_backward(logits, targets)
-        ctx.rows = rows
-        return -picked.mean()
-
-    @staticmethod
-    def backward(ctx, grad):
-        logits, targets = ctx.saved_tensors
-        n, rows = logits.shape[0], ctx.rows
-        out = torch.empty_like(logits)
-        scale = grad / n
-        for s in range(0, n, rows):
-            p = torch.softmax(logits[s:s + rows], dim=-1, dtype=torch.float32)  # a new fp32 block
-            p[torch.arange(p.shape[0], device=p.device), targets[s:s + rows]] -= 1.0
-            out[s:s + rows] = p.mul_(scale)
-        return out, None
-
-
-def cross_entropy(logits, targets):
-    """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction."""
-    return _CrossEntropy.apply(logits, targets.long())
+def _checkpointed(block, x, rope):
+    """The block recomputed in the backward instead of keeping its activations (non-reentrant checkpoint)."""
+    return checkpoint(block, x, rope, use_reentrant=False)

@@ -1,5 +1,5 @@
-"""attn_impl='flash' (flash-attn on CUDA) cannot run on a CPU-only machine: what is tested is that asking for it
-gives a one-line error that says what to do instead."""
+"""attn_impl='flash' (flash-attn on CUDA) cannot run on a CPU-only machine, nor with MLX: what is tested is that
+asking for it gives a one-line error that says what to do instead."""
 import pytest
 import torch
 
@@ -19,3 +19,9 @@ def test_flash_off_cuda_is_a_clear_error(monkeypatch):
     model = GPT(ModelConfig.from_preset("tiny", n_layer=1, vocab_size=64), attn_impl="flash").init_weights(0)
     with pytest.raises(ValueError, match="CUDA only.*attn_impl='sdpa'"):
         model(torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_flash_with_mlx_is_a_clear_error():
+    mlx_model = pytest.importorskip("nano_mlx.model")
+    with pytest.raises(ValueError, match="flash_attn package.*PyTorch on CUDA.*attn_impl='sdpa'"):
+        mlx_model.GPT(ModelConfig.from_preset("tiny", n_layer=1), attn_impl="flash")

@@ -13,7 +13,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
 from nano_mlx import optim
-from nano_mlx.model import GPT, apply_rope, banded_attention, causal_mask, eager_attention
+from nano_mlx.kernels import causal_mask, eager_attention
+from nano_mlx.model import GPT, apply_rope, banded_attention
 
 mx.set_default_device(mx.cpu)
 
@@ -203,3 +204,32 @@ def test_adamw_decays_only_matrices_and_state_round_trips():
         np.testing.assert_array_equal(wa[n], wb[n], err_msg=n)
     optim.set_lr(opt_b, 0.5)
     assert opt_b.learning_rate.item() == 0.5 and opt_b.state["learning_rate"].item() == 0.5
+
+
+# ----------------------------------------------------------------------------- MLX specifics
+def test_absent_optional_modules_and_biases_are_none_and_no_parameters():
+    """`x = Module(...) if cond else None`, as in the torch model: mlx.nn.Module keeps None out of its dict, so out
+    of parameters(), the state mx.compile sees, update() and the numpy weights."""
+    cfg = ModelConfig(**{**SMALL, "pos": "rope", "bias": False, "tie_embeddings": True})
+    model = GPT(cfg).init_weights(0)
+    attn, mlp = model.h[0].attn, model.h[0].mlp
+    assert model.wpe is None and model.lm_head is None and mlp.gate is None and attn.q_norm is None
+    assert attn.wq.bias is None and model.ln_f.bias is None
+    names = {n for n, _ in tree_flatten(model.parameters())}
+    assert names == {n for n, _ in tree_flatten(model.trainable_parameters())} == set(init_weights(cfg, 0))
+    assert all(isinstance(v, mx.array) for _, v in tree_flatten(model.state))
+    x = tokens(2, 24)
+    loss_and_grad = mx.compile(nn.value_and_grad(model, model.loss), inputs=model.state, outputs=model.state)
+    _, g = loss_and_grad(x, x)
+    assert {n for n, _ in tree_flatten(g)} == names
+    model.update(g)
+    assert model.lm_head is None and attn.wq.bias is None
+
+
+def test_gelu_kernel_is_the_exact_erf_gelu_in_value_and_gradient():
+    from nano_mlx.kernels import gelu
+    x = mx.linspace(-7.0, 7.0, 20001)
+    exact = 0.5 * x * (1.0 + mx.erf(x / np.sqrt(2.0)))
+    d_exact = 0.5 * (1.0 + mx.erf(x / np.sqrt(2.0))) + x * mx.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    assert_close(gelu(x), exact, rtol=0, atol=2e-6)
+    assert_close(mx.grad(lambda x: gelu(x).sum())(x), d_exact, rtol=0, atol=2e-6)

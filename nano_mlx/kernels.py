@@ -1,0 +1,135 @@
+"""The MLX compute kernels nano_mlx/model.py calls; nano_torch/kernels.py has the same names for PyTorch.
+
+Here live the parts of the model whose best form depends on the framework, kept out of model.py so that the two
+models stay mirrors of each other line for line. On the MLX side most are the plain form, because mx.compile
+fuses the step into one graph and there is no CPU path to route around:
+
+- linear: x @ w.T, with the bias added by mx.addmm.
+- gelu: the exact (erf) GELU with erf as a rational function, since MLX's CPU backend evaluates mx.erf one element
+  at a time while mx.compile vectorises plain arithmetic; the backward is the exact derivative.
+- attention: causal_mask, eager_attention (the GQA broadcast, an fp32 softmax), eager_causal (one masked call),
+  mx.fast.scaled_dot_product_attention wrappers (falling back to the eager kernels for dropout, which the fused
+  kernel lacks). flash-attn is a CUDA library for PyTorch: flash_available() is False here, so the model refuses
+  attn_impl='flash' at construction.
+- cross_entropy: mean(logsumexp - picked logit) in fp32; mx.compile fuses the upcast into the reduction, so no
+  hand-written backward is needed (nano_torch/kernels.py explains why torch needs one).
+"""
+from __future__ import annotations
+
+import math
+
+import mlx.core as mx
+
+
+# ----------------------------------------------------------------------------- linear
+def linear(x, w, b=None):
+    """x @ w.T (+ b), as torch's F.linear."""
+    if b is not None:
+        return mx.addmm(b, x, w.T)
+    return x @ w.T
+
+
+# ----------------------------------------------------------------------------- activation
+# No torch counterpart (torch has a vectorised erf): on a Linux CPU MLX evaluates transcendentals one scalar at a
+# time (no x86 SIMD path), while mx.compile fuses plain arithmetic into a vectorised kernel; with mx.erf the exact
+# GELU was a sizeable part of a compiled step. This form deviates from torch's erf-GELU by the same <= 1.5e-6 as
+# mx.erf does. Fitted here: erf(x) = x P(x^2) / Q(x^2) on |x| <= 4 (weighted least squares, then rounded to fp32),
+# max abs error 4e-7 in fp32; erf(4) rounds to 1 in fp32.
+_ERF_P = (1.1283792257, 0.18289205432, 0.053291361779, 0.0036655860022, 3.4627693822e-4, 3.8138393847e-6,
+          -8.3325817357e-9)
+_ERF_Q = (1.0, 0.49541726708, 0.11236701161, 0.014972719364, 0.0012261697557, 5.5006366892e-5)
+
+
+def _erf(x):
+    x = mx.clip(x, -4.0, 4.0)
+    t = x * x
+    p, q = _ERF_P[-1], _ERF_Q[-1]
+    for c in _ERF_P[-2::-1]:
+        p = p * t + c
+    for c in _ERF_Q[-2::-1]:
+        q = q * t + c
+    return x * p / q
+
+
+@mx.custom_function
+def gelu(x):
+    """Exact (erf) GELU, x * Phi(x), as torch F.gelu; with _erf instead of mx.erf (see above)."""
+    return 0.5 * x * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+
+
+@gelu.vjp
+def _gelu_vjp(primals, cotangent, output):
+    # d/dx x Phi(x) = Phi(x) + x phi(x): the exact derivative, not the derivative of the fitted erf.
+    x = primals[0] if isinstance(primals, (list, tuple)) else primals
+    cdf = 0.5 * (1.0 + _erf(x * (1.0 / math.sqrt(2.0))))
+    return cotangent * (cdf + x * mx.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi)))
+
+
+# ----------------------------------------------------------------------------- attention
+def _dropout(x, p):
+    keep = mx.random.bernoulli(1.0 - p, x.shape)
+    return mx.where(keep, x / (1.0 - p), mx.zeros_like(x))
+
+
+def causal_mask(q_pos, k_pos, window):
+    """Boolean keep-mask (Tq, Tk) from absolute positions: key <= query, and within the window when one is set."""
+    rel = q_pos[:, None] - k_pos[None, :]
+    keep = rel >= 0
+    if window is not None:
+        keep = keep & (rel < window)
+    return keep
+
+
+def eager_attention(q, k, v, scale, mask, dropout_p):
+    """softmax(q k^T * scale) v with a boolean keep-mask (None = no mask). GQA without copying K/V: the query heads
+    are grouped (B, Hkv, rep, ...) and broadcast against (B, Hkv, 1, ...). Extra dims between heads and time work."""
+    B, H = q.shape[:2]
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, H // Hkv, *q.shape[2:])
+    k, v = mx.expand_dims(k, 2), mx.expand_dims(v, 2)
+    # Scale folded into q and the mask applied before the fp32 upcast, as in nano_torch/kernels.py (see there why).
+    scores = (q * scale) @ mx.swapaxes(k, -1, -2)
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.array(-mx.inf, scores.dtype))
+    probs = mx.softmax(scores.astype(mx.float32), axis=-1)
+    if dropout_p > 0:
+        probs = _dropout(probs, dropout_p)
+    y = probs.astype(v.dtype) @ v
+    return y.reshape(B, H, *y.shape[3:])
+
+
+def eager_causal(q, k, v, scale, dropout_p):
+    pos = mx.arange(q.shape[2])
+    return eager_attention(q, k, v, scale, causal_mask(pos, pos, None), dropout_p)
+
+
+def sdpa_attention(q, k, v, scale, mask, dropout_p):
+    if dropout_p > 0:  # the fused kernel has no dropout
+        return eager_attention(q, k, v, scale, mask, dropout_p)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+
+
+def sdpa_causal(q, k, v, scale, dropout_p):
+    if dropout_p > 0:
+        return eager_causal(q, k, v, scale, dropout_p)
+    return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+
+
+def flash_causal(q, k, v, scale, dropout_p, window=None):
+    """Never called: flash_available() is False, so GPT refuses attn_impl='flash' before any forward."""
+    raise ValueError("attn_impl='flash' is flash-attn for PyTorch on CUDA; MLX has no such kernel: use "
+                     "attn_impl='sdpa'")
+
+
+def flash_available() -> bool:
+    return False  # flash-attn is a CUDA library for PyTorch
+
+
+# ----------------------------------------------------------------------------- loss
+def cross_entropy(logits, targets):
+    """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction:
+    mean(logsumexp(logits) - logits[target]). mx.compile fuses the upcast into the reduction, so unlike the torch
+    side no hand-written backward is needed."""
+    logits = logits.astype(mx.float32)
+    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    return mx.mean(mx.logsumexp(logits, axis=-1) - picked)
