@@ -11,7 +11,9 @@ The contract, in words:
   back to the backend. A model has `.cfg` (its ModelConfig).
 - The train step is the whole optimizer step: forward, backward, gradient accumulation over micro-batches, global
   norm clipping, the AdamW update (bias-corrected, decoupled decay on >= 2-D weights only). It returns the mean
-  loss as a framework scalar *without* synchronising; `loss_value` synchronises. Randomness inside the step
+  loss as a framework scalar without waiting for it (where the framework queues work); `loss_value` waits. The
+  global gradient norm is folded into that loss (loss + 0 * norm): it is NaN/inf when the loss or the gradients
+  are, so the loop catches a divergence at the exact step from the values it reads anyway. Randomness inside the step
   (dropout) is a pure function of (seed, step): the step reseeds the framework's generator from
   `step_seed(seed, step)`, so a resumed run draws what the uninterrupted run drew, whichever backend wrote the
   checkpoint, and no RNG state has to be saved.

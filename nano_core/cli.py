@@ -58,6 +58,8 @@ class TrainConfig:
                                   metavar="SECONDS")
     resume: str | None = flag(None, "run", 'continue exactly from a checkpoint dir, a run dir, or "latest" in --out',
                               metavar="CKPT")
+    overwrite: bool = flag(False, "run", "start fresh in an --out that holds another run: delete its checkpoints, "
+                           "metrics and samples first", action="store_true")
     seed: int = flag(0, "run", "seed for the init, the data order and dropout", type=int)
     device: str = flag("auto", "run", "where to run; auto picks the fastest available (default: auto)")
     dtype: str = flag("auto", "run", "auto: bf16 where the hardware is fast at it, else fp32", choices=DTYPES)

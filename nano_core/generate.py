@@ -18,7 +18,7 @@ import numpy as np
 from nano_core.checkpoint import checkpoint_tokenizer_dir, load_checkpoint, resolve_checkpoint
 from nano_core.cli import build_generate_parser
 from nano_core.config import ModelConfig
-from nano_core.sampling import sample_next
+from nano_core.sampling import check_sampling, sample_next
 from tokenizer import load_tokenizer
 
 
@@ -60,6 +60,7 @@ def main(backend_class, argv=None):
     """`python -m nano_{backend}.generate`: the same flags on both backends (only --device choices differ)."""
     args = build_generate_parser(backend_class.name).parse_args(argv)
     try:
+        check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
         backend = backend_class(device=args.device, dtype="fp32")
         model, tok, meta = load_model(backend, args.ckpt)
         ids = generate(backend, model, tok.encode(args.prompt), args.max_new_tokens, args.temperature, args.top_k,

@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-from nano_core.checkpoint import load_checkpoint, save_checkpoint
+from nano_core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nano_core.cli import TrainConfig, parse_train_args
 from nano_core.data import ShardLoader, unigram_entropy
 from nano_core.generate import generate
@@ -73,19 +74,43 @@ def summary_line(step: int, last: dict, val_bar: float, run_dir) -> str:
 
 
 class StopFlag:
-    """SIGINT (Ctrl-C) sets a flag that the loop checks between steps: it then checkpoints and exits cleanly.
-    A second Ctrl-C interrupts at once (the default handler is back after the first)."""
+    """SIGINT (Ctrl-C) and SIGTERM (kill, a job scheduler, a container stop) set a flag that the loop checks between
+    steps: it then checkpoints and exits cleanly. A second signal interrupts at once (the previous handlers are
+    back after the first)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self.requested: str | None = None  # the name of the signal that asked
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
+        self.requested = signal.Signals(signum).name
+        self.restore()
 
     def restore(self):
-        signal.signal(signal.SIGINT, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class Diverged(ValueError):
+    """The loss or the gradient norm stopped being finite: nothing from that step on is saved."""
+
+
+def check_finite(losses: list[tuple[int, float, object]], backend, run_dir: Path) -> float:
+    """Read the losses of the steps since the last read (step, lr, loss): one host sync for all of them, at the
+    points where the loop syncs anyway (log steps, evaluations, checkpoints). The train step folds the gradient
+    norm into its loss (nano_core/backend.py), so a NaN/inf in either shows here, with the exact step."""
+    values = [backend.loss_value(loss) for _, _, loss in losses]  # the first call syncs; the rest are ready
+    for (step, lr, _), value in zip(losses, values):
+        if not math.isfinite(value):
+            good = latest_checkpoint(run_dir)
+            raise Diverged(f"training diverged: loss or gradient norm is {value} at step {step} (lr {lr:.3g}); "
+                           f"nothing from that step on was saved. Lower --lr or raise --warmup-steps, then "
+                           + (f"continue from the last good checkpoint: --resume {good}" if good else
+                              "start again (no checkpoint was written before it)"))
+    losses.clear()
+    return values[-1]
 
 
 # ----------------------------------------------------------------------------- the run
@@ -102,6 +127,8 @@ class Trainer:
         self.step, self.last = 0, {}
         self.loader = ShardLoader(run.data_dir, config.batch_size * run.grad_accum, cfg.seq_len, split="train",
                                   seed=config.seed)
+        # The val split is opened now, so a split too short for one window is an error before any training.
+        ShardLoader(run.data_dir, config.batch_size, cfg.seq_len, split="val", shuffle=False)
         self.tok = self.loader.tokenizer
         self.token_bytes = self.tok.token_byte_lengths()
         self.logger = MetricsLogger(run.run_dir)
@@ -117,6 +144,10 @@ class Trainer:
                                                resume_id=run.run_dir.name if self.step else None)
         self.train_step = backend.make_train_step(self.model, self.optimizer, run.grad_accum, config.grad_clip,
                                                   config.seed)
+        self.flops_per_token = cfg.estimate_flops()
+        self.peak, self.peak_source = backend.measure_peak_flops()
+        self.remeasure_peak = lambda: backend.measure_peak_flops()[0]  # used at most once: recheck_peak
+        self.t_log = time.time()
 
     def _resume(self, opt_state: dict, meta: dict) -> None:
         self.backend.load_optimizer_state(self.optimizer, self.model, opt_state)
@@ -129,12 +160,34 @@ class Trainer:
         self.logger.truncate_after(self.step)
         self.log(f"resuming from {self.run.resume_path} at step {self.step}")
 
+    def log_train(self, loss: float, lr: float, tokens: int, bar) -> None:
+        """A train record: loss, lr, tokens/s and MFU since the last record (the device is synced first)."""
+        self.backend.sync()
+        now = time.time()
+        tok_per_s = tokens / max(now - self.t_log, 1e-9)
+        self.t_log = now
+        self.peak, self.remeasure_peak = recheck_peak(self.peak, self.flops_per_token, tok_per_s, self.remeasure_peak)
+        self.last.update(train_loss=loss, lr=lr, tok_per_s=tok_per_s, mfu=mfu(self.flops_per_token, tok_per_s,
+                                                                               self.peak))
+        self.logger.log({"step": self.step, "train_loss": loss, "lr": lr, "tok_per_s": tok_per_s,
+                         "mfu": self.last["mfu"]})
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_per_s:,.0f}", mfu=f"{self.last['mfu']:.1%}")
+
     def save(self) -> Path:
+        """Checkpoint the current step, unless a weight or moment is not finite (then raise: the checkpoints on
+        disk stay the last good ones, and retention never deletes them for a bad one)."""
         run = self.run
+        weights = self.backend.model_weights(self.model)
+        state = self.backend.optimizer_state(self.optimizer, self.model)
+        bad = [name for name, a in {**weights, **state}.items() if not np.isfinite(a).all()]
+        if bad:
+            good = latest_checkpoint(run.run_dir)
+            raise Diverged(f"training diverged: {len(bad)} tensors (e.g. {bad[0]}) are not finite at step "
+                           f"{self.step}; not saved. Lower --lr or raise --warmup-steps, then "
+                           + (f"continue from the last good checkpoint: --resume {good}" if good else "start again"))
         meta = run_meta(run, self.backend, self.step, self.loader.state_dict(), self.last)
-        return save_checkpoint(run.run_dir, self.step, self.backend.model_weights(self.model),
-                               self.backend.optimizer_state(self.optimizer, self.model), meta,
-                               keep=run.config.keep, tokenizer_dir=run.data_dir / "tokenizer")
+        return save_checkpoint(run.run_dir, self.step, weights, state, meta, keep=run.config.keep,
+                               tokenizer_dir=run.data_dir / "tokenizer")
 
     def evaluate_and_sample(self, do_eval: bool, do_sample: bool, val_bar: float) -> None:
         config, step = self.run.config, self.step
@@ -155,59 +208,51 @@ class Trainer:
 
 
 def train(backend, run: Run, log=print) -> Path:
-    """Train `run` on `backend` to run.config.max_steps (or --max-time, or Ctrl-C); returns the run dir."""
+    """Train `run` on `backend` to run.config.max_steps (or --max-time, or a signal); returns the run dir."""
     t = Trainer(backend, run, log)
-    config, cfg = run.config, run.model_config
-    peak, peak_source = backend.measure_peak_flops()
-    remeasure_peak = lambda: backend.measure_peak_flops()[0]  # noqa: E731 (used at most once: recheck_peak)
-    flops_per_token = cfg.estimate_flops()
+    config = run.config
     entropy = unigram_entropy(run.data_dir, max_tokens=50_000_000)
     val_bar = unigram_val_loss(run.data_dir)
-    log(startup_line(backend, cfg, backend.num_params(t.model), t.loader.tokens, entropy, val_bar, peak, peak_source,
-                     run.grad_accum, config.batch_size))
+    log(startup_line(backend, run.model_config, backend.num_params(t.model), t.loader.tokens, entropy, val_bar,
+                     t.peak, t.peak_source, run.grad_accum, config.batch_size))
     log(f"run dir: {run.run_dir}")
 
     stop = StopFlag()
     bar = tqdm(total=config.max_steps, initial=t.step, desc=f"train {backend.name}", unit="step", dynamic_ncols=True,
                mininterval=0.5)
-    t_start = t_log = time.time()
-    tokens_since_log, interrupted = 0, False
-    while t.step < config.max_steps:
-        lr = lr_at(t.step, config)
-        loss = t.train_step(t.loader.next_batch(), lr, t.step)
-        t.step += 1
-        tokens_since_log += run.tokens_per_step
-        bar.update(1)
-        if t.step % config.log_every == 0 or t.step == 1 or t.step == config.max_steps:
-            loss_value = backend.loss_value(loss)  # the one sync per logging interval
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise ValueError(f"loss is {loss_value} at step {t.step}; lower --lr or raise --warmup-steps")
-            backend.sync()
-            now = time.time()
-            tok_per_s = tokens_since_log / max(now - t_log, 1e-9)
-            t_log, tokens_since_log = now, 0
-            peak, remeasure_peak = recheck_peak(peak, flops_per_token, tok_per_s, remeasure_peak)
-            t.last.update(train_loss=loss_value, lr=lr, tok_per_s=tok_per_s, mfu=mfu(flops_per_token, tok_per_s, peak))
-            t.logger.log({"step": t.step, "train_loss": loss_value, "lr": lr, "tok_per_s": tok_per_s,
-                          "mfu": t.last["mfu"]})
-            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tok_per_s:,.0f}", mfu=f"{t.last['mfu']:.1%}")
-        interrupted = stop.requested
-        if interrupted:
-            break
-        out_of_time = config.max_time is not None and time.time() - t_start >= config.max_time
-        finishing = t.step == config.max_steps or out_of_time
-        t.evaluate_and_sample((config.eval_every and t.step % config.eval_every == 0) or finishing,
-                              (config.sample_every and t.step % config.sample_every == 0) or finishing, val_bar)
-        if (config.ckpt_every and t.step % config.ckpt_every == 0) or finishing:
-            t.save()
-        if finishing:
-            break
-    bar.close()
-    stop.restore()
+    t_start = t.t_log = time.time()
+    tokens_since_log, unread = 0, []
+    try:
+        while t.step < config.max_steps:
+            lr = lr_at(t.step, config)
+            unread.append((t.step + 1, lr, t.train_step(t.loader.next_batch(), lr, t.step)))
+            t.step += 1
+            tokens_since_log += run.tokens_per_step
+            bar.update(1)
+            log_now = t.step % config.log_every == 0 or t.step == 1 or t.step == config.max_steps
+            finishing = t.step == config.max_steps or (config.max_time is not None
+                                                       and time.time() - t_start >= config.max_time)
+            do_eval = bool(config.eval_every and t.step % config.eval_every == 0) or finishing
+            do_sample = bool(config.sample_every and t.step % config.sample_every == 0) or finishing
+            do_save = bool(config.ckpt_every and t.step % config.ckpt_every == 0) or finishing or stop.requested
+            if log_now or do_eval or do_sample or do_save:  # the losses are read only where the loop syncs anyway
+                loss_value = check_finite(unread, backend, run.run_dir)
+            if log_now:
+                t.log_train(loss_value, lr, tokens_since_log, bar)
+                tokens_since_log = 0
+            if stop.requested:
+                break
+            t.evaluate_and_sample(do_eval, do_sample, val_bar)
+            if do_save:
+                t.save()
+            if finishing:
+                break
+    finally:
+        bar.close()
+        stop.restore()
     t.last["peak_memory_gb"] = backend.peak_memory()[0] / 2**30
-    if interrupted:
-        log(f"interrupted: saved {t.save()}; continue with --resume latest --out {run.run_dir}")
+    if stop.requested:
+        log(f"interrupted ({stop.requested}): saved {t.save()}; continue with --resume latest --out {run.run_dir}")
     else:
         log(summary_line(t.step, t.last, val_bar, run.run_dir))
     plot_loss_curve(run.run_dir, entropy, val_bar, title=f"{backend.name} {config.preset or config.config} "
@@ -221,14 +266,34 @@ def run_training(backend_class, config: TrainConfig, typed: set[str] = frozenset
     resume = resolve_resume(config, typed)
     backend = backend_class(device=config.device, dtype=config.dtype, attn_impl=config.attn_impl,
                             compile=config.compile)
-    return train(backend, prepare_run(config, backend.name, backend.device, resume, log), log)
+    run = prepare_run(config, backend.name, backend.device, resume, log)
+    try:
+        return train(backend, run, log)
+    finally:
+        run.lock.release()
 
 
 def main(backend_class, argv=None) -> Path:
     """`python -m nano_{backend}.train`: parse, run, and turn bad input into one line (exit 1)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     config, typed = parse_train_args(backend_class.name, argv)
+    # Until the loop installs its own handlers, SIGTERM stops like Ctrl-C (data preparation resumes on a rerun).
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run_training(backend_class, config, typed)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # a full disk, a file system gone read-only, a permission taken away mid-run
+        where = f" {e.filename}" if e.filename else ""
+        sys.exit(f"error: could not write{where}: {e.strerror or e}; the last checkpoint is intact: fix that and "
+                 f"--resume latest")
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was lost: rerun the same command to continue (prepared "
+              "shards are kept)", file=sys.stderr)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

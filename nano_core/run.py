@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_core.checkpoint import META_FILE, code_version, resolve_checkpoint
+from nano_core.checkpoint import META_FILE, code_version, list_checkpoints, resolve_checkpoint
 from nano_core.cli import DEFAULT_MAX_STEPS, DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.data import default_data_dir, load_manifest
@@ -28,7 +30,11 @@ BUILTIN_NOTICE = ("notice: the FineWeb-Edu hub is not reachable, so training on 
                   "--source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --source ../shared/data/gutenberg")
 # On --resume every setting comes from the checkpoint unless typed again, except these, which belong to the
 # session or the machine (and --device values differ between backends, so a checkpoint can change backend).
-NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time")
+NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time", "overwrite")
+# What a run writes into its directory (and --overwrite deletes): never anything else the user keeps there.
+RUN_FILES = ("metrics.jsonl", "samples.txt", "loss_curve.png")
+LOCK_FILE = ".lock"
+MIN_VOCAB = 257  # the 256 byte tokens and <|endoftext|>
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Run:
     model_config: ModelConfig
     grad_accum: int
     resume_path: Path | None = None
+    lock: "RunLock | None" = field(default=None, repr=False)
 
     @property
     def tokens_per_step(self) -> int:
@@ -83,8 +90,11 @@ def resolve_defaults(config: TrainConfig, device: str) -> None:
 def check_config(config: TrainConfig) -> None:
     """One-line errors for settings that cannot run, before any data is prepared."""
     check_schedule(config)
-    if config.config is not None and config.resume is None and not Path(config.config).is_file():
-        raise FileNotFoundError(f"--config {config.config} not found; give a ModelConfig JSON file or use --preset")
+    if config.config is not None and config.resume is None:
+        read_config_file(config.config)
+    if config.data is None and not MIN_VOCAB <= config.vocab_size <= 2**31:
+        raise ValueError(f"--vocab-size {config.vocab_size} is out of range: at least {MIN_VOCAB} (256 bytes + "
+                         f"<|endoftext|>), at most 2**31; 8192 is a good start for small corpora")
     for name in ("max_steps", "batch_size", "eval_steps", "sample_tokens", "log_every"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
@@ -144,19 +154,99 @@ def resolve_data(config: TrainConfig, log=print) -> Path:
     return out
 
 
+def read_config_file(path) -> dict:
+    """The ModelConfig fields in a --config JSON file, or a one-line error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path} not found; give a ModelConfig JSON file or use --preset")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise ValueError(f"--config {path} is not valid JSON ({where})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} holds a JSON {type(data).__name__}; it must be an object of ModelConfig "
+                         f'fields, e.g. {{"n_layer": 4, "n_embd": 256}}')
+    return data
+
+
 def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     overrides = {"vocab_size": vocab_size}
     if config.seq_len is not None:
         overrides["seq_len"] = config.seq_len
     if config.config is not None:
-        if not Path(config.config).is_file():
-            raise FileNotFoundError(f"--config {config.config} not found")
-        return ModelConfig.from_dict({**json.loads(Path(config.config).read_text()), **overrides})
+        return ModelConfig.from_dict({**read_config_file(config.config), **overrides})
     return ModelConfig.from_preset(config.preset, **overrides)
 
 
 def default_run_dir(backend: str, preset: str | None) -> Path:
     return Path("runs") / f"{backend}-{preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --- the run directory: usable, owned by one process, never silently mixed ---------------------------------------
+def check_run_dir(run_dir: Path) -> None:
+    """--out must be a directory this process can create and write: checked before any data is prepared."""
+    for p in [run_dir, *run_dir.parents]:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"--out {run_dir}: {p} is a file, not a directory; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {run_dir} is not writable ({e.strerror}); choose another --out") from None
+
+
+def claim_run_dir(run_dir: Path, fresh: bool, overwrite: bool, log=print) -> None:
+    """A fresh run (no --resume) must not mix with another run's files: refuse unless --overwrite, which deletes
+    only what a run writes (checkpoints, metrics, samples, the plot)."""
+    ckpts = list_checkpoints(run_dir)
+    found = [p for p in (run_dir / f for f in RUN_FILES) if p.exists()]
+    if not fresh or not (ckpts or found):
+        return
+    what = f"checkpoints up to {ckpts[-1].name}" if ckpts else ", ".join(p.name for p in found)
+    if not overwrite:
+        raise ValueError(f"--out {run_dir} already holds a run ({what}); continue it with --resume latest, start "
+                         f"over with --overwrite (deletes it), or choose another --out")
+    for p in ckpts + [p for p in run_dir.glob(".tmp_ckpt_*")]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in found:
+        p.unlink()
+    log(f"notice: --overwrite: deleted the previous run in {run_dir} ({what})")
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of this process (fcntl.flock on RUN_DIR/.lock): a second
+    process training into the same --out is refused, naming the holder. The kernel drops the lock when the holder
+    exits, however it exits, so a crash never leaves a stale lock. (No flock on Windows: no lock there.)"""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._file = None
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ValueError(f"--out {run_dir} is in use by {holder}; wait for it to finish or choose another "
+                             f"--out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
@@ -166,18 +256,32 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
     resume_path, resume_meta = resume
     resolve_defaults(config, device)
     check_config(config)
-    data_dir = resolve_data(config, log)
-    vocab = int(load_manifest(data_dir)["vocab_size"])
-    if resume_meta is not None:
-        cfg = ModelConfig.from_dict(resume_meta["model_config"])
-        if cfg.vocab_size != vocab:
-            raise ValueError(f"checkpoint has vocab_size {cfg.vocab_size} but {data_dir} has {vocab}; resume on the "
-                             f"data it was trained on")
-    else:
-        cfg = resolve_model_config(config, vocab)
     run_dir = Path(config.out) if config.out else default_run_dir(backend, config.preset)
     config.out = str(run_dir)
-    return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path)
+    check_run_dir(run_dir)
+    lock = RunLock(run_dir)  # held until the process ends (or Run.lock.release())
+    claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
+    data_dir = resolve_data(config, log)
+    manifest = load_manifest(data_dir)
+    vocab = int(manifest["vocab_size"])
+    if resume_meta is not None:
+        cfg = ModelConfig.from_dict(resume_meta["model_config"])
+        check_resume_data(resume_meta, cfg, manifest, data_dir)
+    else:
+        cfg = resolve_model_config(config, vocab)
+    return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock)
+
+
+def check_resume_data(meta: dict, cfg: ModelConfig, manifest: dict, data_dir: Path) -> None:
+    """A checkpoint continues only on data encoded by the tokenizer it was trained with."""
+    if cfg.vocab_size != int(manifest["vocab_size"]):
+        raise ValueError(f"checkpoint has vocab_size {cfg.vocab_size} but {data_dir} has {manifest['vocab_size']}; "
+                         f"resume on the data it was trained on ({meta.get('data_dir')})")
+    saved, now = meta.get("tokenizer_hash"), manifest.get("tokenizer_hash")
+    if saved and now and saved != now:
+        raise ValueError(f"checkpoint was trained with tokenizer {saved[:12]} but {data_dir} was made with {now[:12]}: "
+                         f"the token ids mean other things; resume on the data it was trained on "
+                         f"({meta.get('data_dir')})")
 
 
 def run_meta(run: Run, backend, step: int, loader_state: dict, metrics: dict) -> dict:

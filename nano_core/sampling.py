@@ -5,7 +5,21 @@ training touches no framework RNG (the run stays bit-identical) and the two back
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:
+    """One-line errors for settings that would sample nonsense (or silently sample something else)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"--top-k must be >= 0 (0: off), got {top_k}")
+    if not (0 < top_p <= 1):  # also false for NaN
+        raise ValueError(f"--top-p must be in (0, 1] (1: off), got {top_p}")
+    if max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:

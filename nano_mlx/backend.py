@@ -10,6 +10,7 @@ learning rate goes in through optimizer.state (no retrace).
 from __future__ import annotations
 
 import contextlib
+import math
 import glob
 import sys
 from pathlib import Path
@@ -191,10 +192,9 @@ class Backend:
                 total = total + loss
                 grads = g if grads is None else tree_map(mx.add, grads, g)
             model.update(params)  # the fp32 masters back in place of the bf16 copies
-            if grad_clip > 0:
-                grads, _ = clip_grad_norm(grads, grad_clip)
+            grads, norm = clip_grad_norm(grads, grad_clip if grad_clip > 0 else math.inf)  # 0: no clipping
             optimizer.update(model, grads)
-            return total
+            return total + 0.0 * norm  # NaN/inf when the gradients are: the loop sees it in the loss
 
         if self.compile:
             state = [model.state, optimizer.state, mx.random.state]

@@ -8,6 +8,7 @@ MPS, where it is a prototype).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
@@ -189,8 +190,9 @@ class Backend:
                 total = total + loss.detach()
             if scaler:
                 scaler.unscale_(optimizer)
-            if grad_clip > 0:
-                clip_grad_norm_(model, grad_clip)
+            norm = clip_grad_norm_(model, grad_clip if grad_clip > 0 else math.inf)  # 0: no clipping, norm only
+            if not scaler:  # (fp16: inf gradients are the GradScaler's business, it skips those steps itself)
+                total = total + 0.0 * norm  # NaN/inf when the gradients are: the loop sees it in the loss
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()

@@ -122,7 +122,7 @@ def check_ctrl_c(backend: str, shared_data: Path, tmp_path: Path):
     finally:
         proc.kill()
     assert proc.returncode == 0, output[-2000:]
-    assert "interrupted: saved" in output
+    assert "interrupted (SIGINT): saved" in output
     latest = ck.latest_checkpoint(out)
     step = ck.load_checkpoint(latest)[2]["step"]
     assert step >= 1 and latest.name == f"ckpt_{step:07d}"
