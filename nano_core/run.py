@@ -259,17 +259,20 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
     run_dir = Path(config.out) if config.out else default_run_dir(backend, config.preset)
     config.out = str(run_dir)
     check_run_dir(run_dir)
-    lock = RunLock(run_dir)  # held until the process ends (or Run.lock.release())
-    claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
-    data_dir = resolve_data(config, log)
-    manifest = load_manifest(data_dir)
-    vocab = int(manifest["vocab_size"])
-    if resume_meta is not None:
-        cfg = ModelConfig.from_dict(resume_meta["model_config"])
-        check_resume_data(resume_meta, cfg, manifest, data_dir)
-    else:
-        cfg = resolve_model_config(config, vocab)
-    return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock)
+    lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
+    try:
+        claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
+        data_dir = resolve_data(config, log)
+        manifest = load_manifest(data_dir)
+        if resume_meta is not None:
+            cfg = ModelConfig.from_dict(resume_meta["model_config"])
+            check_resume_data(resume_meta, cfg, manifest, data_dir)
+        else:
+            cfg = resolve_model_config(config, int(manifest["vocab_size"]))
+        return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def check_resume_data(meta: dict, cfg: ModelConfig, manifest: dict, data_dir: Path) -> None:
