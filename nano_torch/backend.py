@@ -18,7 +18,8 @@ from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
 from nano_core.host import peak_rss, preloaded_openblas, reset_peak_rss
 from nano_core.metrics import probe_peak_flops
-from nano_torch.model import GPT, linear
+from nano_torch.kernels import linear
+from nano_torch.model import GPT
 from nano_torch.optim import (build_optimizer, clip_grad_norm_, load_optimizer_state_numpy, optimizer_state_numpy,
                               set_lr)
 
