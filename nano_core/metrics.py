@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from nano_core.checkpoint import WriteError, emit
 from nano_core.data import ShardLoader, load_manifest, read_shard
 from tokenizer.files import atomic_path, atomic_write
 
@@ -122,24 +124,53 @@ def val_metrics(nats: list, targets: list, token_byte_lengths: np.ndarray) -> di
 
 # --- logging ------------------------------------------------------------------------------------------------
 class MetricsLogger:
-    """Appends one JSON record per event to run_dir/metrics.jsonl (flushed each line), mirrors it to wandb."""
+    """Appends one JSON record per event to run_dir/metrics.jsonl (written through at each line), mirrors it to
+    wandb. A write that fails (full disk, ...) is undone -- no half line is left -- and raises WriteError (an OSError,
+    one line naming the file and the fix)."""
 
     def __init__(self, run_dir, wandb_run=None):
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.wandb_run = wandb_run
 
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop records past the checkpoint's step (they belong to the interrupted tail of the run)."""
+    def truncate_after(self, step: int, notices=None) -> None:
+        """On resume: drop records past the checkpoint's step (they belong to the interrupted tail of the run), and
+        lines that are not records -- a torn last line from a kill mid-write, a damaged line -- with one notice each
+        (`notices`: a list, a callable such as the loop's log, or None for stderr)."""
         if not self.path.is_file():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        atomic_write(self.path, "".join(ln + "\n" for ln in keep))
+        records, changed = _read_records(self.path, notices)
+        keep = [ln for ln, rec in records if rec["step"] <= step]
+        if changed or len(keep) < len(records):
+            try:
+                atomic_write(self.path, "".join(ln + "\n" for ln in keep))
+            except OSError as e:
+                raise WriteError("metrics", self.path, e) from e
 
     def log(self, record: dict) -> None:
         record = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
+        except OSError as e:
+            raise WriteError("metrics", self.path, e) from e
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(fd, max(start - 1, 0), os.SEEK_SET)  # writes still go to the end (O_APPEND)
+            if start and os.read(fd, 1) != b"\n":
+                data = b"\n" + data  # a torn last line from a killed run: never glue a record onto it
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as e:
+                try:
+                    os.ftruncate(fd, start)  # take back the part that was written: no torn line
+                except OSError:
+                    pass
+                raise WriteError("metrics", self.path, e) from e
+        finally:
+            os.close(fd)
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
@@ -148,11 +179,38 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
-def read_metrics(run_dir) -> list[dict]:
+def _read_records(path: Path, notices=None) -> tuple[list[tuple[str, dict]], bool]:
+    """([(line, record)], whether any line was dropped or the file lacks its final newline). A line that is not a
+    JSON object with a numeric step is dropped with a notice: the last one as torn (a kill mid-write), any other
+    by its line number."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    out, changed = [], not text.endswith("\n") and text != ""
+    for i, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            rec = None
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if isinstance(step, (int, float)) and not isinstance(step, bool):
+            out.append((ln, rec))
+            continue
+        changed = True
+        if i == len(lines) and not text.endswith("\n"):
+            emit(notices, f"{path}: dropped a torn last line (a write cut off by a kill or a crash)")
+        else:
+            emit(notices, f"{path}: dropped line {i}, not a metrics record (damaged)")
+    return out, changed
+
+
+def read_metrics(run_dir, notices=None) -> list[dict]:
+    """The records of run_dir/metrics.jsonl; lines that are not records are skipped with a notice each."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    return [rec for _, rec in _read_records(path, notices)[0]]
 
 
 def init_wandb(project: str, run_dir, config: dict, resume_id: str | None = None):
