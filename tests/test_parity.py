@@ -64,7 +64,7 @@ def torch_step(model, opt, x, y, lr):
     opt.zero_grad(set_to_none=True)
     loss = model.loss(torch.from_numpy(x).long(), torch.from_numpy(y).long())
     loss.backward()
-    torch_optim.clip_grad_norm(model, 0.5)
+    torch_optim.clip_grad_norm_(model, 0.5)
     opt.step()
     return loss.item()
 
