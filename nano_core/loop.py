@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nano_core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from nano_core.checkpoint import WriteError, latest_checkpoint, load_checkpoint, save_checkpoint
 from nano_core.cli import TrainConfig, parse_train_args
 from nano_core.data import ShardLoader, unigram_entropy
 from nano_core.generate import generate
@@ -104,7 +104,7 @@ def check_finite(losses: list[tuple[int, float, object]], backend, run_dir: Path
     values = [backend.loss_value(loss) for _, _, loss in losses]  # the first call syncs; the rest are ready
     for (step, lr, _), value in zip(losses, values):
         if not math.isfinite(value):
-            good = latest_checkpoint(run_dir)
+            good = latest_checkpoint(run_dir, notices=[])
             raise Diverged(f"training diverged: loss or gradient norm is {value} at step {step} (lr {lr:.3g}); "
                            f"nothing from that step on was saved. Lower --lr or raise --warmup-steps, then "
                            + (f"continue from the last good checkpoint: --resume {good}" if good else
@@ -132,8 +132,10 @@ class Trainer:
         self.tok = self.loader.tokenizer
         self.token_bytes = self.tok.token_byte_lengths()
         self.logger = MetricsLogger(run.run_dir)
-        weights, opt_state, meta = (load_checkpoint(run.resume_path) if run.resume_path is not None
-                                    else (init_weights(cfg, config.seed), None, None))
+        if run.resume_path is not None:
+            weights, opt_state, meta = load_checkpoint(run.resume_path, notices=log)
+        else:
+            weights, opt_state, meta = init_weights(cfg, config.seed), None, None
         self.model = backend.build_model(cfg, weights, grad_checkpoint=config.grad_checkpoint)
         self.optimizer = backend.build_optimizer(self.model, config.lr, (config.beta1, config.beta2), config.eps,
                                                  config.weight_decay)
@@ -157,7 +159,7 @@ class Trainer:
         if meta.get("backend") != self.backend.name and (cfg.dropout_emb or cfg.dropout_attn or cfg.dropout_resid):
             self.log(f"notice: checkpoint written by {meta.get('backend')}; dropout masks come from "
                      f"{self.backend.name}'s generator from here on (same seeds, different draws)")
-        self.logger.truncate_after(self.step)
+        self.logger.truncate_after(self.step, notices=self.log)
         self.log(f"resuming from {self.run.resume_path} at step {self.step}")
 
     def log_train(self, loss: float, lr: float, tokens: int, bar) -> None:
@@ -181,13 +183,13 @@ class Trainer:
         state = self.backend.optimizer_state(self.optimizer, self.model)
         bad = [name for name, a in {**weights, **state}.items() if not np.isfinite(a).all()]
         if bad:
-            good = latest_checkpoint(run.run_dir)
+            good = latest_checkpoint(run.run_dir, notices=[])
             raise Diverged(f"training diverged: {len(bad)} tensors (e.g. {bad[0]}) are not finite at step "
                            f"{self.step}; not saved. Lower --lr or raise --warmup-steps, then "
                            + (f"continue from the last good checkpoint: --resume {good}" if good else "start again"))
         meta = run_meta(run, self.backend, self.step, self.loader.state_dict(), self.last)
         return save_checkpoint(run.run_dir, self.step, weights, state, meta, keep=run.config.keep,
-                               tokenizer_dir=run.data_dir / "tokenizer")
+                               tokenizer_dir=run.data_dir / "tokenizer", notices=self.log)
 
     def evaluate_and_sample(self, do_eval: bool, do_sample: bool, val_bar: float) -> None:
         config, step = self.run.config, self.step
@@ -263,7 +265,7 @@ def train(backend, run: Run, log=print) -> Path:
 
 def run_training(backend_class, config: TrainConfig, typed: set[str] = frozenset(), log=print) -> Path:
     """Resume settings first (a checkpoint's dtype picks the backend's), then the backend, the run, the loop."""
-    resume = resolve_resume(config, typed)
+    resume = resolve_resume(config, typed, log)
     backend = backend_class(device=config.device, dtype=config.dtype, attn_impl=config.attn_impl,
                             compile=config.compile)
     run = prepare_run(config, backend.name, backend.device, resume, log)
@@ -281,7 +283,7 @@ def main(backend_class, argv=None) -> Path:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run_training(backend_class, config, typed)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, WriteError) as e:  # WriteError: one line with the path and the fix
         sys.exit(f"error: {e}")
     except OSError as e:  # a full disk, a file system gone read-only, a permission taken away mid-run
         where = f" {e.filename}" if e.filename else ""

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_core.checkpoint import META_FILE, code_version, list_checkpoints, resolve_checkpoint
+from nano_core.checkpoint import code_version, list_checkpoints, read_meta, resolve_checkpoint
 from nano_core.cli import DEFAULT_MAX_STEPS, DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.data import default_data_dir, load_manifest
@@ -60,13 +60,14 @@ def apply_resume_args(config: TrainConfig, saved: dict, typed: set[str]) -> None
             setattr(config, name, value)
 
 
-def resolve_resume(config: TrainConfig, typed: set[str]) -> tuple[Path | None, dict | None]:
+def resolve_resume(config: TrainConfig, typed: set[str], log=print) -> tuple[Path | None, dict | None]:
     """(checkpoint, its meta) for --resume, with the checkpoint's settings applied to `config`; (None, None) when
-    starting fresh. Runs before the backend is built: the checkpoint's dtype decides the backend's."""
+    starting fresh. Runs before the backend is built: the checkpoint's dtype decides the backend's. "latest" and a
+    run dir fall back past damaged checkpoints, with a notice for each one skipped."""
     if not config.resume:
         return None, None
-    path = resolve_checkpoint(config.resume, config.out)
-    meta = json.loads((path / META_FILE).read_text())
+    path = resolve_checkpoint(config.resume, config.out, notices=log)
+    meta = read_meta(path)
     apply_resume_args(config, meta.get("train_config", {}), typed)
     if config.out is None:
         config.out = str(path.parent)

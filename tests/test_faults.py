@@ -229,3 +229,35 @@ def test_generate_refuses_sampling_settings_that_mean_nothing(flag, value, words
     run = reference_run(backend, shared_data)
     mod = __import__(f"nano_{backend}.generate", fromlist=["main"])
     fails_with(capsys, lambda: mod.main(["--ckpt", str(run), flag, value]), flag, words)
+
+
+# ----------------------------------------------------------------------------- damaged files on resume
+def test_a_truncated_newest_checkpoint_makes_resume_latest_fall_back_with_a_notice(backend, shared_data, tmp_path,
+                                                                                  capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run(backend, shared_data), run)
+    weights = run / "ckpt_0000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a kill in the middle of a copy
+    capsys.readouterr()
+    train_main(backend)(["--resume", "latest", "--out", str(run), "--max-steps", "8"])
+    out = capsys.readouterr().out
+    assert "skipping checkpoint" in out and "ckpt_0000008" in out and "resuming from" in out
+    assert f"resuming from {run / 'ckpt_0000004'} at step 4" in out
+    want = losses(reference_run(backend, shared_data))
+    got = losses(run)
+    assert all(got[s] == want[s] for s in range(5, 9))  # the same run again from the good checkpoint
+    # generate on the run dir takes the newest good checkpoint too (now the re-written step 8)
+    mod = __import__(f"nano_{backend}.generate", fromlist=["main"])
+    mod.main(["--ckpt", str(run), "--max-new-tokens", "4"])
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_notice_and_resume_proceeds(backend, shared_data, tmp_path,
+                                                                              capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference_run(backend, shared_data), run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "train_lo')  # a kill in the middle of a write
+    capsys.readouterr()
+    train_main(backend)(["--resume", str(run / "ckpt_0000004"), "--out", str(run), "--max-steps", "6"])
+    assert "torn last line" in capsys.readouterr().out
+    assert sorted(losses(run)) == list(range(1, 7))
