@@ -22,6 +22,7 @@ from mlx.utils import tree_map
 
 from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
+from nano_core.host import mapped_libraries
 from nano_core.metrics import probe_peak_flops
 from nano_mlx.model import GPT
 from nano_mlx.optim import (build_optimizer, clip_grad_norm, load_optimizer_state_numpy, optimizer_state_numpy,
@@ -80,11 +81,7 @@ def blas_notice() -> str | None:
     """On Linux the mlx[cpu] wheel links the reference BLAS (far slower matmuls than OpenBLAS). Look at what is
     loaded in this process (nothing is timed) and, when an OpenBLAS is installed, say how to preload it. The
     numerics are never changed behind the user's back: this only prints."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libs = {ln.split()[-1] for ln in open("/proc/self/maps") if ".so" in ln}
-    except OSError:
+    if not sys.platform.startswith("linux") or (libs := mapped_libraries()) is None:
         return None
     # numpy's own OpenBLAS (libscipy_openblas64_) uses suffixed symbols that MLX cannot bind to: look for a plain
     # libopenblas, which is what an LD_PRELOAD puts in front of the reference libblas.

@@ -215,15 +215,16 @@ def test_mlx_dtype_choice():
 def test_mlx_blas_notice_names_the_openblas_to_preload(monkeypatch):
     from nano_mlx import backend as mb
 
-    maps = ["7f0 r-xp 0 0 0 /venv/mlx_cpu.libs/libblas-bd8a282c.so.3.10.0\n",
-            "7f1 r-xp 0 0 0 /venv/numpy.libs/libscipy_openblas64_-32a4b2a6.so\n"]  # numpy's copy does not count
+    libs = {"/venv/mlx_cpu.libs/libblas-bd8a282c.so.3.10.0",
+            "/venv/numpy.libs/libscipy_openblas64_-32a4b2a6.so"}  # numpy's own copy does not count
     monkeypatch.setattr(mb.sys, "platform", "linux")
+    monkeypatch.setattr(mb, "mapped_libraries", lambda: libs)
     monkeypatch.setattr(mb.glob, "glob", lambda g: ["/usr/lib/x/openblas-pthread/libopenblas.so.0"]
                         if "openblas-pthread" in g else [])
-    real_open = open
-    monkeypatch.setitem(mb.__builtins__ if isinstance(mb.__builtins__, dict) else vars(mb.__builtins__), "open",
-                        lambda p, *a, **k: iter(maps) if p == "/proc/self/maps" else real_open(p, *a, **k))
     notice = mb.blas_notice()
     assert "LD_PRELOAD=/usr/lib/x/openblas-pthread/libopenblas.so.0" in notice
-    maps.append("7f2 r-xp 0 0 0 /usr/lib/x/openblas-pthread/libopenblasp-r0.3.21.so\n")
+    libs.add("/usr/lib/x/openblas-pthread/libopenblasp-r0.3.21.so")
     assert mb.blas_notice() is None  # preloaded: nothing to say
+    monkeypatch.setattr(mb.glob, "glob", lambda g: [])
+    libs.discard("/usr/lib/x/openblas-pthread/libopenblasp-r0.3.21.so")
+    assert "apt-get install libopenblas0-pthread" in mb.blas_notice()  # none installed: how to get one
