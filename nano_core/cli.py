@@ -92,6 +92,13 @@ class TrainConfig:
                            type=int)
     keep: int = flag(3, "evaluation and logging", "keep the last K checkpoints", type=int)
     log_every: int = flag(10, "evaluation and logging", "write a train-loss record every N steps", type=int)
+    eval_tasks: str | None = flag(None, "evaluation and logging", "benchmark tasks to run during training, "
+                                  "comma-separated: bpb, wikitext2, hellaswag (see python -m nano_core.eval)",
+                                  metavar="TASKS")
+    eval_tasks_every: int = flag(0, "evaluation and logging", "run --eval-tasks every N steps (0: only at the end)",
+                                 type=int)
+    eval_limit: int | None = flag(None, "evaluation and logging", "--eval-tasks: the first N hellaswag items / N "
+                                  "windows of bpb and wikitext2 (default: all)", type=int)
     wandb: bool = flag(False, "evaluation and logging", "also log to Weights & Biases (needs `pip install wandb`)",
                        action="store_true")
 

@@ -31,7 +31,8 @@ from nano_core.host import keep_freed_memory
 from nano_core.init import init_weights
 from nano_core.metrics import (MetricsLogger, format_count, format_flops, init_wandb, mfu, plot_loss_curve,
                                recheck_peak, unigram_val_loss, val_metrics)
-from nano_core.run import Run, prepare_run, resolve_resume, run_meta
+from nano_core.eval import Scorer, run_tasks, summary_metrics
+from nano_core.run import Run, eval_settings, prepare_run, resolve_resume, run_meta
 from nano_core.schedule import lr_at
 
 
@@ -191,6 +192,16 @@ class Trainer:
         return save_checkpoint(run.run_dir, self.step, weights, state, meta, keep=run.config.keep,
                                tokenizer_dir=run.data_dir / "tokenizer", notices=self.log)
 
+    def run_eval_tasks(self) -> None:
+        """The --eval-tasks benchmarks (HellaSwag, WikiText-2, bpb) on the current weights, into metrics.jsonl."""
+        scorer = Scorer(self.backend, self.model, self.tok, batch_size=max(4, self.run.config.batch_size),
+                        progress=False)
+        results = run_tasks(scorer, eval_settings(self.run.config), str(self.run.data_dir), log=tqdm.write)
+        figures = summary_metrics(results)
+        self.last.update(figures)
+        self.logger.log({"step": self.step, **figures})
+        tqdm.write(f"step {self.step}: " + " | ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+
     def evaluate_and_sample(self, do_eval: bool, do_sample: bool, val_bar: float) -> None:
         config, step = self.run.config, self.step
         if do_eval:
@@ -235,9 +246,11 @@ def train(backend, run: Run, log=print) -> Path:
             finishing = t.step == config.max_steps or (config.max_time is not None
                                                        and time.time() - t_start >= config.max_time)
             do_eval = bool(config.eval_every and t.step % config.eval_every == 0) or finishing
+            do_tasks = bool(config.eval_tasks) and (finishing or bool(
+                config.eval_tasks_every and t.step % config.eval_tasks_every == 0))
             do_sample = bool(config.sample_every and t.step % config.sample_every == 0) or finishing
             do_save = bool(config.ckpt_every and t.step % config.ckpt_every == 0) or finishing or stop.requested
-            if log_now or do_eval or do_sample or do_save:  # the losses are read only where the loop syncs anyway
+            if log_now or do_eval or do_tasks or do_sample or do_save:  # losses read only where the loop syncs
                 loss_value = check_finite(unread, backend, run.run_dir)
             if log_now:
                 t.log_train(loss_value, lr, tokens_since_log, bar)
@@ -245,6 +258,8 @@ def train(backend, run: Run, log=print) -> Path:
             if stop.requested:
                 break
             t.evaluate_and_sample(do_eval, do_sample, val_bar)
+            if do_tasks:
+                t.run_eval_tasks()
             if do_save:
                 t.save()
             if finishing:

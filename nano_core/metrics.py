@@ -19,6 +19,7 @@ from nano_core.data import ShardLoader, load_manifest, read_shard
 from tokenizer.files import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.jsonl"
+TASK_PREFIXES = ("hellaswag_", "wikitext2_", "bpb_")  # the --eval-tasks records (nano_core.eval.summary_metrics)
 LOSS_CURVE_FILE = "loss_curve.png"
 
 
@@ -236,7 +237,29 @@ def plot_loss_curve(run_dir, unigram_entropy: float | None = None, unigram_val: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    # Benchmark figures of --eval-tasks (hellaswag_acc, wikitext2_bpb, ...) get a panel of their own: accuracies
+    # on the left axis, bits per byte on the right.
+    tasks = sorted({k for r in records for k in r if k.startswith(TASK_PREFIXES) and k.endswith(("acc", "acc_norm",
+                                                                                                  "bpb"))})
+    if tasks:
+        fig, (ax, task_ax) = plt.subplots(2, 1, figsize=(7, 7), height_ratios=(3, 2), sharex=True)
+        bpb_ax = None
+        for i, key in enumerate(tasks):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if key.endswith("bpb"):
+                bpb_ax = bpb_ax or task_ax.twinx()
+                bpb_ax.plot(*zip(*points), "s--", color=f"C{i}", ms=3, lw=1, label=key)
+            else:
+                task_ax.plot(*zip(*points), "o-", color=f"C{i}", ms=3, lw=1, label=key)
+        task_ax.set_ylabel("accuracy")
+        task_ax.set_xlabel("step")
+        task_ax.grid(alpha=0.3)
+        handles = [h for a in (task_ax, bpb_ax) if a is not None for h in a.get_legend_handles_labels()[0]]
+        task_ax.legend(handles, [h.get_label() for h in handles], fontsize=8)
+        if bpb_ax is not None:
+            bpb_ax.set_ylabel("bits per byte")
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
     if train:
         ax.plot(*zip(*train), label="train loss", lw=1.0, alpha=0.8)
     if val:

@@ -18,6 +18,7 @@ from nano_core.checkpoint import code_version, list_checkpoints, read_meta, reso
 from nano_core.cli import DEFAULT_MAX_STEPS, DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.data import default_data_dir, load_manifest
+from nano_core.eval import EvalSettings, check_settings, parse_tasks
 from nano_core.prepare import prepare
 from nano_core.schedule import check_schedule
 from tokenizer.sources import hub_reachable, open_sources
@@ -99,9 +100,18 @@ def check_config(config: TrainConfig) -> None:
     for name in ("max_steps", "batch_size", "eval_steps", "sample_tokens", "log_every"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
-    for name in ("eval_every", "sample_every", "ckpt_every", "keep"):
+    if config.eval_tasks:  # every task known and its data file there before any work
+        check_settings(eval_settings(config))
+    if config.eval_limit is not None and config.eval_limit < 1:
+        raise ValueError(f"--eval-limit must be >= 1, got {config.eval_limit}")
+    for name in ("eval_every", "sample_every", "ckpt_every", "keep", "eval_tasks_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+
+
+def eval_settings(config: TrainConfig) -> EvalSettings:
+    """The benchmark tasks a training run evaluates (--eval-tasks), on their default data files."""
+    return EvalSettings(parse_tasks(config.eval_tasks), limit=config.eval_limit)
 
 
 def grad_accum_steps(config: TrainConfig, seq_len: int) -> int:
