@@ -180,7 +180,10 @@ def _resolve(data, split: str) -> tuple[Path, list[Path], dict | None]:
         raise ValueError(f"{path}: prepare did not finish (manifest says incomplete); re-run the same prepare command")
     files = _split_files(path, manifest)[split]
     if not files:
-        raise ValueError(f"{path}: no {split} shards (shard_00000.bin is validation, shard_00001.bin.. training)")
+        fix = ("re-run the same `python -m nano_core.prepare` command (it redoes data without training tokens)"
+               if manifest is not None and split == "train" else
+               "shard_00000.bin is validation, shard_00001.bin.. training")
+        raise ValueError(f"{path}: no {split} shards; {fix}")
     return path, files, manifest
 
 
@@ -230,13 +233,25 @@ class ShardLoader:
         self.windows = np.array([max(0, (n - 1) // seq_len) for n in self.lengths], dtype=np.int64)
         self.windows_per_epoch = int(self.windows.sum())
         if self.windows_per_epoch < world_size:
-            raise ValueError(f"{split} split of {self.data_dir} has {self.windows_per_epoch} windows of "
-                             f"{seq_len + 1} tokens, fewer than world_size={world_size}; lower seq_len or add data")
+            raise ValueError(self._too_short_message())
         self._maps: dict[int, np.ndarray] = {}
         self._pid = os.getpid()
         self._plan_epoch = None
         self._perm_cache: dict[int, np.ndarray] = {}
         self.epoch, self.pos = 0, 0  # pos = windows of this rank already consumed in this epoch
+
+    def _too_short_message(self) -> str:
+        """One line: what is too short, and the two fixes (a shorter window, or more data in this split)."""
+        n, T, w = sum(self.lengths), self.seq_len, self.world_size
+        has = f"{n:,} tokens" + (f" in {len(self.files)} shards" if len(self.files) > 1 else "")
+        need = (f"one window of seq_len + 1 = {T + 1:,} tokens" if w == 1 else
+                f"{w} windows of seq_len + 1 = {T + 1:,} tokens (one per rank, world_size={w})")
+        longest = max(self.lengths, default=0)
+        shorter = (f"a smaller --seq-len (at most {longest - 1:,} for this data)" if w == 1 and longest > 1 else
+                   "a smaller --seq-len")
+        more = ("prepare more validation data (a larger --val-tokens)" if self.split == "val" else
+                "prepare more training data (more or bigger --source)")
+        return f"{self.split} split of {self.data_dir} has {has}, fewer than {need}; use {shorter} or {more}"
 
     # -- sizes -----------------------------------------------------------------
     @property

@@ -14,6 +14,12 @@ What it does, in order:
    (document index + token offset). A rerun of the same command skips the finished shards and those documents, so
    an interrupted-then-resumed prepare writes byte-identical shards to an uninterrupted one: shard contents depend
    only on sources, tokenizer and options, never on worker timing or on --workers.
+
+--val-tokens defaults to ~10% of the corpus (auto_val_tokens). Val keeps whole documents, except that the document
+crossing the mark is cut at a token boundary when it would make val over twice the size or when it is the last
+document: TinyShakespeare (one document) gives val its first tokens and trains on the rest, with a notice and
+manifest["val_cut"]. An OUT is never marked complete without training tokens. Ctrl-C prints one line and exits 130;
+the same command continues (also after an interrupt during tokenizer training, which simply trains again).
 """
 from __future__ import annotations
 
@@ -35,13 +41,16 @@ from tqdm import tqdm
 from nano_core.data import load_manifest, shard_dtype, write_shard
 from tokenizer import BPETokenizer, load_tokenizer
 from tokenizer.base import EOT
-from tokenizer.files import atomic_write
-from tokenizer.sources import open_sources
+from tokenizer.bpe import check_vocab_size
+from tokenizer.files import _umask, atomic_write
+from tokenizer.pool import worker_pool
+from tokenizer.sources import notice, notices_once, open_sources
 
 MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
 DEFAULT_VOCAB = 8192
 DEFAULT_SHARD_TOKENS = 50_000_000   # 100 MB per uint16 shard: many shards to shuffle, few files to open
-DEFAULT_VAL_TOKENS = 1_000_000
+# --val-tokens when not given (auto_val_tokens): 10% of the corpus at ~3.5 bytes/token, within these bounds
+VAL_TOKENS_MIN, VAL_TOKENS_MAX = 16_384, 1_000_000
 CHUNK_CHARS = 1 << 20               # text per task sent to a worker: big enough to amortise pickling
 
 
@@ -155,8 +164,8 @@ def _encoded(chunks, tok_dir: Path, encoder: str, dtype: str, num_workers: int):
         for first, texts in chunks:
             yield first, _encode_chunk(texts)
         return
-    pool = mp.get_context().Pool(num_workers, initializer=_init_worker, initargs=(str(tok_dir), encoder, dtype))
-    try:
+    # workers ignore Ctrl-C (tokenizer.pool); leaving the block (also on Ctrl-C or close()) terminates them
+    with worker_pool(mp.get_context(), num_workers, _init_worker, (str(tok_dir), encoder, dtype)) as pool:
         pending = deque()
         for first, texts in chunks:
             pending.append((first, pool.apply_async(_encode_chunk, (texts,))))
@@ -166,18 +175,27 @@ def _encoded(chunks, tok_dir: Path, encoder: str, dtype: str, num_workers: int):
         while pending:
             f, r = pending.popleft()
             yield f, r.get()
-    finally:
-        pool.terminate()  # also on an exception or interrupt: no orphaned workers
-        pool.join()
 
 
 class _Sharder:
-    """Cuts the ordered token stream into shards and records, per shard, where the next one starts."""
+    """Cuts the ordered token stream into shards and records, per shard, where the next one starts.
 
-    def __init__(self, out: Path, manifest: dict, dtype: str, shard_tokens: int, val_tokens: int, on_shard):
+    The validation shard (index 0) is decided by one rule, a pure function of the token stream (so a resumed run
+    cuts where an uninterrupted one does): val takes whole documents until it holds `val_tokens`; the document
+    that crosses the mark is cut there, at a token boundary (its rest opens the training data), when keeping it
+    whole would make val more than twice `val_tokens` or when it is the last document (kept whole, it would leave
+    nothing to train on - a single-document corpus such as TinyShakespeare). Val is therefore held in memory
+    (at most ~2 x val_tokens) until the document after the crossing one arrives or the stream ends. With
+    `auto_val` and a corpus smaller than val_tokens, val is 10% of the tokens by the same rule.
+    """
+
+    def __init__(self, out: Path, manifest: dict, dtype: str, shard_tokens: int, val_tokens: int, on_shard,
+                 auto_val: bool = False):
         self.out, self.manifest, self.dtype = out, manifest, dtype
-        self.shard_tokens, self.val_tokens, self.on_shard = shard_tokens, val_tokens, on_shard
+        self.shard_tokens, self.val_tokens, self.on_shard, self.auto_val = shard_tokens, val_tokens, on_shard, auto_val
         self.pieces, self.n, self.docs = [], 0, 0
+        self.val_docs: list[tuple[int, np.ndarray]] = []  # (document, tokens) while val is undecided
+        self.pending = False  # val reached val_tokens with a whole document: is it the last one?
 
     @property
     def index(self) -> int:
@@ -185,15 +203,74 @@ class _Sharder:
 
     def add(self, doc: int, toks: np.ndarray, offset: int):
         """Tokens of document `doc` from token `offset` on (offset > 0 only for the document a resume starts in)."""
+        if self.index > 0:
+            self._add_train(doc, toks, offset)
+            return
+        assert offset == 0, "val is written before any resume point inside a document"
+        if self.pending:  # the document that filled val is not the last one: val keeps it whole
+            self._cut_val(len(self.val_docs), None)
+            self._add_train(doc, toks, 0)
+            return
+        before = self.n
+        self.val_docs.append((doc, toks))
+        self.n += len(toks)
+        if self.n >= self.val_tokens:
+            if self.n > 2 * self.val_tokens:
+                self._cut_val(len(self.val_docs) - 1, self.val_tokens - before, "long")
+            else:
+                self.pending = True
+
+    def finish(self, end_doc: int) -> None:
+        """The stream ended (end_doc = one past its last document): decide val if still open, flush the rest."""
+        if self.index == 0 and self.val_docs:
+            if self.pending:  # the crossing document is the last: cut it so that something is left to train on
+                last = len(self.val_docs[-1][1])
+                self._cut_val(len(self.val_docs) - 1, self.val_tokens - (self.n - last), "last")
+            elif self.auto_val:  # the whole corpus is smaller than the automatic size: val gets 10% of it
+                target = max(1, self.n // 10)
+                total = 0
+                for k, (_, toks) in enumerate(self.val_docs):
+                    before, total = total, total + len(toks)
+                    if total >= target:
+                        if k + 1 < len(self.val_docs) and total <= 2 * target:
+                            self._cut_val(k + 1, None)
+                        else:
+                            self._cut_val(k, target - before, "small")
+                        break
+        if self.index > 0 and self.n:
+            self.flush(next_doc=end_doc, next_offset=0)
+
+    def _cut_val(self, whole: int, cut: int | None, why: str = ""):
+        """Write val: the first `whole` buffered documents, plus the first `cut` tokens of the next one when cut is
+        given; everything after that goes on to the training shards."""
+        docs, self.val_docs, self.pending = self.val_docs, [], False
+        self.pieces = [t for _, t in docs[:whole]]
+        self.n, self.docs = sum(map(len, self.pieces)), whole
+        if cut is None:
+            self.flush(next_doc=docs[whole][0] if whole < len(docs) else docs[-1][0] + 1, next_offset=0)
+            rest = docs[whole:]
+        else:
+            doc, toks = docs[whole]
+            self.pieces.append(toks[:cut])
+            self.n, self.docs = self.n + cut, self.docs + 1
+            self.manifest["val_cut"] = {"document": doc, "document_tokens": len(toks), "val_tokens": cut,
+                                        "reason": why}
+            notice(("val_cut", str(self.out)), _cut_notice(why, doc, len(toks), cut, self.val_tokens, self.n))
+            self.flush(next_doc=doc, next_offset=cut)
+            self._add_train(doc, toks[cut:], cut)
+            rest = docs[whole + 1:]
+        for doc, toks in rest:
+            self._add_train(doc, toks, 0)
+
+    def _add_train(self, doc: int, toks: np.ndarray, offset: int):
         while len(toks):
             starts_here = offset == 0
-            take = toks if self.index == 0 else toks[:self.shard_tokens - self.n]  # val keeps documents whole
+            take = toks[:self.shard_tokens - self.n]
             self.pieces.append(take)
             self.n += len(take)
             self.docs += starts_here
             toks, offset = toks[len(take):], offset + len(take)
-            full = self.n >= self.val_tokens if self.index == 0 else self.n == self.shard_tokens
-            if full:
+            if self.n == self.shard_tokens:
                 self.flush(next_doc=doc if len(toks) else doc + 1, next_offset=offset if len(toks) else 0)
 
     def flush(self, next_doc: int, next_offset: int):
@@ -210,6 +287,17 @@ class _Sharder:
         self.pieces, self.n, self.docs = [], 0, 0
         if self.on_shard is not None:
             self.on_shard(entry)
+
+
+def _cut_notice(why: str, doc: int, doc_tokens: int, cut: int, val_tokens: int, val: int) -> str:
+    head = {"long": f"document {doc} ({doc_tokens:,} tokens) would make the validation shard over twice "
+                    f"--val-tokens {val_tokens:,}",
+            "last": f"document {doc} ({doc_tokens:,} tokens) is the last one, and kept whole in validation it would "
+                    "leave nothing to train on",
+            "small": f"the corpus is smaller than the automatic --val-tokens {val_tokens:,}, so validation is 10% "
+                     f"of it"}[why]
+    return (f"{head}: validation ends after its first {cut:,} tokens ({val:,} val tokens in all) and the rest of "
+            "it is training data")
 
 
 def _source_spec(s) -> str:
@@ -229,7 +317,7 @@ def _get_tokenizer(tokenizer, vocab_size, sources, prior, out: Path, num_workers
             raise ValueError(f"--vocab-size {vocab_size} contradicts the given tokenizer's vocab size "
                              f"{tokenizer.vocab_size}; pass only one of them")
         return tokenizer
-    vocab_size = vocab_size or DEFAULT_VOCAB
+    vocab_size = DEFAULT_VOCAB if vocab_size is None else vocab_size
     if prior is not None:
         asked = prior["options"].get("train_vocab_size")
         if asked != vocab_size:
@@ -250,55 +338,99 @@ def _open_sources(specs, max_docs):
     return sources
 
 
+def auto_val_tokens(sources) -> int:
+    """The validation size when --val-tokens is not given: ~10% of the corpus at ~3.5 bytes/token, at least
+    16,384 and at most 1,000,000 tokens; 1,000,000 when the size is unknown (the hub). `sources`: specs or Sources.
+    (These are the numbers nano_core.run used before prepare had an automatic default: cached shards stay valid.)"""
+    size = sum(src.num_bytes() for src in open_sources(list(sources) if isinstance(sources, (list, tuple))
+                                                       else [sources]))
+    return VAL_TOKENS_MAX if size == 0 else int(min(VAL_TOKENS_MAX, max(VAL_TOKENS_MIN, size / 3.5 / 10)))
+
+
 def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
-            shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int = DEFAULT_VAL_TOKENS,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, val_tokens: int | None = None,
             num_workers: int = 2, progress: bool = True, max_docs: int | None = None, encoder: str = "auto",
             on_shard=None) -> dict:
     """Tokenize `sources` into shards in `out_dir`; return the manifest. Re-running continues an interrupted run.
 
     tokenizer: None (train one with `vocab_size`, default 8192), a directory saved by tok.save, or a tokenizer.
+    val_tokens: the validation shard's size; None = auto_val_tokens(sources) (a rerun in an OUT that already has
+    shards keeps the size it was made with). A source of one document (TinyShakespeare) is cut at a token
+    boundary so that val gets its share and the rest trains (see _Sharder; manifest["val_cut"] records it).
     encoder: "auto" (tiktoken when installed), "tiktoken" or "python" — all give the same ids.
     on_shard: called with each shard's manifest entry once the shard and manifest are on disk.
+
+    Errors are one-line ValueError/FileNotFoundError: bad options, binary sources, a corpus too small for val plus
+    training data (OUT is then left without shards, so a rerun may change --val-tokens). OUT is never marked
+    complete without training tokens. Ctrl-C (KeyboardInterrupt) leaves finished shards; rerunning continues.
     """
-    specs = _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs)
+    specs = _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs, vocab_size)
     out = Path(out_dir).expanduser()
+    with notices_once():  # a file read by the tokenizer trainer and again by the encoder is reported once
+        return _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress, max_docs,
+                        encoder, on_shard)
+
+
+def _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress, max_docs,
+             encoder, on_shard) -> dict:
     t0 = time.time()
     src = _open_sources(specs, max_docs)
     prior = _open_out_dir(out)
+    auto_val = val_tokens is None
+    if auto_val:  # a run that already wrote shards keeps its size (even one made before the automatic default)
+        val_tokens = prior["options"]["val_tokens"] if prior is not None and prior["shards"] else auto_val_tokens(src)
     tok = _get_tokenizer(tokenizer, vocab_size, src, prior, out, num_workers, progress)
     options = {"sources": specs, "max_docs": max_docs, "shard_tokens": shard_tokens, "val_tokens": val_tokens,
-               "train_vocab_size": (vocab_size or DEFAULT_VOCAB) if tokenizer is None else None}
+               "val_tokens_auto": auto_val,
+               "train_vocab_size": (DEFAULT_VOCAB if vocab_size is None else vocab_size) if tokenizer is None else None}
     if prior is not None:
         _check_resumable(prior, out, tok, options)
-        if prior.get("complete"):
+        if prior.get("complete") and _train_tokens(prior) > 0:
             if progress:
                 print(f"{out}: already prepared ({len(prior['shards'])} shards, {prior['total_tokens']:,} tokens)")
             return prior
         manifest = prior
+        if prior.get("complete"):  # made by an older nano that put every token in val: unusable, so redo it
+            notice(("redo", str(out)), f"{out} holds no training tokens (all {prior['total_tokens']:,} went to "
+                   "validation, as older versions did with a single-document source); preparing it again")
+        if prior.get("complete") or not prior["shards"]:
+            manifest = _reset(out, prior, options)
     else:
         manifest = _start(out, tok, specs, src, options)
     ENCODERS[encoder](tok)  # fail here, in one line, rather than inside every worker process
     done_before = len(manifest["shards"])
     t_enc = time.time()
-    text_bytes, encoded_bytes = _write_shards(src, out, manifest, encoder, num_workers, on_shard, progress)
+    text_bytes, encoded_bytes = _write_shards(src, out, manifest, encoder, num_workers, on_shard, progress, auto_val)
     _finish(out, manifest, text_bytes)
     if progress:
         _print_summary(out, manifest, done_before, encoded_bytes, time.time() - t0, time.time() - t_enc)
     return manifest
 
 
-def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs) -> list[str]:
+def _train_tokens(manifest: dict) -> int:
+    return sum(s["tokens"] for s in manifest.get("shards", []) if s["split"] == "train")
+
+
+def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs, vocab_size=None) -> list[str]:
     """Validate the options before any work; return the source specs (paths made absolute)."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     specs = [_source_spec(s) for s in sources]
     if not specs:
         raise ValueError("no sources given; pass --source PATH (file, directory, .jsonl, .parquet, builtin, fineweb-edu)")
-    for name, v in {"shard_tokens": shard_tokens, "val_tokens": val_tokens, "num_workers": num_workers}.items():
-        if not isinstance(v, int) or v < 1:
+    named = {"shard_tokens": shard_tokens, "num_workers": num_workers}
+    if val_tokens is not None:
+        named["val_tokens"] = val_tokens
+    for name, v in named.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
     if shard_tokens >= 2**31:
         raise ValueError(f"shard-tokens {shard_tokens} exceeds the format's int32 token count; use at most 2**31-1")
+    if val_tokens is not None and val_tokens >= 2**30:
+        raise ValueError(f"val-tokens {val_tokens} is too big for one shard (val may grow to twice it and a shard "
+                         "holds under 2**31 tokens); use at most 2**30-1")
+    if vocab_size is not None:
+        check_vocab_size(vocab_size)
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
     if max_docs is not None and max_docs < 1:
@@ -328,8 +460,11 @@ def _check_resumable(prior: dict, out: Path, tok, options: dict) -> None:
         raise ValueError(f"{out} already holds shards made with a different tokenizer (hash "
                          f"{prior['tokenizer_hash'][:12]}, vocab {prior['vocab_size']}; this one {tok.hash[:12]}, "
                          f"vocab {tok.vocab_size}). Use another --out or delete {out}")
-    changed = [k for k in ("sources", "max_docs", "shard_tokens", "val_tokens")
-               if prior["options"].get(k) != options[k]]
+    # The tokenizer in OUT was trained on the sources: those must match. The shard sizes must match only while
+    # there are usable shards to continue (none yet, or a finished run without training tokens, are redone).
+    redo = not prior["shards"] or (prior.get("complete") and _train_tokens(prior) == 0)
+    keys = ("sources", "max_docs") if redo else ("sources", "max_docs", "shard_tokens", "val_tokens")
+    changed = [k for k in keys if prior["options"].get(k) != options[k]]
     if changed:
         was = ", ".join(f"{k}={prior['options'].get(k)!r}" for k in changed)
         raise ValueError(f"{out} was prepared with different {', '.join(changed)} ({was}); "
@@ -353,13 +488,26 @@ def _start(out: Path, tok, specs: list[str], src, options: dict) -> dict:
     return manifest
 
 
+def _reset(out: Path, manifest: dict, options: dict) -> dict:
+    """Back to no shards (keeping the tokenizer) with the given options: for an OUT whose shards are unusable
+    (no training tokens) or that has none yet."""
+    for stale in out.glob("shard_*.bin"):
+        stale.unlink()
+    for key in ("completed", "val_cut"):
+        manifest.pop(key, None)
+    manifest.update(format_version=MANIFEST_FORMAT, options=options, shards=[], complete=False, total_tokens=0,
+                    total_documents=0, text_bytes=0, resume={"next_doc": 0, "next_offset": 0})
+    _write_json(out / "manifest.json", manifest)
+    return manifest
+
+
 def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int, on_shard,
-                  progress: bool) -> tuple[int, int]:
+                  progress: bool, auto_val: bool = False) -> tuple[int, int]:
     """Encode the documents from the manifest's resume point on and write the remaining shards; return (text bytes
     of every document, text bytes encoded by this run)."""
     dtype, resume, options = manifest["dtype"], manifest["resume"], manifest["options"]
     val_tokens = options["val_tokens"]
-    sharder = _Sharder(out, manifest, dtype, options["shard_tokens"], val_tokens, on_shard)
+    sharder = _Sharder(out, manifest, dtype, options["shard_tokens"], val_tokens, on_shard, auto_val)
     total_bytes = sum(x.num_bytes() for x in src) if options["max_docs"] is None else 0
     # the bar counts UTF-8 text bytes against file sizes: close enough for an ETA (jsonl escapes, CRLF aside)
     bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="prepare",
@@ -387,16 +535,20 @@ def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int
         bar.total = bar.n  # the total was file sizes, the count is text bytes: end the bar at 100%
     finally:
         bar.close()
-    if sharder.index == 0:
-        raise ValueError(f"the sources give only {sharder.n:,} tokens, not enough for the validation shard "
-                         f"(--val-tokens {val_tokens:,}) plus training data; lower --val-tokens or add sources")
-    if sharder.n:
-        sharder.flush(next_doc=end_doc, next_offset=0)
+    sharder.finish(end_doc)
+    if sharder.index == 0 or _train_tokens(manifest) == 0:
+        total = manifest["total_tokens"] if sharder.index else sharder.n
+        _reset(out, manifest, options)  # nothing usable: leave no shards, so a rerun may change --val-tokens
+        raise ValueError(f"the sources give only {total:,} tokens, not enough for the validation shard "
+                         f"(--val-tokens {val_tokens:,}) plus training data; lower --val-tokens (e.g. "
+                         f"{max(1, total // 10):,}), leave it out (automatic), or add sources")
     return skipped_bytes + encoded_bytes, encoded_bytes  # every document counted once
 
 
 def _finish(out: Path, manifest: dict, text_bytes: int) -> None:
     """Mark the manifest complete (totals, timestamp, no resume point) and write it."""
+    if _train_tokens(manifest) == 0:  # _write_shards refuses this first; never write "complete" without them
+        raise ValueError(f"{out}: no training tokens; not marking it complete")
     manifest["total_documents"] = sum(s["documents"] for s in manifest["shards"])
     manifest["text_bytes"] = text_bytes
     manifest["complete"] = True
@@ -417,6 +569,7 @@ def _print_summary(out: Path, manifest: dict, done_before: int, encoded_bytes: i
 def _save_tokenizer(tok, out: Path):
     """Save to a temp directory, then rename: OUT/tokenizer is either absent or complete."""
     tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the tokenizer is as readable as the shards beside it
     tok.save(tmp)
     final = out / "tokenizer"
     if final.exists():
@@ -432,8 +585,9 @@ def main(argv=None):
     p.add_argument("--tokenizer", help="directory of a saved tokenizer (default: train one on the sources)")
     p.add_argument("--vocab-size", type=int, help=f"vocabulary size when training a tokenizer (default {DEFAULT_VOCAB})")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per training shard")
-    p.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS,
-                   help="tokens (whole documents, from the start) in the validation shard_00000.bin")
+    p.add_argument("--val-tokens", type=int, default=None,
+                   help=f"tokens (whole documents, from the start) in the validation shard_00000.bin (default: "
+                        f"~10%% of the corpus, {VAL_TOKENS_MIN:,} to {VAL_TOKENS_MAX:,}; a single document is cut)")
     p.add_argument("--workers", type=int, default=max(2, os.cpu_count() or 2), help="encoding processes")
     p.add_argument("--max-docs", type=int, help="stop after this many documents (quick runs)")
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="auto", help="tiktoken (fast) or python (same ids)")
@@ -445,8 +599,10 @@ def main(argv=None):
                 progress=not args.quiet, max_docs=args.max_docs, encoder=args.encoder)
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(f"interrupted: finished shards in {args.out} are kept; run the same command again to continue")
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 = 128 + SIGINT, as shells report it
+        print(f"interrupted: finished shards in {args.out} are kept; rerun the same command to continue",
+              file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,26 @@ from tokenizer.base import EOT, Tokenizer
 from tokenizer.count import count_chunks
 from tokenizer.merges import learn_merges
 from tokenizer.patterns import pattern_name, resolve_pattern
-from tokenizer.sources import resolve_inputs
+from tokenizer.pool import worker_pool
+from tokenizer.sources import notice, resolve_inputs
 
 _CACHE_MAX = 1 << 20  # chunk -> ids cache entries before the cache is cleared (bounded memory on huge corpora)
+# The trainer holds token ids as characters (merges.py), and chr() stops at 0x10FFFF: at most this many merges.
+MAX_MERGES = 0x110000 - 256
+# Token ids are stored as uint32 in shards and read as int32 by the loader: a vocabulary of at most 2**31 ids.
+MAX_VOCAB_SIZE = 2**31
+
+
+def check_vocab_size(vocab_size, num_special: int = 1) -> None:
+    """One-line errors for a vocabulary size a byte-level BPE cannot have, before any work."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        raise ValueError(f"--vocab-size must be an integer, got {vocab_size!r}")
+    if vocab_size < 256 + num_special:
+        raise ValueError(f"--vocab-size {vocab_size} is smaller than 256 bytes + {num_special} special token"
+                         f"{'s' * (num_special != 1)}; use --vocab-size >= {256 + num_special} (e.g. 8192)")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise ValueError(f"--vocab-size {vocab_size:,} cannot be stored: token ids must fit the shards' uint32 and "
+                         f"the loader's int32 (at most 2**31 = {MAX_VOCAB_SIZE:,}); real vocabularies are 1k-256k")
 
 
 class BPETokenizer(Tokenizer):
@@ -57,18 +74,22 @@ class BPETokenizer(Tokenizer):
         with timings and counts."""
         pattern = resolve_pattern(pattern)
         special_tokens = tuple(special_tokens)
+        check_vocab_size(vocab_size, len(special_tokens))
         num_merges = vocab_size - 256 - len(special_tokens)
-        if num_merges < 0:
-            raise ValueError(f"vocab size {vocab_size} is smaller than 256 bytes + {len(special_tokens)} special "
-                             f"tokens; use --vocab-size >= {256 + len(special_tokens)}")
         t0 = time.perf_counter()
         sources = resolve_inputs(inputs)
         result = count_chunks(sources, pattern, num_workers, max_chars, max_chars_per_doc, progress)
         if not result.counts:
             raise ValueError("empty corpus: the inputs contain no text; check the paths and --max-chars")
         t1 = time.perf_counter()
-        merges = learn_merges(result.counts, num_merges, vocab_size, progress)
+        merges = learn_merges(result.counts, min(num_merges, MAX_MERGES), vocab_size, progress)
         t2 = time.perf_counter()
+        if len(merges) < num_merges:
+            why = ("the trainer's limit (ids are held as Unicode code points)" if len(merges) == MAX_MERGES else
+                   "no pair of tokens is left to merge (every chunk of the text is one token already; more text "
+                   "gives more merges)")
+            notice(("vocab", vocab_size), f"vocabulary of {256 + len(merges) + len(special_tokens):,} tokens, not "
+                   f"the {vocab_size:,} asked: after {len(merges):,} merges {why}")
         if stats is not None:
             stats.update(split_seconds=t1 - t0, merge_seconds=t2 - t1, seconds=t2 - t0, chars=result.chars,
                          docs=result.docs, unique_chunks=len(result.counts), merges=len(merges))
@@ -122,7 +143,7 @@ class BPETokenizer(Tokenizer):
         if num_workers <= 1 or sum(map(len, texts)) < (1 << 20):
             return [self.encode(t) for t in texts]
         ctx = mp.get_context("fork" if os.name == "posix" and os.uname().sysname == "Linux" else None)
-        with ctx.Pool(num_workers, initializer=_set_worker_tokenizer, initargs=(self,)) as pool:
+        with worker_pool(ctx, num_workers, _set_worker_tokenizer, (self,)) as pool:  # workers ignore Ctrl-C
             return pool.map(_encode_in_worker, texts, chunksize=max(1, len(texts) // (num_workers * 8)))
 
     def decode(self, ids) -> str:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 import regex
 from tqdm import tqdm
 
-from tokenizer.sources import Source
+from tokenizer.pool import worker_pool
+from tokenizer.sources import Source, collect_notices, notice, notices_once
 
 _PROGRESS_EVERY = 1 << 20  # characters between progress messages from a worker
 
@@ -31,6 +32,7 @@ class CountResult:
     chars: int = 0                       # characters read (after caps)
     docs: int = 0
     sources: list = field(default_factory=list)
+    notices: list = field(default_factory=list)  # (key, message) a worker collected (tokenizer.sources.notice)
 
 
 def _count(sources: list[Source], pattern: str, max_chars: int | None, max_chars_per_doc: int | None,
@@ -71,7 +73,10 @@ def _init_worker(q):
 
 def _count_worker(args) -> CountResult:
     sources, pattern, max_chars, max_chars_per_doc = args
-    return _count(sources, pattern, max_chars, max_chars_per_doc, report=_progress_queue.put)
+    with collect_notices() as notices:  # printed once by the main process, not once per worker
+        result = _count(sources, pattern, max_chars, max_chars_per_doc, report=_progress_queue.put)
+    result.notices = list(notices)
+    return result
 
 
 def _coalesce(sources: list) -> list:
@@ -101,9 +106,10 @@ def count_chunks(sources: list[Source], pattern: str, num_workers: int = 2, max_
     bar = tqdm(total=total or None, unit="B", unit_scale=True, desc="split+count", disable=not progress,
                smoothing=0.1)
     if num_workers <= 1 or not all(isinstance(s, Source) for s in sources):  # plain iterators: in-process
-        result = _count(sources, pattern, max_chars, max_chars_per_doc, report=bar.update)
-        bar.close()
-        return result
+        try:
+            return _count(sources, pattern, max_chars, max_chars_per_doc, report=bar.update)
+        finally:
+            bar.close()
 
     tasks = []
     for k in range(num_workers):
@@ -114,17 +120,23 @@ def count_chunks(sources: list[Source], pattern: str, num_workers: int = 2, max_
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() and os.name == "posix"
                          and os.uname().sysname == "Linux" else None)
     q = ctx.Queue()
-    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(q,)) as pool:
-        pending = pool.map_async(_count_worker, tasks, chunksize=1)
-        while not pending.ready():
-            try:
-                bar.update(q.get(timeout=0.1))
-            except queue.Empty:
-                pass
-        parts = pending.get()  # re-raises a worker's exception (our one-line errors) here
-    while not q.empty():
-        bar.update(q.get())
-    bar.close()
+    try:
+        # workers ignore Ctrl-C (tokenizer.pool); the main process gets it and `with` terminates the pool
+        with worker_pool(ctx, num_workers, _init_worker, (q,)) as pool:
+            pending = pool.map_async(_count_worker, tasks, chunksize=1)
+            while not pending.ready():
+                try:
+                    bar.update(q.get(timeout=0.1))
+                except queue.Empty:
+                    pass
+            parts = pending.get()  # re-raises a worker's exception (our one-line errors) here
+        while not q.empty():
+            bar.update(q.get())
+    finally:
+        bar.close()  # also on Ctrl-C: the line after the bar starts on a line of its own
+    with notices_once():  # two workers reading parts of one file report the same thing once
+        for key, message in (n for r in parts for n in r.notices):
+            notice(key, message)
     # Add the counters up, biggest first: updating an empty Counter with a dict is a C-level copy.
     parts.sort(key=lambda r: -len(r.counts))
     counts = parts[0].counts

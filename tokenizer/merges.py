@@ -85,8 +85,17 @@ def learn_merges(chunk_counts: dict[str, int], num_merges: int, vocab_size: int 
     pairs, where = _initial_pairs(words, counts)
     heap = [-c * KK + ord(p[0]) * K + ord(p[1]) for p, c in pairs.items()]
     heapq.heapify(heap)
-    heappush, heappop = heapq.heappush, heapq.heappop
     bar = tqdm(total=num_merges, desc="merges", unit="merge", disable=not progress, smoothing=0.05)
+    try:
+        _merge_loop(merges, num_merges, heap, K, words, counts, pairs, where, bar)
+    finally:
+        bar.close()  # also on Ctrl-C
+    return merges
+
+
+def _merge_loop(merges, num_merges, heap, K, words, counts, pairs, where, bar):
+    KK = K * K
+    heappush, heappop = heapq.heappush, heapq.heappop
     while len(merges) < num_merges and heap:
         top = heappop(heap)
         neg, p = divmod(top, KK)  # floor division: top = -count*KK + p with 0 <= p < KK
@@ -104,8 +113,6 @@ def learn_merges(chunk_counts: dict[str, int], num_merges: int, vocab_size: int 
         for q in created:
             heappush(heap, -pairs[q] * KK + ord(q[0]) * K + ord(q[1]))
         bar.update(1)
-    bar.close()
-    return merges
 
 
 def _apply_merge(ab: str, cn: str, words: list[str], counts: list[int], pairs: dict, where: dict) -> set[str]:

@@ -75,6 +75,9 @@ def main(argv=None) -> None:
         val = bytes_per_token(tok, args.val) if args.val else None
     except (ValueError, FileNotFoundError, ConnectionError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # every file is written atomically: whole or absent
+        print(f"interrupted: nothing half-written in {out}; rerun the same command to train again", file=sys.stderr)
+        sys.exit(130)
     print(f"trained {tok!r} in {seconds:.1f}s -> {out / 'tokenizer.json'}")
     if stats:
         print(f"  {stats['chars']:,} chars in {stats['docs']:,} docs; {stats['unique_chunks']:,} unique chunks; "
