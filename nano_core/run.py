@@ -21,7 +21,8 @@ from nano_core.data import default_data_dir, load_manifest
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
 from nano_core.prepare import prepare
 from nano_core.schedule import check_schedule
-from tokenizer.sources import hub_reachable, open_sources
+from tokenizer.bpe import check_vocab_size
+from tokenizer.sources import hub_reachable
 
 # Tests (and impatient people) can shrink the no-argument run without touching the flags' documented defaults.
 MAX_STEPS_ENV = "NANO_DEFAULT_MAX_STEPS"
@@ -35,7 +36,6 @@ NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl"
 # What a run writes into its directory (and --overwrite deletes): never anything else the user keeps there.
 RUN_FILES = ("metrics.jsonl", "samples.txt", "loss_curve.png")
 LOCK_FILE = ".lock"
-MIN_VOCAB = 257  # the 256 byte tokens and <|endoftext|>
 
 
 @dataclass
@@ -94,9 +94,8 @@ def check_config(config: TrainConfig) -> None:
     check_schedule(config)
     if config.config is not None and config.resume is None:
         read_config_file(config.config)
-    if config.data is None and not MIN_VOCAB <= config.vocab_size <= 2**31:
-        raise ValueError(f"--vocab-size {config.vocab_size} is out of range: at least {MIN_VOCAB} (256 bytes + "
-                         f"<|endoftext|>), at most 2**31; 8192 is a good start for small corpora")
+    if config.data is None:
+        check_vocab_size(config.vocab_size)
     for name in ("max_steps", "batch_size", "eval_steps", "sample_tokens", "log_every"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
@@ -135,10 +134,14 @@ def _source_cache_dir(specs: list[str], vocab_size: int) -> Path:
     return default_data_dir(f"{slug}-{key}", vocab_size)
 
 
-def val_tokens_for(specs: list[str]) -> int:
-    """A validation shard of ~10% of a small corpus (at ~3.5 bytes/token), 1M tokens for big or unknown ones."""
-    size = sum(s.num_bytes() for s in open_sources(specs))
-    return 1_000_000 if size == 0 else int(min(1_000_000, max(16_384, size / 3.5 / 10)))
+def _usable_cache(out: Path) -> bool:
+    """A cache entry that prepare finished and that holds training tokens (older versions could mark a single-
+    document corpus complete with none: such an entry is prepared again)."""
+    if not (out / "manifest.json").is_file():
+        return False
+    manifest = json.loads((out / "manifest.json").read_text())
+    return bool(manifest.get("complete", True)) and any(
+        s.get("split") == "train" and s.get("tokens", 0) > 0 for s in manifest.get("shards", []))
 
 
 def resolve_data(config: TrainConfig, log=print) -> Path:
@@ -156,12 +159,11 @@ def resolve_data(config: TrainConfig, log=print) -> Path:
             log(BUILTIN_NOTICE)
     max_docs = HUB_MAX_DOCS if specs == ["fineweb-edu"] else None
     out = _source_cache_dir(specs, config.vocab_size)
-    if (out / "manifest.json").is_file() and json.loads((out / "manifest.json").read_text()).get("complete", True):
+    if _usable_cache(out):
         log(f"data: cached shards {out}")
         return out
     log(f"data: preparing {' + '.join(specs)} (vocab {config.vocab_size}) into {out}")
-    prepare(sources=specs, out_dir=out, vocab_size=config.vocab_size, progress=True, max_docs=max_docs,
-            val_tokens=val_tokens_for(specs))
+    prepare(sources=specs, out_dir=out, vocab_size=config.vocab_size, progress=True, max_docs=max_docs)
     return out
 
 

@@ -194,9 +194,9 @@ def test_vocab_sizes_that_cannot_work_are_refused_before_any_data(tmp_path, monk
     from nano_core import run
 
     monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("data prepared with an impossible vocab"))
-    for vocab in ("0", "200", str(2**31 + 1)):
+    for vocab, words in (("0", ">= 257"), ("200", ">= 257"), (str(2**31 + 1), "at most 2**31")):
         fails_with(capsys, lambda: train_main("torch")(["--source", "builtin", "--vocab-size", vocab, "--out",
-                                                        str(tmp_path / "run")]), "--vocab-size", "at least 257")
+                                                        str(tmp_path / "run")]), "--vocab-size", words)
 
 
 def test_a_val_split_shorter_than_one_window_is_found_before_training(backend, shared_data, tmp_path, capsys):
