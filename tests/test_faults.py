@@ -238,7 +238,11 @@ def test_a_truncated_newest_checkpoint_makes_resume_latest_fall_back_with_a_noti
     shutil.copytree(reference_run(backend, shared_data), run)
     weights = run / "ckpt_0000008" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a kill in the middle of a copy
+    mod = __import__(f"nano_{backend}.generate", fromlist=["main"])
     capsys.readouterr()
+    mod.main(["--ckpt", str(run), "--max-new-tokens", "4"])  # generate on the run dir falls back too
+    err = capsys.readouterr().err
+    assert "skipping checkpoint" in err and f"{run / 'ckpt_0000004'}: step 4" in err
     train_main(backend)(["--resume", "latest", "--out", str(run), "--max-steps", "8"])
     out = capsys.readouterr().out
     assert "skipping checkpoint" in out and "ckpt_0000008" in out and "resuming from" in out
@@ -246,9 +250,6 @@ def test_a_truncated_newest_checkpoint_makes_resume_latest_fall_back_with_a_noti
     want = losses(reference_run(backend, shared_data))
     got = losses(run)
     assert all(got[s] == want[s] for s in range(5, 9))  # the same run again from the good checkpoint
-    # generate on the run dir takes the newest good checkpoint too (now the re-written step 8)
-    mod = __import__(f"nano_{backend}.generate", fromlist=["main"])
-    mod.main(["--ckpt", str(run), "--max-new-tokens", "4"])
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_notice_and_resume_proceeds(backend, shared_data, tmp_path,
