@@ -31,7 +31,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-MLPS = ("gelu", "relu", "swiglu", "relu2")
+MLPS = ("gelu", "gelu_tanh", "relu", "swiglu", "relu2")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "sinusoidal", "rope", "none")
 ROPE_SCALINGS = ("linear", "ntk", "yarn")
@@ -48,8 +48,8 @@ class ModelConfig:
     n_kv_head: int | None = None      # None -> n_head (MHA); 1 -> MQA; in between -> GQA
     n_embd: int = 256
     seq_len: int = 256                # training context (and the size of learned position tables)
-    mlp: str = "gelu"                 # gelu | relu | swiglu | relu2
-    mlp_hidden: int | None = None     # None -> 4*d (gelu/relu/relu2) or 8/3*d rounded up to 64 (swiglu)
+    mlp: str = "gelu"                 # gelu (exact erf) | gelu_tanh (GPT-2's tanh approximation) | relu | swiglu | relu2
+    mlp_hidden: int | None = None     # None -> 4*d (gelu/gelu_tanh/relu/relu2) or 8/3*d rounded up to 64 (swiglu)
     norm: str = "layernorm"           # layernorm | rmsnorm
     norm_eps: float = 1e-5
     pos: str = "learned"              # learned | sinusoidal | rope | none

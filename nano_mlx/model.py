@@ -17,7 +17,7 @@ from nano_core.config import ModelConfig
 from nano_core.init import init_weights as numpy_init
 from nano_core.init import rope_attention_scale, rope_tables, sinusoidal_table
 from nano_mlx.kernels import (causal_mask, cross_entropy, eager_attention, eager_causal, flash_available,
-                              flash_causal, gelu, linear, sdpa_attention, sdpa_causal)
+                              flash_causal, gelu, gelu_tanh, linear, sdpa_attention, sdpa_causal)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -70,6 +70,7 @@ NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
 
 ACTIVATIONS = {
     "gelu": gelu,                        # exact (erf) GELU in both backends (see kernels.py)
+    "gelu_tanh": gelu_tanh,              # GPT-2's tanh approximation (HF "gelu_new", mlx-lm's gpt2)
     "relu": nn.relu,
     "relu2": lambda x: mx.square(nn.relu(x)),
     "swiglu": nn.silu,                   # applied to the gate branch

@@ -5,7 +5,7 @@ model.py so that the two models stay mirrors of each other line for line:
 
 - linear: F.linear, except fp32 on x86 CPUs with AVX-512, where the three GEMMs of a linear layer go to oneDNN
   (PyTorch's own MKL path runs AVX2 kernels on AMD processors); ONEDNN_FP32 switches that off.
-- gelu: F.gelu, the exact (erf) GELU.
+- gelu: F.gelu, the exact (erf) GELU; gelu_tanh: F.gelu(approximate="tanh"), GPT-2's tanh approximation.
 - attention: causal_mask, eager_attention (the GQA broadcast, the mask as an additive bias, the softmax in the
   compute dtype on CPU), eager_causal (two query halves, skipping the all-masked quarter of the scores),
   scaled_dot_product_attention wrappers, and flash-attn on CUDA.
@@ -87,6 +87,11 @@ def linear(x, w, b=None):
 
 # ----------------------------------------------------------------------------- activation
 gelu = F.gelu  # exact (erf) GELU; torch's erf is vectorised, so no custom form is needed (see nano_mlx/kernels.py)
+
+
+def gelu_tanh(x):
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (HF activation "gelu_new")."""
+    return F.gelu(x, approximate="tanh")
 
 
 # ----------------------------------------------------------------------------- attention

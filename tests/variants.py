@@ -4,6 +4,7 @@ here is checked in MLX and in PyTorch alike). A plain module, not a test file: i
 SMALL = dict(vocab_size=97, n_layer=2, n_head=4, n_embd=32, seq_len=24)
 VARIANTS = {
     "learned-gelu": {},
+    "learned-gelu-tanh": dict(mlp="gelu_tanh"),
     "sinusoidal-relu-mqa": dict(pos="sinusoidal", mlp="relu", n_kv_head=1),
     "rope-swiglu-gqa": dict(pos="rope", mlp="swiglu", norm="rmsnorm", n_kv_head=2, bias=False,
                             tie_embeddings=False, qk_norm=True),

@@ -1,0 +1,181 @@
+"""Export a nano checkpoint as a Hugging Face model directory that transformers and mlx-lm load with no custom code:
+
+    python -m nano_core.export --ckpt runs/tiny --out exported/tiny [--force]
+    python -c "from transformers import AutoModelForCausalLM as M; M.from_pretrained('exported/tiny')"
+    python -m mlx_lm generate --model exported/tiny --prompt "Once upon a time"
+
+The directory holds config.json, model.safetensors (float32), tokenizer.json (tokenizer.io.export_hf: the same ids
+as nano), tokenizer_config.json (PreTrainedTokenizerFast, eos <|endoftext|>, model_max_length = seq_len) and
+generation_config.json (eos_token_id). The layout (gpt2 / llama / qwen3) follows from the model config; see
+nano_core/hf.py for what maps where and what is refused. Everything is written into a hidden temp directory beside
+OUT and renamed into place, so OUT is the old directory or the whole new one, never a mix. An existing non-empty
+OUT is refused unless --force (which replaces it; a directory holding nano checkpoints is never replaced).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from nano_core.checkpoint import (CKPT_RE, META_FILE, _fsync_dir, _fsync_tree, checkpoint_tokenizer_dir, emit,
+                                  load_checkpoint)
+from nano_core.config import ModelConfig
+from nano_core.hf import CONFIG_FILE, WEIGHTS_FILE, describe, to_hf
+from tokenizer.base import EOT
+from tokenizer.bpe import BPETokenizer
+from tokenizer.files import _umask
+from tokenizer.io import export_hf, load_tokenizer
+
+TOKENIZER_CONFIG, GENERATION_CONFIG = "tokenizer_config.json", "generation_config.json"
+
+
+def check_out(out, force: bool, source=None) -> Path:
+    """Refuse (ValueError, one line) an OUT that exists and is not an empty directory unless `force`; never replace a
+    file, a directory holding nano checkpoints, or one that holds the source checkpoint."""
+    out = Path(out)
+    if out.is_file() or (out.exists() and not out.is_dir()):
+        raise ValueError(f"--out {out} is a file; name a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if any(CKPT_RE.match(p.name) for p in out.iterdir()) or (out / META_FILE).is_file():
+        raise ValueError(f"--out {out} holds nano checkpoints (a run or checkpoint dir); pick another directory")
+    if not force:
+        raise ValueError(f"--out {out} exists and is not empty; add --force to replace it (its contents are deleted)")
+    if source is not None:
+        src, dst = Path(source).resolve(), out.resolve()
+        if src == dst or dst in src.parents:
+            raise ValueError(f"--out {out} holds the checkpoint being exported; pick another directory")
+    return out
+
+
+def tokenizer_files(tok, seq_len: int) -> tuple[dict, int | None]:
+    """(tokenizer_config.json dict, eos id) for a nano tokenizer."""
+    eos = tok.special_tokens.get(EOT)
+    conf = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": seq_len,
+            "clean_up_tokenization_spaces": False, "add_prefix_space": False}
+    if eos is not None:
+        conf.update(eos_token=EOT, bos_token=EOT)  # GPT-2's convention; nothing is prepended (no post-processor)
+    return conf, eos
+
+
+def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False, notices=None, source=None
+                 ) -> tuple[Path, str, list[str]]:
+    """Write the HF directory OUT for (cfg, weights, tok) atomically; returns (OUT, layout, file names).
+    tok may be None or a character tokenizer (the model is written alone, with a notice). ValueError (one line) for
+    a model with no stock form or a refused OUT."""
+    out = check_out(out, force, source)
+    eos = None
+    tok_conf = None
+    if tok is None:
+        emit(notices, "no tokenizer: the directory holds the model only (transformers/mlx-lm need a tokenizer.json "
+                      "beside it)")
+    elif not isinstance(tok, BPETokenizer):
+        emit(notices, f"the tokenizer is a {type(tok).__name__}, which has no HF tokenizer.json form: the directory "
+                      f"holds the model only")
+        tok = None
+    else:
+        if tok.vocab_size > cfg.vocab_size:
+            raise ValueError(f"the tokenizer has {tok.vocab_size:,} ids but the model only {cfg.vocab_size:,} "
+                             f"embedding rows")
+        tok_conf, eos = tokenizer_files(tok, cfg.seq_len)
+        if eos is None:
+            emit(notices, f"the tokenizer has no {EOT}: generation stops only at the length limit")
+    config, tensors, layout_notices = to_hf(cfg, weights, eos_id=eos, bos_id=eos)
+    for n in layout_notices:
+        emit(notices, n)
+    layout = config["model_type"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-{os.getpid()}-", dir=out.parent))
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        files = [CONFIG_FILE, WEIGHTS_FILE]
+        if tok is not None:
+            export_hf(tok, tmp)
+            (tmp / TOKENIZER_CONFIG).write_text(json.dumps(tok_conf, indent=2) + "\n")
+            gen = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+            (tmp / GENERATION_CONFIG).write_text(json.dumps(gen, indent=2) + "\n")
+            files += ["tokenizer.json", TOKENIZER_CONFIG, GENERATION_CONFIG]
+        mask = _umask()  # mkdtemp makes 0700 and safetensors 0600: a normal directory follows the user's umask
+        tmp.chmod(0o777 & ~mask)
+        for f in files:
+            (tmp / f).chmod(0o666 & ~mask)
+        _fsync_tree(tmp)
+        _publish(tmp, check_out(out, force, source))  # checked again: OUT may have changed meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, layout, files
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rename tmp to out; an existing out (empty, or allowed by --force) is moved aside first and deleted after."""
+    old = None
+    if out.exists():
+        if not any(out.iterdir()):
+            out.rmdir()
+        else:
+            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_checkpoint(spec, out, force: bool = False, notices=None) -> str:
+    """Export checkpoint `spec` (a checkpoint dir or a run dir: its newest good checkpoint) to OUT; returns the
+    one-line summary."""
+    check_out(out, force, spec)  # before reading anything
+    weights, _, meta = load_checkpoint(spec, notices=notices)
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    ckpt = Path(meta["path"])
+    try:
+        tok = load_tokenizer(checkpoint_tokenizer_dir(ckpt))
+    except FileNotFoundError as e:
+        emit(notices, str(e))
+        tok = None
+    weights = {k: np.asarray(v) for k, v in weights.items()}
+    out, layout, files = export_model(cfg, weights, tok, out, force, notices, source=ckpt)
+    return (f"exported {ckpt} (step {meta['step']}) as {layout} ({describe(cfg)}, float32) -> {out}: "
+            f"{', '.join(files)}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nano_core.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="a checkpoint dir, or a run dir (its newest good checkpoint)")
+    p.add_argument("--out", required=True, help="the HF model directory to write")
+    p.add_argument("--force", action="store_true", help="replace an existing non-empty --out")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        summary = export_checkpoint(args.ckpt, args.out, args.force,
+                                    notices=lambda m: print(f"notice: {m}", file=sys.stderr))
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: could not write {args.out}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} is unchanged", file=sys.stderr)
+        sys.exit(130)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
