@@ -48,7 +48,7 @@ class ModelConfig:
     n_kv_head: int | None = None      # None -> n_head (MHA); 1 -> MQA; in between -> GQA
     n_embd: int = 256
     seq_len: int = 256                # training context (and the size of learned position tables)
-    mlp: str = "gelu"                 # gelu (exact erf) | gelu_tanh (GPT-2's tanh approximation) | relu | swiglu | relu2
+    mlp: str = "gelu"                 # gelu (exact erf) | gelu_tanh (GPT-2's tanh form) | relu | swiglu | relu2
     mlp_hidden: int | None = None     # None -> 4*d (gelu/gelu_tanh/relu/relu2) or 8/3*d rounded up to 64 (swiglu)
     norm: str = "layernorm"           # layernorm | rmsnorm
     norm_eps: float = 1e-5
