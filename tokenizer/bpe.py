@@ -5,12 +5,22 @@ encode() never parses special-token strings: "<|endoftext|>" inside a text is en
 caller inserts `eot_id` where documents end. Every valid Unicode str round-trips exactly:
 decode(encode(s)) == s. A str holding a lone surrogate (e.g. "\\ud800", which Python allows but Unicode does not)
 cannot be UTF-8 encoded and raises ValueError.
+
+Three optional parts exist for tokenizers imported from HF (tokenizer/hf.py); nano's trainer never sets them, and
+to_dict() writes them only when set, so the definition and hash of every other tokenizer are unchanged:
+  merge_pairs    every (left, right) pair that merges, in priority order, when that is more than `merges` (a tiktoken
+                 conversion such as Llama 3 lists every split of a token); a chunk then merges one pair at a time,
+                 the earliest-listed pair present first, leftmost on ties (HF's order). `merges` defines the ids.
+  ignore_merges  a chunk that is a whole token is that token (HF's ignore_merges, tiktoken's behaviour).
+  normalizer     "NFC" (Qwen), "NFD", "NFKC" or "NFKD": encode() normalizes the text first, so decode(encode(s))
+                 gives the normalized s.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
 import time
+import unicodedata
 
 import numpy as np
 import regex
@@ -27,6 +37,7 @@ _CACHE_MAX = 1 << 20  # chunk -> ids cache entries before the cache is cleared (
 MAX_MERGES = 0x110000 - 256
 # Token ids are stored as uint32 in shards and read as int32 by the loader: a vocabulary of at most 2**31 ids.
 MAX_VOCAB_SIZE = 2**31
+NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")  # unicodedata forms encode() may apply first
 
 
 def check_vocab_size(vocab_size, num_special: int = 1) -> None:
@@ -45,7 +56,8 @@ class BPETokenizer(Tokenizer):
     FORMAT = "nano-bpe"
     VERSION = 1
 
-    def __init__(self, merges, pattern: str = "gpt4", special_tokens=(EOT,)):
+    def __init__(self, merges, pattern: str = "gpt4", special_tokens=(EOT,), *, merge_pairs=None,
+                 ignore_merges: bool = False, normalizer: str | None = None):
         self.pattern = resolve_pattern(pattern)
         self.merges = [tuple(m) for m in merges]
         vocab = [bytes([i]) for i in range(256)]
@@ -63,6 +75,28 @@ class BPETokenizer(Tokenizer):
         self._ranks = {a * self._K + b: 256 + i for i, (a, b) in enumerate(self.merges)}
         self._findall = regex.compile(self.pattern).findall
         self._cache: dict[str, list[int]] = {}
+        self._init_hf_options(merge_pairs, ignore_merges, normalizer, first)
+
+    def _init_hf_options(self, merge_pairs, ignore_merges, normalizer, first: int) -> None:
+        """The optional parts an imported HF tokenizer may need (see the module docstring)."""
+        if normalizer is not None and normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {NORMALIZERS} or None, got {normalizer!r}")
+        self.normalizer = normalizer
+        self.ignore_merges = bool(ignore_merges)
+        self.merge_pairs = None if merge_pairs is None else [tuple(p) for p in merge_pairs]
+        if self.merge_pairs == self.merges:
+            self.merge_pairs = None  # the plain case: one pair per merge, in the merges' order
+        token_id = {self._vocab[i]: i for i in range(first)} if self.ignore_merges or self.merge_pairs else None
+        self._whole = token_id if self.ignore_merges else None
+        self._pair_rank = self._pair_new = None
+        if self.merge_pairs is not None:
+            self._pair_rank, self._pair_new = {}, []
+            for r, (a, b) in enumerate(self.merge_pairs):
+                new = token_id.get(self._vocab[a] + self._vocab[b]) if a < first and b < first else None
+                if new is None or a * self._K + b in self._pair_rank:
+                    raise ValueError(f"merge pair {r} ({a}, {b}) is repeated or does not make a token of the vocab")
+                self._pair_rank[a * self._K + b] = r
+                self._pair_new.append(new)
 
     # ------------------------------------------------------------------------------------------------ training
     @classmethod
@@ -98,6 +132,8 @@ class BPETokenizer(Tokenizer):
     # ------------------------------------------------------------------------------------------------ encoding
     def _bpe(self, b: bytes) -> list[int]:
         """Merge the bytes of one chunk: always apply the earliest-learned merge present (as training did)."""
+        if self._pair_rank is not None:
+            return self._bpe_pairs(b)
         ids = list(b)
         ranks, K = self._ranks, self._K
         big = 1 << 62
@@ -119,9 +155,23 @@ class BPETokenizer(Tokenizer):
             ids = out
         return ids
 
+    def _bpe_pairs(self, b: bytes) -> list[int]:
+        """merge_pairs: merge one pair at a time, the earliest-listed pair first, leftmost on ties (HF's order)."""
+        ids = list(b)
+        rank, new, K = self._pair_rank, self._pair_new, self._K
+        none = len(new)
+        while len(ids) >= 2:
+            r, i = min((rank.get(ids[j] * K + ids[j + 1], none), j) for j in range(len(ids) - 1))
+            if r == none:
+                break
+            ids[i:i + 2] = [new[r]]
+        return ids
+
     def encode(self, text: str) -> list[int]:
         out: list[int] = []
         cache = self._cache
+        if self.normalizer is not None:
+            text = unicodedata.normalize(self.normalizer, text)
         for chunk in self._findall(text):
             ids = cache.get(chunk)  # repeated words (most of any text) cost one dict lookup
             if ids is None:
@@ -130,7 +180,8 @@ class BPETokenizer(Tokenizer):
                 except UnicodeEncodeError:
                     raise ValueError("text contains a lone surrogate (e.g. '\\ud800'), which is not valid Unicode "
                                      "and cannot be encoded; clean it with s.encode('utf-8', 'replace').decode()")
-                ids = self._bpe(b)
+                whole = self._whole.get(b) if self._whole is not None else None
+                ids = [whole] if whole is not None else self._bpe(b)
                 if len(cache) >= _CACHE_MAX:
                     cache.clear()
                 cache[chunk] = ids
@@ -171,14 +222,22 @@ class BPETokenizer(Tokenizer):
 
     # ------------------------------------------------------------------------------------------------ io
     def to_dict(self) -> dict:
-        return {"format": self.FORMAT, "version": self.VERSION, "pattern": self.pattern, "pattern_name": pattern_name(
+        d = {"format": self.FORMAT, "version": self.VERSION, "pattern": self.pattern, "pattern_name": pattern_name(
             self.pattern), "merges": [list(m) for m in self.merges], "special_tokens": self.special_tokens}
+        return {**d, **self._hf_options()}
+
+    def _hf_options(self) -> dict:
+        """The optional parts that are set (none for a tokenizer nano trained)."""
+        opts = {"merge_pairs": None if self.merge_pairs is None else [list(p) for p in self.merge_pairs],
+                "ignore_merges": self.ignore_merges or None, "normalizer": self.normalizer}
+        return {k: v for k, v in opts.items() if v is not None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BPETokenizer":
         cls.check_format(d)
         specials = sorted(d["special_tokens"].items(), key=lambda kv: kv[1])
-        tok = cls(d["merges"], d["pattern"], [s for s, _ in specials])
+        tok = cls(d["merges"], d["pattern"], [s for s, _ in specials], merge_pairs=d.get("merge_pairs"),
+                  ignore_merges=d.get("ignore_merges", False), normalizer=d.get("normalizer"))
         if tok.special_tokens != d["special_tokens"]:
             raise ValueError("special token ids in the file do not follow the merges; the file is corrupt")
         return tok
@@ -197,7 +256,8 @@ class BPETokenizer(Tokenizer):
         return self.to_dict()
 
     def __setstate__(self, d):
-        self.__init__(d["merges"], d["pattern"], list(d["special_tokens"]))
+        self.__init__(d["merges"], d["pattern"], list(d["special_tokens"]), merge_pairs=d.get("merge_pairs"),
+                      ignore_merges=d.get("ignore_merges", False), normalizer=d.get("normalizer"))
 
 
 def require_tiktoken():

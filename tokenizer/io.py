@@ -5,7 +5,9 @@ Our format, DIR/tokenizer.json:
    "merges": [[left, right], ...]  (merge i makes id 256 + i), "special_tokens": {"<|endoftext|>": id, ...}}
   or {"format": "nano-char", "version": 1, "chars": [...], "special_tokens": {...}} for CharTokenizer.
 HF export: Split(regex, Isolated) -> ByteLevel(use_regex=false) -> BPE (vocab in GPT-2's printable byte alphabet,
-  merges in order) -> ByteLevel decoder; special tokens as added tokens. Same ids as ours.
+  merges in order) -> ByteLevel decoder; special tokens as added tokens. Same ids as ours. An imported tokenizer's
+  merge_pairs, ignore_merges and normalizer (see tokenizer.bpe) are written as HF's merges, ignore_merges and
+  normalizer. tokenizer.hf.load_hf_tokenizer reads such files (and GPT-2's, Llama 3's, Qwen's) back.
 tiktoken export, DIR/: tokenizer.tiktoken (`base64(token bytes) id` per line, ids 0..256+merges-1) and
   tiktoken.json ({"pattern": ..., "special_tokens": {...}}); `load_tiktoken(DIR)` rebuilds the Encoding offline.
 """
@@ -67,17 +69,18 @@ def to_hf_dict(tok: BPETokenizer) -> dict:
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
               "special": True} for s, i in tok.special_tokens.items()]
     return {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": None if tok.normalizer is None else {"type": tok.normalizer},
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": {n: i for i, n in enumerate(name)},
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": tok.ignore_merges, "vocab": {n: i for i, n in enumerate(name)},
                   # "left right" strings: ByteLevel names never contain a space (it maps to "Ġ")
-                  "merges": [f"{name[a]} {name[b]}" for a, b in tok.merges]},
+                  "merges": [f"{name[a]} {name[b]}" for a, b in (tok.merge_pairs or tok.merges)]},
     }
 
 
