@@ -37,6 +37,10 @@ class TrainConfig:
                               "on CPU)", choices=list(PRESETS), metavar="PRESET", exclusive="model")
     config: str | None = flag(None, "model", "model config JSON (ModelConfig fields)", metavar="FILE",
                               exclusive="model")
+    init_from: str | None = flag(None, "model", "start from trained weights: a nano checkpoint or run dir, or a "
+                                 "Hugging Face gpt2/llama/qwen3 directory (config.json + safetensors); a fresh "
+                                 "optimizer and schedule, the model's own config and tokenizer", metavar="DIR",
+                                 exclusive="model")
     seq_len: int | None = flag(None, "model", "context length (default: the preset's)", type=int)
     grad_checkpoint: bool = flag(False, "model", "recompute each block in backward (less memory)",
                                  action="store_true")

@@ -28,6 +28,7 @@ import numpy as np
 
 from nano_core.config import ModelConfig
 from nano_core.init import sinusoidal_table
+from tokenizer.hf import load_hf_tokenizer
 
 LAYOUTS = ("gpt2", "llama", "qwen3")
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -458,8 +459,9 @@ def load_pretrained(directory, tokenizer: bool = True):
         raise ValueError(f"{directory}: {e}") from None
     tok = None
     if tokenizer and (directory / "tokenizer.json").is_file():
-        from tokenizer.hf import load_hf_tokenizer
-        tok, order = load_hf_tokenizer(directory)  # its one-line ValueError names the file
+        # Added tokens that are not marked special (Qwen's <think>, <tool_call>, ...) become nano special tokens:
+        # plain text never produces them in nano, which is what fine-tuning on plain text needs.
+        tok, order = load_hf_tokenizer(directory, added_as_special=True)  # a one-line ValueError names the file
         rows = permutation(order, cfg.vocab_size)
         if not np.array_equal(rows, np.arange(cfg.vocab_size)):
             for name in ("wte.weight", "lm_head.weight"):

@@ -135,6 +135,8 @@ class Trainer:
         self.logger = MetricsLogger(run.run_dir)
         if run.resume_path is not None:
             weights, opt_state, meta = load_checkpoint(run.resume_path, notices=log)
+        elif run.init is not None:  # --init-from: trained weights, a fresh optimizer
+            weights, opt_state, meta = run.init.weights, None, None
         else:
             weights, opt_state, meta = init_weights(cfg, config.seed), None, None
         self.model = backend.build_model(cfg, weights, grad_checkpoint=config.grad_checkpoint)

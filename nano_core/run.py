@@ -14,13 +14,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_core.checkpoint import code_version, list_checkpoints, read_meta, resolve_checkpoint
+from nano_core.checkpoint import (checkpoint_tokenizer_dir, code_version, list_checkpoints, load_checkpoint,
+                                  read_meta, resolve_checkpoint)
 from nano_core.cli import DEFAULT_MAX_STEPS, DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.data import default_data_dir, load_manifest
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
+from nano_core.hf import load_pretrained
 from nano_core.prepare import prepare
 from nano_core.schedule import check_schedule
+from tokenizer import load_tokenizer
 from tokenizer.bpe import check_vocab_size
 from tokenizer.sources import hub_reachable
 
@@ -32,7 +35,8 @@ BUILTIN_NOTICE = ("notice: the FineWeb-Edu hub is not reachable, so training on 
                   "--source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --source ../shared/data/gutenberg")
 # On --resume every setting comes from the checkpoint unless typed again, except these, which belong to the
 # session or the machine (and --device values differ between backends, so a checkpoint can change backend).
-NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time", "overwrite")
+NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time", "overwrite",
+               "init_from")  # a resumed run continues from its checkpoint, never from its starting weights again
 # What a run writes into its directory (and --overwrite deletes): never anything else the user keeps there.
 RUN_FILES = ("metrics.jsonl", "samples.txt", "loss_curve.png")
 LOCK_FILE = ".lock"
@@ -47,6 +51,7 @@ class Run:
     grad_accum: int
     resume_path: Path | None = None
     lock: "RunLock | None" = field(default=None, repr=False)
+    init: "InitFrom | None" = field(default=None, repr=False)  # --init-from: the starting weights
 
     @property
     def tokens_per_step(self) -> int:
@@ -83,7 +88,7 @@ def device_kind(device: str) -> str:
 def resolve_defaults(config: TrainConfig, device: str) -> None:
     """Fill the defaults that depend on the device (preset, step budget), in place."""
     kind = device_kind(device)
-    if config.preset is None and config.config is None:
+    if config.preset is None and config.config is None and config.init_from is None:
         config.preset = DEFAULT_PRESET[kind]
     if config.max_steps is None:
         config.max_steps = int(os.environ.get(MAX_STEPS_ENV, DEFAULT_MAX_STEPS[kind]))
@@ -144,8 +149,51 @@ def _usable_cache(out: Path) -> bool:
         s.get("split") == "train" and s.get("tokens", 0) > 0 for s in manifest.get("shards", []))
 
 
-def resolve_data(config: TrainConfig, log=print) -> Path:
-    """A shard directory to train on: --data as given, or --source prepared once into a cache directory."""
+@dataclass
+class InitFrom:
+    """Starting weights for a fresh run (--init-from): the model's config, its weights, its tokenizer."""
+    source: str
+    model_config: ModelConfig
+    weights: dict
+    tokenizer: object
+    describe: str
+
+
+def load_init_from(spec: str, log=print) -> InitFrom:
+    """A nano checkpoint (or run dir: its newest good checkpoint), or a Hugging Face gpt2/llama/qwen3 directory."""
+    path = Path(spec)
+    if (path / "config.json").is_file() and not list_checkpoints(path):
+        cfg, weights, tok, notes = load_pretrained(path)
+        for note in notes:
+            log(f"notice: {note}")
+        if tok is None:
+            raise ValueError(f"--init-from {path} has no tokenizer.json: nano needs the model's tokenizer to encode "
+                             f"the data; copy the tokenizer files of that model into {path}")
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        return InitFrom(str(path), cfg, weights, tok, f"Hugging Face {model_type} model {path}")
+    ckpt = resolve_checkpoint(spec, notices=log)
+    weights, _, meta = load_checkpoint(ckpt)
+    return InitFrom(str(ckpt), ModelConfig.from_dict(meta["model_config"]), weights,
+                    load_tokenizer(checkpoint_tokenizer_dir(ckpt)), f"nano checkpoint {ckpt} (step {meta['step']})")
+
+
+def fit_context(init: InitFrom, seq_len: int | None) -> ModelConfig:
+    """The starting model's config with --seq-len applied: shorter is fine (a learned position table is cut),
+    longer only where no position table limits it."""
+    cfg = init.model_config
+    if seq_len is None or seq_len == cfg.seq_len:
+        return cfg
+    if cfg.pos == "learned" and seq_len > cfg.seq_len:
+        raise ValueError(f"--seq-len {seq_len} is longer than the learned position table of --init-from "
+                         f"({cfg.seq_len}); use at most {cfg.seq_len}")
+    if cfg.pos == "learned":
+        init.weights = {**init.weights, "wpe.weight": init.weights["wpe.weight"][:seq_len]}
+    return ModelConfig.from_dict({**cfg.to_dict(), "seq_len": seq_len})
+
+
+def resolve_data(config: TrainConfig, log=print, tokenizer=None) -> Path:
+    """A shard directory to train on: --data as given, or --source prepared once into a cache directory (with
+    `tokenizer` when the model brings its own, else a new one of --vocab-size)."""
     if config.data is not None:
         data = Path(config.data)
         if not (data / "manifest.json").is_file():
@@ -158,12 +206,16 @@ def resolve_data(config: TrainConfig, log=print) -> Path:
         if specs == ["builtin"]:
             log(BUILTIN_NOTICE)
     max_docs = HUB_MAX_DOCS if specs == ["fineweb-edu"] else None
-    out = _source_cache_dir(specs, config.vocab_size)
+    key = config.vocab_size if tokenizer is None else f"tok-{tokenizer.hash[:12]}"
+    out = _source_cache_dir(specs, key)
     if _usable_cache(out):
         log(f"data: cached shards {out}")
         return out
-    log(f"data: preparing {' + '.join(specs)} (vocab {config.vocab_size}) into {out}")
-    prepare(sources=specs, out_dir=out, vocab_size=config.vocab_size, progress=True, max_docs=max_docs)
+    what = f"vocab {config.vocab_size}" if tokenizer is None else f"the starting model's tokenizer, vocab " \
+                                                                  f"{tokenizer.vocab_size}"
+    log(f"data: preparing {' + '.join(specs)} ({what}) into {out}")
+    prepare(sources=specs, out_dir=out, vocab_size=None if tokenizer else config.vocab_size, tokenizer=tokenizer,
+            progress=True, max_docs=max_docs)
     return out
 
 
@@ -269,23 +321,37 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
     resume_path, resume_meta = resume
     resolve_defaults(config, device)
     check_config(config)
-    run_dir = Path(config.out) if config.out else default_run_dir(backend, config.preset)
+    name = config.preset or ("init" if config.init_from else None)
+    run_dir = Path(config.out) if config.out else default_run_dir(backend, name)
     config.out = str(run_dir)
     check_run_dir(run_dir)
     lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
     try:
         claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
-        data_dir = resolve_data(config, log)
+        init = load_init_from(config.init_from, log) if config.init_from and resume_meta is None else None
+        data_dir = resolve_data(config, log, tokenizer=init.tokenizer if init else None)
         manifest = load_manifest(data_dir)
         if resume_meta is not None:
             cfg = ModelConfig.from_dict(resume_meta["model_config"])
             check_resume_data(resume_meta, cfg, manifest, data_dir)
+        elif init is not None:
+            cfg = fit_context(init, config.seq_len)
+            check_init_data(init, manifest, data_dir)
+            log(f"init: weights from {init.describe}; a fresh optimizer and schedule")
         else:
             cfg = resolve_model_config(config, int(manifest["vocab_size"]))
-        return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock)
+        return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock, init)
     except BaseException:
         lock.release()
         raise
+
+
+def check_init_data(init: InitFrom, manifest: dict, data_dir: Path) -> None:
+    """Starting weights train only on data encoded by their own tokenizer."""
+    if manifest.get("tokenizer_hash") != init.tokenizer.hash:
+        raise ValueError(f"{data_dir} was encoded with another tokenizer than --init-from {init.source}; give "
+                         f"--source (it is encoded with the model's tokenizer) or shards made with "
+                         f"`python -m nano_core.prepare --tokenizer` and that model's tokenizer")
 
 
 def check_resume_data(meta: dict, cfg: ModelConfig, manifest: dict, data_dir: Path) -> None:
@@ -313,5 +379,6 @@ def run_meta(run: Run, backend, step: int, loader_state: dict, metrics: dict) ->
         "metrics": metrics,
         "data_dir": str(Path(run.data_dir).resolve()), "tokenizer_hash": manifest.get("tokenizer_hash"),
         "tokenizer_dir": str((Path(run.data_dir) / "tokenizer").resolve()),
+        "init_from": run.init.source if run.init else run.config.init_from,
         "code_version": code_version(),
     }
