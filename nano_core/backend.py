@@ -17,6 +17,14 @@ The contract, in words:
   (dropout) is a pure function of (seed, step): the step reseeds the framework's generator from
   `step_seed(seed, step)`, so a resumed run draws what the uninterrupted run drew, whichever backend wrote the
   checkpoint, and no RNG state has to be saved.
+- Loss masks (instruction data): the step takes an optional float32 (rows, T) `mask`, 1 where a target counts. The
+  step's loss is then the mean over the counted targets of the whole step: each micro-batch contributes
+  sum(nats * mask) / (the mask sum of the step) (nano_core.lora.mask_weights), so accumulation gives what one big
+  batch gives. Without a mask the step is exactly the unmasked one (the same numbers, bit for bit).
+- LoRA (nano_core/lora.py): `build_model(..., lora=LoraConfig)` attaches low-rank adapters beside the Linear weights
+  they adapt (`h.{i}.attn.wq.lora_a` (r, in), `...lora_b` (out, r)) and freezes the base: it holds no gradients and
+  gets no optimizer state. "Trainable parameters" then means the adapters everywhere below (num_params, the
+  optimizer, optimizer_state); model_weights stays the base, adapter_weights gives the adapters.
 - `inference(model)` is a context for evaluation and sampling: eval mode, no gradients, the training compute dtype.
 - A backend is a plain class (no base class to inherit): `Backend(device=..., dtype=..., attn_impl=..., compile=...)`
   resolves "auto" for each of them and raises ValueError with a one-line message for a choice that cannot run.
@@ -31,6 +39,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from nano_core.config import ModelConfig
+from nano_core.lora import LoraConfig
 
 Weights = dict[str, np.ndarray]
 
@@ -70,31 +79,47 @@ class Backend(Protocol):
         """Wait for queued device work (timing); a no-op where the framework is synchronous."""
 
     # -- model ------------------------------------------------------------------------------------------------
-    def build_model(self, cfg: ModelConfig, weights: Weights, grad_checkpoint: bool = False) -> Any:
-        """The model for `cfg` on the device, in training mode, holding `weights` (canonical names, fp32)."""
+    def build_model(self, cfg: ModelConfig, weights: Weights, grad_checkpoint: bool = False,
+                    lora: LoraConfig | None = None, adapters: Weights | None = None, seed: int = 0) -> Any:
+        """The model for `cfg` on the device, in training mode, holding `weights` (canonical names, fp32). With
+        `lora` (checked against cfg, one-line ValueError): LoRA adapters on the targeted Linears, holding `adapters`
+        (canonical adapter names) or, when None, nano_core.lora.init_adapters(cfg, lora, seed) (B = 0: the model
+        starts as the base model); the base weights are frozen (no gradients, no optimizer state). `model.lora` is
+        the LoraConfig (None without LoRA)."""
 
     def model_weights(self, model) -> Weights:
-        """A float32 numpy copy of every parameter, under the canonical names."""
+        """A float32 numpy copy of every base parameter, under the canonical names (never the adapters)."""
+
+    def adapter_weights(self, model) -> Weights:
+        """A float32 numpy copy of the LoRA adapters, under their canonical names ({} without LoRA)."""
 
     def num_params(self, model) -> int:
-        """Number of trainable parameters."""
+        """Number of trainable parameters (the adapters only under LoRA)."""
+
+    def num_total_params(self, model) -> int:
+        """Number of all parameters: the base (tied head counted once) plus the adapters."""
 
     # -- optimizer --------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> Any:
-        """AdamW: bias-corrected, decoupled weight decay on parameters with ndim >= 2 only, fp32 moments."""
+        """AdamW over the trainable parameters only: bias-corrected, decoupled weight decay on parameters with
+        ndim >= 2 only (LoRA's A and B included), fp32 moments."""
 
     def optimizer_state(self, optimizer, model) -> Weights:
-        """`{name}.exp_avg`, `{name}.exp_avg_sq` (float32) per parameter and `step` (0-d int64)."""
+        """`{name}.exp_avg`, `{name}.exp_avg_sq` (float32) per trainable parameter (exactly the adapters under
+        LoRA) and `step` (0-d int64)."""
 
     def load_optimizer_state(self, optimizer, model, state: Weights) -> None:
         """The inverse of optimizer_state; ValueError (one line) when the state does not fit the model."""
 
     # -- training ---------------------------------------------------------------------------------------------
     def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float,
-                        seed: int) -> Callable[[np.ndarray, float, int], Any]:
-        """step(batch, lr, step) -> mean loss (unsynchronised framework scalar). `batch` is (grad_accum * B, T+1)
-        int32, split into grad_accum micro-batches of B rows; `lr` is this step's learning rate; `step` is the
-        0-based index of this optimizer step (it seeds dropout, see step_seed). grad_clip 0 means no clipping."""
+                        seed: int) -> Callable[..., Any]:
+        """step(batch, lr, step, mask=None) -> mean loss (unsynchronised framework scalar). `batch` is
+        (grad_accum * B, T+1) int32, split into grad_accum micro-batches of B rows; `lr` is this step's learning
+        rate; `step` is the 0-based index of this optimizer step (it seeds dropout, see step_seed); `mask`, when
+        given, is float32 (grad_accum * B, T) with 1 where the target batch[:, 1:] counts: the loss is then the mean
+        over the counted targets of the whole step (one-line ValueError for a wrong shape). grad_clip 0 means no
+        clipping."""
 
     def loss_value(self, loss) -> float:
         """The Python float of a loss returned by the train step (synchronises)."""

@@ -5,11 +5,14 @@ Precision: MLX has no autocast. bf16 casts the fp32 master weights to bf16 insid
 flow back to the fp32 masters and AdamW updates those; evaluation and sampling run on a bf16 copy (inference()).
 The whole train step (forward, backward, accumulation, clipping, AdamW) is one mx.compile'd function with
 [model.state, optimizer.state, mx.random.state] as inputs and outputs, evaluated with one mx.eval per step; the
-learning rate goes in through optimizer.state (no retrace).
+learning rate goes in through optimizer.state (no retrace). A step with a loss mask is a second compiled function
+(its own input signature), so the unmasked step is the same graph it always was. Under LoRA the frozen base is cast
+to the compute dtype once per step, the adapters (the only trainable parameters) inside the loss as above.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import glob
 import sys
@@ -18,11 +21,12 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
 from nano_core.host import mapped_libraries
+from nano_core.lora import LoraConfig, init_adapters, mask_weights
 from nano_core.metrics import probe_peak_flops
 from nano_mlx.model import GPT
 from nano_mlx.optim import (build_optimizer, clip_grad_norm, load_optimizer_state_numpy, optimizer_state_numpy,
@@ -147,9 +151,14 @@ class Backend:
         mx.synchronize()
 
     # -- model ----------------------------------------------------------------------------------------------------
-    def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False):
-        model = GPT(cfg, attn_impl=self.attn_impl)
+    def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False, lora: LoraConfig | None = None,
+                    adapters=None, seed: int = 0):
+        if adapters is not None and lora is None:
+            raise ValueError("adapters were given without a LoRA config; pass lora= too")
+        model = GPT(cfg, attn_impl=self.attn_impl, lora=lora)
         model.load_numpy(weights)
+        if lora is not None:
+            model.load_adapters(init_adapters(cfg, lora, seed) if adapters is None else adapters)
         model.grad_checkpoint = grad_checkpoint
         model.train()
         return model
@@ -157,8 +166,14 @@ class Backend:
     def model_weights(self, model) -> dict[str, np.ndarray]:
         return model.to_numpy()
 
+    def adapter_weights(self, model) -> dict[str, np.ndarray]:
+        return model.to_numpy(adapters=True)
+
     def num_params(self, model) -> int:
-        return model.cfg.num_params()
+        return sum(p.size for _, p in tree_flatten(model.trainable_parameters()))
+
+    def num_total_params(self, model) -> int:
+        return sum(p.size for _, p in tree_flatten(model.parameters()))
 
     # -- optimizer ------------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
@@ -174,33 +189,44 @@ class Backend:
     def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float, seed: int):
         cast = COMPUTE_DTYPES[self.dtype]
 
-        def loss_fn(params, x, y):
+        def loss_fn(params, x, y, w=None):
             # The model runs on (a bf16 copy of) `params`, so the gradient is taken w.r.t. the fp32 masters.
             model.update(params if cast == mx.float32 else tree_map(lambda p: p.astype(cast), params))
-            return model.loss(x, y) / grad_accum
+            # masked: sum(nats * mask) / (the whole step's mask sum), so the micro-batches add up to the step's mean
+            return model.loss(x, y) / grad_accum if w is None else model.loss(x, y, w)
 
         grad_fn = mx.value_and_grad(loss_fn)
 
-        def update(batch):
+        def update(batch, weights=None):
             params = model.trainable_parameters()
+            masters = model.parameters() if model.lora is not None else params
+            if model.lora is not None and cast != mx.float32:  # the frozen base runs in the compute dtype too
+                model.update(tree_map(lambda p: p.astype(cast), masters))
             total, grads = 0.0, None
             for i in range(grad_accum):  # unrolled: grad_accum is fixed for the run, so the graph shape is too
-                loss, g = grad_fn(params, batch[i, :, :-1], batch[i, :, 1:])
+                xy = (batch[i, :, :-1], batch[i, :, 1:])
+                loss, g = grad_fn(params, *xy) if weights is None else grad_fn(params, *xy, weights[i])
                 total = total + loss
                 grads = g if grads is None else tree_map(mx.add, grads, g)
-            model.update(params)  # the fp32 masters back in place of the bf16 copies
+            model.update(masters)  # the fp32 masters back in place of the bf16 copies
             grads, norm = clip_grad_norm(grads, grad_clip if grad_clip > 0 else math.inf)  # 0: no clipping
             optimizer.update(model, grads)
             return total + 0.0 * norm  # NaN/inf when the gradients are: the loop sees it in the loss
 
-        if self.compile:
+        masked_update = update
+        if self.compile:  # one compiled function per input signature: with and without a loss mask
             state = [model.state, optimizer.state, mx.random.state]
-            update = mx.compile(update, inputs=state, outputs=state)
+            masked_update = mx.compile(update, inputs=state, outputs=state)
+            update = mx.compile(functools.partial(update, weights=None), inputs=state, outputs=state)
 
-        def step(batch: np.ndarray, lr: float, index: int):
+        def step(batch: np.ndarray, lr: float, index: int, mask: np.ndarray | None = None):
             mx.random.seed(step_seed(seed, index))  # dropout masks are a function of (seed, step)
             set_lr(optimizer, lr)
-            loss = update(mx.array(batch).reshape(grad_accum, -1, batch.shape[1]))
+            x = mx.array(batch).reshape(grad_accum, -1, batch.shape[1])
+            if mask is None:
+                loss = update(x)
+            else:
+                loss = masked_update(x, mx.array(mask_weights(mask, batch)).reshape(grad_accum, -1, x.shape[2] - 1))
             mx.eval(loss, model.state, optimizer.state)  # the one evaluation per step
             return loss
 

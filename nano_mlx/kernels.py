@@ -162,10 +162,12 @@ def flash_available() -> bool:
 
 
 # ----------------------------------------------------------------------------- loss
-def cross_entropy(logits, targets):
+def cross_entropy(logits, targets, weights=None):
     """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction:
-    mean(logsumexp(logits) - logits[target]). mx.compile fuses the upcast into the reduction, so unlike the torch
+    mean(logsumexp(logits) - logits[target]); with (N,) float `weights` the weighted sum sum(nats * weights) (a
+    masked mean for weights = mask / mask.sum()). mx.compile fuses the upcast into the reduction, so unlike the torch
     side no hand-written backward is needed."""
     logits = logits.astype(mx.float32)
     picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    return mx.mean(mx.logsumexp(logits, axis=-1) - picked)
+    nats = mx.logsumexp(logits, axis=-1) - picked
+    return mx.mean(nats) if weights is None else mx.sum(nats * weights.astype(mx.float32))

@@ -55,7 +55,8 @@ def clip_grad_norm(grads, max_norm: float):
 
 
 def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
-    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) and 'step' (0-d int64)."""
+    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) of every trainable parameter and
+    'step' (0-d int64)."""
     out: dict[str, np.ndarray] = {}
     flat = dict(tree_flatten(opt.state))
     for name, _ in tree_flatten(model.trainable_parameters()):

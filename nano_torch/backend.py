@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
 from nano_core.host import peak_rss, preloaded_openblas, reset_peak_rss
+from nano_core.lora import LoraConfig, init_adapters, mask_weights
 from nano_core.metrics import probe_peak_flops
 from nano_torch.kernels import linear
 from nano_torch.model import GPT
@@ -151,17 +152,28 @@ class Backend:
         SYNC[self.device]()
 
     # -- model ----------------------------------------------------------------------------------------------------
-    def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False):
-        model = GPT(cfg, attn_impl=self.attn_impl)
+    def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False, lora: LoraConfig | None = None,
+                    adapters=None, seed: int = 0):
+        if adapters is not None and lora is None:
+            raise ValueError("adapters were given without a LoRA config; pass lora= too")
+        model = GPT(cfg, attn_impl=self.attn_impl, lora=lora)
         model.load_numpy(weights)
+        if lora is not None:
+            model.load_adapters(init_adapters(cfg, lora, seed) if adapters is None else adapters)
         model.grad_checkpoint = grad_checkpoint
         return model.to(self.torch_device).train()
 
     def model_weights(self, model) -> dict[str, np.ndarray]:
         return model.to_numpy()
 
+    def adapter_weights(self, model) -> dict[str, np.ndarray]:
+        return model.to_numpy(adapters=True)
+
     def num_params(self, model) -> int:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def num_total_params(self, model) -> int:
+        return sum(p.numel() for p in model.parameters())
 
     # -- optimizer ------------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
@@ -179,14 +191,17 @@ class Backend:
         ctx = autocast(self.device, self.dtype)
         scaler = torch.amp.GradScaler(self.device) if self.dtype == "fp16" else None
 
-        def step(batch: np.ndarray, lr: float, index: int):
+        def step(batch: np.ndarray, lr: float, index: int, mask: np.ndarray | None = None):
             torch.manual_seed(step_seed(seed, index))  # dropout masks are a function of (seed, step)
             set_lr(optimizer, lr)
             t = torch.from_numpy(batch).to(self.torch_device, non_blocking=True).long()
+            w = None if mask is None else \
+                torch.from_numpy(mask_weights(mask, batch)).to(self.torch_device).view(grad_accum, -1, t.shape[1] - 1)
             total = 0.0
-            for micro in t.view(grad_accum, -1, t.shape[1]):
-                with ctx:
-                    loss = loss_fn(micro[:, :-1], micro[:, 1:]) / grad_accum
+            for i, micro in enumerate(t.view(grad_accum, -1, t.shape[1])):
+                with ctx:  # masked: each micro-batch adds sum(nats * mask) / (the whole step's mask sum)
+                    loss = loss_fn(micro[:, :-1], micro[:, 1:]) / grad_accum if w is None else \
+                        loss_fn(micro[:, :-1], micro[:, 1:], w[i])
                 (scaler.scale(loss) if scaler else loss).backward()
                 total = total + loss.detach()
             if scaler:

@@ -185,27 +185,28 @@ class _CrossEntropy(torch.autograd.Function):
     loss measurably -- not the same math.)"""
 
     @staticmethod
-    def forward(ctx, logits, targets):
+    def forward(ctx, logits, targets, weights):
         rows = max(1, (1 << 20) // logits.shape[-1])  # ~4 MB of fp32 per block
         picked = torch.cat([torch.log_softmax(blk, dim=-1, dtype=torch.float32).gather(1, t[:, None]).squeeze(1)
                             for blk, t in zip(logits.split(rows), targets.split(rows))])
-        ctx.save_for_backward(logits, targets)
+        ctx.save_for_backward(logits, targets, weights)
         ctx.rows = rows
-        return -picked.mean()
+        return -picked.mean() if weights is None else -(picked * weights).sum()
 
     @staticmethod
     def backward(ctx, grad):
-        logits, targets = ctx.saved_tensors
+        logits, targets, weights = ctx.saved_tensors
         n, rows = logits.shape[0], ctx.rows
         out = torch.empty_like(logits)
         scale = grad / n
         for s in range(0, n, rows):
             p = torch.softmax(logits[s:s + rows], dim=-1, dtype=torch.float32)  # a new fp32 block
             p[torch.arange(p.shape[0], device=p.device), targets[s:s + rows]] -= 1.0
-            out[s:s + rows] = p.mul_(scale)
-        return out, None
+            out[s:s + rows] = p.mul_(scale if weights is None else grad * weights[s:s + rows, None])
+        return out, None, None
 
 
-def cross_entropy(logits, targets):
-    """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction."""
-    return _CrossEntropy.apply(logits, targets.long())
+def cross_entropy(logits, targets, weights=None):
+    """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction; with
+    (N,) float `weights` the weighted sum sum(nats * weights) (a masked mean for weights = mask / mask.sum())."""
+    return _CrossEntropy.apply(logits, targets.long(), None if weights is None else weights.float())

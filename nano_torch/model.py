@@ -1,6 +1,7 @@
 """The nano GPT (and Elman RNN baseline) in PyTorch. nano_mlx/model.py mirrors this file name for name.
 
-Every option of nano_core.config.ModelConfig is implemented here. Weights come from the shared numpy initializer
+Every option of nano_core.config.ModelConfig is implemented here, and LoRA adapters on the Linear layers
+(nano_core/lora.py: GPT(cfg, lora=LoraConfig) freezes the base). Weights come from the shared numpy initializer
 (nano_core.init), never from PyTorch's default inits, so both backends start from the same bits.
 MPS is designed in: no float64, no 0-d CPU tensors mixed with device tensors, tables made fp32 on the model device.
 """
@@ -18,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights as numpy_init
 from nano_core.init import rope_attention_scale, rope_tables, sinusoidal_table
+from nano_core.lora import LoraConfig, is_adapter_name, layer_targets
 from nano_torch.kernels import (causal_mask, cross_entropy, eager_attention, eager_causal, flash_available,
                                 flash_causal, gelu, gelu_tanh, linear, sdpa_attention, sdpa_causal)
 
@@ -29,13 +31,25 @@ def _param(*shape: int) -> nn.Parameter:
 
 
 class Linear(nn.Module):
-    def __init__(self, inp: int, out: int, bias: bool):
+    """x W^T + b, plus with a LoRA adapter scale * (dropout(x) A^T) B^T (nano_core/lora.py): A (r, in) and B (out, r)
+    stay two small GEMMs, the (out, in) update is never formed."""
+
+    def __init__(self, inp: int, out: int, bias: bool, lora: LoraConfig | None = None):
         super().__init__()
         self.weight = _param(out, inp)  # (out, in), as in the canonical spec
         self.bias = _param(out) if bias else None
+        self.lora_a = _param(lora.rank, inp) if lora else None
+        self.lora_b = _param(out, lora.rank) if lora else None
+        self.lora_scale = lora.scale if lora else 0.0
+        self.lora_dropout = nn.Dropout(lora.dropout) if lora else None
 
     def forward(self, x):
-        return linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
+        return y if self.lora_a is None else y + self.adapter(x)
+
+    def adapter(self, x):
+        """The LoRA term scale * (dropout(x) A^T) B^T (the scale applied to the rank-r activations)."""
+        return linear(linear(self.lora_dropout(x), self.lora_a) * self.lora_scale, self.lora_b)
 
 
 class Embedding(nn.Module):
@@ -154,16 +168,18 @@ class KVCache:
 
 # ----------------------------------------------------------------------------- transformer
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str):
+    def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str, lora: LoraConfig | None = None,
+                 targets: frozenset[str] = frozenset()):
         super().__init__()
         d, hd = cfg.n_embd, cfg.head_dim
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, hd
-        self.wq = Linear(d, cfg.n_head * hd, cfg.bias)
-        self.wk = Linear(d, cfg.kv_heads * hd, cfg.bias)
-        self.wv = Linear(d, cfg.kv_heads * hd, cfg.bias)
+        self.wq = Linear(d, cfg.n_head * hd, cfg.bias, lora if "wq" in targets else None)
+        self.wk = Linear(d, cfg.kv_heads * hd, cfg.bias, lora if "wk" in targets else None)
+        self.wv = Linear(d, cfg.kv_heads * hd, cfg.bias, lora if "wv" in targets else None)
         self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
-        self.wo = Linear(cfg.n_head * hd, d, cfg.bias)
+        self.wo = Linear(cfg.n_head * hd, d, cfg.bias, lora if "wo" in targets else None)
+        self.qkv_adapted = bool(targets & {"wq", "wk", "wv"})
         self.window = window
         self.scale = rope_attention_scale(cfg) / math.sqrt(hd)
         self.dropout_attn = cfg.dropout_attn
@@ -181,6 +197,9 @@ class Attention(nn.Module):
         w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])
         b = None if self.wq.bias is None else torch.cat([self.wq.bias, self.wk.bias, self.wv.bias])
         q, k, v = linear(x, w, b).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
+        if self.qkv_adapted:  # LoRA: each adapted projection adds its own low-rank term to its slice
+            q, k, v = (t if m.lora_a is None else t + m.adapter(x)
+                       for t, m in zip((q, k, v), (self.wq, self.wk, self.wv)))
         q = q.view(B, T, H, hd).transpose(1, 2)
         k = k.view(B, T, Hkv, hd).transpose(1, 2)
         v = v.view(B, T, Hkv, hd).transpose(1, 2)
@@ -209,11 +228,12 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, lora: LoraConfig | None = None, targets: frozenset[str] = frozenset()):
         super().__init__()
-        self.fc = Linear(cfg.n_embd, cfg.hidden, cfg.bias)
-        self.gate = Linear(cfg.n_embd, cfg.hidden, cfg.bias) if cfg.mlp == "swiglu" else None
-        self.proj = Linear(cfg.hidden, cfg.n_embd, cfg.bias)
+        self.fc = Linear(cfg.n_embd, cfg.hidden, cfg.bias, lora if "fc" in targets else None)
+        self.gate = Linear(cfg.n_embd, cfg.hidden, cfg.bias, lora if "gate" in targets else None) \
+            if cfg.mlp == "swiglu" else None
+        self.proj = Linear(cfg.hidden, cfg.n_embd, cfg.bias, lora if "proj" in targets else None)
         self.act = ACTIVATIONS[cfg.mlp]
         self.drop_resid = nn.Dropout(cfg.dropout_resid)
 
@@ -224,12 +244,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str):
+    def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str, lora: LoraConfig | None = None,
+                 targets: frozenset[str] = frozenset()):
         super().__init__()
         self.ln_1 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
-        self.attn = Attention(cfg, window, attn_impl)
+        self.attn = Attention(cfg, window, attn_impl, lora, targets)
         self.ln_2 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, lora, targets)
 
     def forward(self, x, rope=None, cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), rope, cache, layer)
@@ -260,15 +281,17 @@ class ElmanLayer(nn.Module):
 
 # ----------------------------------------------------------------------------- the model
 class GPT(nn.Module):
-    def __init__(self, cfg: ModelConfig, attn_impl: str = "sdpa"):
+    def __init__(self, cfg: ModelConfig, attn_impl: str = "sdpa", lora: LoraConfig | None = None):
         super().__init__()
         cfg.validate()
+        if lora is not None:
+            lora.check(cfg)
         if attn_impl not in ATTENTION:
             raise ValueError(f"attn_impl={attn_impl!r} is not one of {', '.join(ATTENTION)}")
         if attn_impl == "flash" and not flash_available():
             raise ValueError("attn_impl='flash' needs the flash_attn package (PyTorch on CUDA: pip install "
                              "flash-attn); use attn_impl='sdpa'")
-        self.cfg, self.attn_impl = cfg, attn_impl
+        self.cfg, self.attn_impl, self.lora = cfg, attn_impl, lora
         self.grad_checkpoint = False
         d = cfg.n_embd
         self.wte = Embedding(cfg.vocab_size, d)
@@ -277,10 +300,14 @@ class GPT(nn.Module):
         if cfg.arch == "rnn":
             self.rnn = nn.ModuleList([ElmanLayer(cfg) for _ in range(cfg.n_layer)])
         else:
-            self.h = nn.ModuleList([Block(cfg, w, attn_impl) for w in cfg.layer_windows()])
+            self.h = nn.ModuleList([Block(cfg, w, attn_impl, lora, layer_targets(cfg, lora, i))
+                                    for i, w in enumerate(cfg.layer_windows())])
         self.ln_f = NORMS[cfg.norm](d, cfg.norm_eps, cfg.bias)
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, bias=False)
         self._build_tables(cfg.seq_len, torch.device("cpu"))
+        if lora is not None:  # LoRA: the base is frozen, only the adapters train
+            for name, p in self.named_parameters():
+                p.requires_grad_(is_adapter_name(name))
 
     def _build_tables(self, length: int, device):
         """Position tables from the shared numpy code (bit-identical to MLX), fp32, on the model's device."""
@@ -299,10 +326,19 @@ class GPT(nn.Module):
         return self
 
     def load_numpy(self, weights: dict[str, np.ndarray]):
-        params = dict(self.named_parameters())
+        """The base weights (canonical names; adapters go in with load_adapters)."""
+        return self._load(weights, adapters=False)
+
+    def load_adapters(self, adapters: dict[str, np.ndarray]):
+        """The LoRA adapters (`....lora_a` / `....lora_b`, nano_core/lora.py)."""
+        return self._load(adapters, adapters=True)
+
+    def _load(self, weights: dict[str, np.ndarray], adapters: bool):
+        params = {n: p for n, p in self.named_parameters() if is_adapter_name(n) == adapters}
         missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
         if missing or unexpected:
-            raise ValueError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            what = "adapters" if adapters else "weights"
+            raise ValueError(f"{what} do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         with torch.no_grad():
             for name, p in params.items():
                 w = np.asarray(weights[name])
@@ -311,8 +347,10 @@ class GPT(nn.Module):
                 p.copy_(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
         return self
 
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        return {n: p.detach().float().cpu().numpy().copy() for n, p in self.named_parameters()}
+    def to_numpy(self, adapters: bool = False) -> dict[str, np.ndarray]:
+        """The base weights (adapters=False) or the LoRA adapters (adapters=True), float32 copies."""
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in self.named_parameters()
+                if is_adapter_name(n) == adapters}
 
     # -- forward ------------------------------------------------------------------
     def make_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -363,10 +401,11 @@ class GPT(nn.Module):
             logits = c * torch.tanh(logits.float() / c)
         return logits
 
-    def loss(self, idx, targets):
-        """Mean cross-entropy over all B*T tokens, reduced in fp32."""
+    def loss(self, idx, targets, weights=None):
+        """Mean cross-entropy over all B*T tokens, reduced in fp32; with `weights` (B, T) the weighted sum
+        sum(nats * weights) instead (a masked mean when the weights are mask / mask.sum())."""
         logits = self.head(self.features(idx))
-        return cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return cross_entropy(logits.flatten(0, 1), targets.flatten(), None if weights is None else weights.flatten())
 
 
 def _checkpointed(block, x, rope):

@@ -36,11 +36,17 @@ def clip_grad_norm_(model, max_norm: float):
     return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
 
 
+def trainable(model) -> list:
+    """(canonical name, parameter) of the parameters the optimizer updates (the adapters only under LoRA)."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
 def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
-    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) and 'step' (0-d int64)."""
+    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) of every trainable parameter and
+    'step' (0-d int64)."""
     out: dict[str, np.ndarray] = {}
     step = 0
-    for name, p in model.named_parameters():
+    for name, p in trainable(model):
         st = opt.state.get(p)
         if not st:  # torch creates the state at the first step; before it, the moments are zeros (as in MLX)
             out[f"{name}.exp_avg"] = out[f"{name}.exp_avg_sq"] = np.zeros(tuple(p.shape), dtype=np.float32)
@@ -55,9 +61,9 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
     """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model
     (nano_core.backend.check_optimizer_state)."""
-    step = check_optimizer_state(state, {name: tuple(p.shape) for name, p in model.named_parameters()})
+    step = check_optimizer_state(state, {name: tuple(p.shape) for name, p in trainable(model)})
     fused = any(g.get("fused") for g in opt.param_groups)
-    for name, p in model.named_parameters():
+    for name, p in trainable(model):
         if f"{name}.exp_avg" not in state:
             continue  # step 0: the fresh state stays
         opt.state[p] = {

@@ -76,6 +76,25 @@ def test_train_step_returns_the_mean_loss_of_its_micro_batches_before_the_update
     assert all(not np.array_equal(before[k], after[k]) for k in before)  # every parameter was updated
 
 
+def test_a_model_without_lora_has_no_adapters_and_a_loss_mask_is_a_masked_mean(backend, shared_data):
+    model, opt = fresh(backend)
+    cfg = model.cfg
+    assert model.lora is None and backend.adapter_weights(model) == {}
+    assert backend.num_total_params(model) == backend.num_params(model) == cfg.num_params()
+    batch = real_batch(shared_data, rows=4)
+    with backend.inference(model):
+        nats = backend.token_losses(model, batch)
+    mask = np.zeros((4, 32), np.float32)
+    mask[:, 20:] = 1.0
+    mask[3, 5:] = 1.0  # the two micro-batches count different numbers of targets
+    step = backend.make_train_step(model, opt, grad_accum=2, grad_clip=1.0, seed=0)
+    loss = backend.loss_value(step(batch, 1e-2, 0, mask=mask))
+    assert loss == pytest.approx(float((nats * mask).sum() / mask.sum()), rel=1e-5)  # the whole step's masked mean
+    with pytest.raises(ValueError, match="loss mask has shape") as err:
+        step(batch, 1e-2, 1, mask=mask[:2])
+    assert "\n" not in str(err.value)
+
+
 def test_optimizer_state_round_trip_continues_the_run_exactly(backend, shared_data):
     batches = [real_batch(shared_data, offset=i * 2000) for i in range(3)]
     model, opt = fresh(backend)
