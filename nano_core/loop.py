@@ -74,6 +74,18 @@ def summary_line(step: int, last: dict, val_bar: float, run_dir) -> str:
             f"peak memory {last.get('peak_memory_gb', nan):.2f} GB; checkpoint in {run_dir}")
 
 
+ASSUMED_MFU = 0.25  # for the start-up estimate only; the progress bar's ETA is measured
+
+
+def expected_time(steps: int, tokens_per_step: int, flops_per_token: float, peak: float) -> str:
+    """A start-up estimate of the training time from the measured matmul peak at a typical utilisation (the
+    evaluations, samples and checkpoints come on top)."""
+    seconds = steps * tokens_per_step * flops_per_token / max(peak * ASSUMED_MFU, 1.0)
+    when = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return (f"expect about {when} for {steps:,} steps (an estimate at {ASSUMED_MFU:.0%} of the measured matmul peak; "
+            f"the progress bar's ETA is measured)")
+
+
 class StopFlag:
     """SIGINT (Ctrl-C) and SIGTERM (kill, a job scheduler, a container stop) set a flag that the loop checks between
     steps: it then checkpoints and exits cleanly. A second signal interrupts at once (the previous handlers are
@@ -231,6 +243,7 @@ def train(backend, run: Run, log=print) -> Path:
     log(startup_line(backend, run.model_config, backend.num_params(t.model), t.loader.tokens, entropy, val_bar,
                      t.peak, t.peak_source, run.grad_accum, config.batch_size))
     log(f"run dir: {run.run_dir}")
+    log(expected_time(config.max_steps - t.step, run.tokens_per_step, t.flops_per_token, t.peak))
 
     stop = StopFlag()
     bar = tqdm(total=config.max_steps, initial=t.step, desc=f"train {backend.name}", unit="step", dynamic_ncols=True,

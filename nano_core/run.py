@@ -29,6 +29,7 @@ from tokenizer.sources import hub_reachable
 
 # Tests (and impatient people) can shrink the no-argument run without touching the flags' documented defaults.
 MAX_STEPS_ENV = "NANO_DEFAULT_MAX_STEPS"
+DEFAULT_EPOCHS = 3  # the default step budget never goes past this many passes over the training data
 HUB_MAX_DOCS = 20_000  # the no-argument FineWeb-Edu download: ~20k documents (~20M tokens), enough for a first run
 BUILTIN_NOTICE = ("notice: the FineWeb-Edu hub is not reachable, so training on the small builtin text; point it at "
                   "real data with --source (text files, dirs, .jsonl, .parquet), e.g. "
@@ -86,12 +87,23 @@ def device_kind(device: str) -> str:
 
 
 def resolve_defaults(config: TrainConfig, device: str) -> None:
-    """Fill the defaults that depend on the device (preset, step budget), in place."""
-    kind = device_kind(device)
+    """Fill the defaults that depend on the device (the preset), in place; the step budget also depends on the
+    data and is set by default_max_steps once the data is known."""
     if config.preset is None and config.config is None and config.init_from is None:
-        config.preset = DEFAULT_PRESET[kind]
-    if config.max_steps is None:
-        config.max_steps = int(os.environ.get(MAX_STEPS_ENV, DEFAULT_MAX_STEPS[kind]))
+        config.preset = DEFAULT_PRESET[device_kind(device)]
+
+
+def default_max_steps(config: TrainConfig, device: str, train_tokens: int, tokens_per_step: int, log=print) -> None:
+    """--max-steps when not given: the device's budget, but no more than DEFAULT_EPOCHS passes over a small corpus
+    (more would only memorise it)."""
+    if config.max_steps is not None:
+        return
+    budget = int(os.environ.get(MAX_STEPS_ENV, DEFAULT_MAX_STEPS[device_kind(device)]))
+    epochs_cap = max(1, DEFAULT_EPOCHS * train_tokens // tokens_per_step)
+    config.max_steps = min(budget, epochs_cap)
+    if config.max_steps < budget:
+        log(f"notice: {config.max_steps} steps by default ({DEFAULT_EPOCHS} passes over {train_tokens:,} training "
+            f"tokens); set --max-steps to train longer")
 
 
 def check_config(config: TrainConfig) -> None:
@@ -340,7 +352,10 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
             log(f"init: weights from {init.describe}; a fresh optimizer and schedule")
         else:
             cfg = resolve_model_config(config, int(manifest["vocab_size"]))
-        return Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock, init)
+        run = Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock, init)
+        train_tokens = sum(s["tokens"] for s in manifest.get("shards", []) if s.get("split") == "train")
+        default_max_steps(config, device, train_tokens, run.tokens_per_step, log)
+        return run
     except BaseException:
         lock.release()
         raise

@@ -70,10 +70,21 @@ def test_device_dependent_defaults(monkeypatch):
     monkeypatch.delenv(run.MAX_STEPS_ENV, raising=False)
     args, _ = cli.parse_train_args("torch", [])
     run.resolve_defaults(args, "cpu")
+    run.default_max_steps(args, "cpu", train_tokens=10_000_000, tokens_per_step=2048)
     assert (args.preset, args.max_steps) == ("tiny", 300)
     args, _ = cli.parse_train_args("mlx", [])
     run.resolve_defaults(args, "gpu")
-    assert args.preset == "small"
+    run.default_max_steps(args, "gpu", train_tokens=10_000_000, tokens_per_step=2048)
+    assert (args.preset, args.max_steps) == ("small", 2000)
+
+
+def test_the_default_step_budget_never_passes_a_small_corpus_more_than_a_few_times(capsys):
+    args, _ = cli.parse_train_args("torch", [])
+    run.default_max_steps(args, "cpu", train_tokens=76_000, tokens_per_step=2048, log=print)
+    assert args.max_steps == run.DEFAULT_EPOCHS * 76_000 // 2048 and "passes over 76,000" in capsys.readouterr().out
+    typed, _ = cli.parse_train_args("torch", ["--max-steps", "500"])
+    run.default_max_steps(typed, "cpu", train_tokens=76_000, tokens_per_step=2048)
+    assert typed.max_steps == 500  # what the user typed is never capped
 
 
 def test_attn_impl_auto_picks_eager_for_bf16_on_cpu_and_sdpa_otherwise():

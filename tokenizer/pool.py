@@ -20,6 +20,9 @@ import threading
 
 def _init_worker(initializer, initargs):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A forked worker inherits the parent's Python handlers; the pool ends its workers with SIGTERM, which must
+    # simply end them (the training CLI's own SIGTERM handler would raise inside a worker that is exiting).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if initializer is not None:
         initializer(*initargs)
 
