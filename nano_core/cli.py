@@ -52,7 +52,21 @@ class TrainConfig:
     source: list[str] | None = flag(None, "data", "text sources to prepare shards from (cached); repeatable. "
                                     "Default: FineWeb-Edu from the hub when reachable, else the builtin text",
                                     nargs="+", action="extend", metavar="SPEC", exclusive="data")
+    instruct_data: str | None = flag(None, "data", 'instruction data: a jsonl of {"prompt", "completion"} or '
+                                     '{"messages": [...]} rows (nano_core/instruct.py), loss on the answers only; '
+                                     "needs --init-from", metavar="JSONL", exclusive="data")
+    skip_bad_rows: bool = flag(False, "data", "--instruct-data: skip bad rows (counted in one notice) instead of "
+                               "stopping at the first", action="store_true")
     vocab_size: int = flag(8192, "data", "tokenizer vocabulary when preparing --source data", type=int)
+    # -- fine-tuning (with --init-from; nano_core/lora.py)
+    lora_rank: int | None = flag(None, "fine-tuning", "train rank-R LoRA adapters on a frozen base instead of every "
+                                 "weight (a full fine-tune without it)", type=int, metavar="R")
+    lora_alpha: float = flag(16.0, "fine-tuning", "LoRA scale = alpha / rank", type=float)
+    lora_dropout: float = flag(0.0, "fine-tuning", "dropout on the adapters' input", type=float)
+    lora_targets: str = flag("wq,wk,wv,wo,fc,gate,proj", "fine-tuning", "the Linears that get adapters: attention "
+                             "wq wk wv wo, MLP fc gate proj (comma-separated)")
+    lora_layers: int | None = flag(None, "fine-tuning", "adapters in the last N blocks only (default: all)", type=int,
+                                   metavar="N")
     # -- run
     out: str | None = flag(None, "run", "run directory (default: runs/BACKEND-PRESET-TIME)", metavar="RUN_DIR")
     max_steps: int | None = flag(None, "run", f"optimizer steps; the schedule spans them (default: "

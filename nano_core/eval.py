@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nano_core.checkpoint import checkpoint_tokenizer_dir, load_checkpoint, resolve_checkpoint
+from nano_core.checkpoint import resolve_checkpoint
 from nano_core.cli import DEVICES, _HelpFormatter
-from nano_core.config import ModelConfig
 from nano_core.data import read_shard
-from tokenizer import load_tokenizer
+from nano_core.generate import load_model
 from tokenizer.files import atomic_write
 from tokenizer.sources import open_sources, read_text
 
@@ -348,9 +347,8 @@ def main(backend_class, argv=None) -> dict:
                              f"{args.batch_size}")
         backend = backend_class(device=args.device, dtype=args.dtype)
         path = resolve_checkpoint(args.ckpt, notices=print)
-        weights, _, meta = load_checkpoint(path)
-        model = backend.build_model(ModelConfig.from_dict(meta["model_config"]), weights)
-        scorer = Scorer(backend, model, load_tokenizer(checkpoint_tokenizer_dir(path)), args.batch_size)
+        model, tok, meta = load_model(backend, path)  # a LoRA checkpoint: its base with the adapters on top
+        scorer = Scorer(backend, model, tok, args.batch_size)
         t0 = time.perf_counter()
         results = run_tasks(scorer, settings, meta.get("data_dir"))
     except (ValueError, FileNotFoundError) as e:

@@ -8,9 +8,10 @@ float64 accumulation, float32 out. OUT becomes a run dir holding one checkpoint 
 (no optimizer state: it is a model to use, or to start a new run from with --init-from), with the tokenizer copied.
 OUT must be new or empty.
 
-The LoRA checkpoint layout read here (read_lora_checkpoint) is: a nano checkpoint whose meta.json has "lora" (a
-LoraConfig.to_dict()) and whose model.safetensors holds the base weights and the adapters side by side under their
-canonical names (`h.{i}.attn.wq.lora_a`, ...). Only read_lora_checkpoint knows that layout.
+A LoRA checkpoint (what `--lora-rank` runs write) is a nano checkpoint whose model.safetensors holds the adapters
+alone (`h.{i}.attn.wq.lora_a`, ...: megabytes, not a copy of the model) and whose meta.json has "lora" (a
+LoraConfig.to_dict()) and "base" ({"source": the --init-from it started from, "hash": of those weights}); the
+base is loaded from its source again and checked against the hash (nano_core.run.load_lora_base).
 """
 from __future__ import annotations
 
@@ -20,16 +21,16 @@ from pathlib import Path
 
 from nano_core.checkpoint import checkpoint_tokenizer_dir, load_checkpoint, save_checkpoint
 from nano_core.export import check_out
-from nano_core.lora import LoraConfig, fuse_checkpoint, is_adapter_name
+from nano_core.lora import LoraConfig, fuse_checkpoint
+from nano_core.pretrained import load_lora_base
 
 
 def read_lora_checkpoint(path) -> tuple[dict, dict, LoraConfig, dict]:
     """(base weights, adapters, LoraConfig, meta) of a LoRA checkpoint; ValueError (one line) for one without LoRA."""
-    weights, _, meta = load_checkpoint(path)
+    adapters, _, meta = load_checkpoint(path)
     if not meta.get("lora"):
         raise ValueError(f"{meta['path']} is not a LoRA checkpoint (its meta.json has no 'lora'); nothing to fuse")
-    base = {k: v for k, v in weights.items() if not is_adapter_name(k)}
-    adapters = {k: v for k, v in weights.items() if is_adapter_name(k)}
+    base = load_lora_base(meta["base"], meta["model_config"]["seq_len"])
     return base, adapters, LoraConfig.from_dict(meta["lora"]), meta
 
 
@@ -38,7 +39,7 @@ def fuse_to(ckpt, out) -> Path:
     base, adapters, lora, meta = read_lora_checkpoint(ckpt)
     fused = fuse_checkpoint(base, adapters, lora, meta["model_config"])
     out = check_out(out, force=False, source=meta["path"])
-    new_meta = {k: v for k, v in meta.items() if k not in ("lora", "path", "optimizer")}
+    new_meta = {k: v for k, v in meta.items() if k not in ("lora", "base", "path", "optimizer")}
     new_meta["fused_from"] = {"checkpoint": meta["path"], "lora": lora.to_dict()}
     try:
         tok = checkpoint_tokenizer_dir(meta["path"])

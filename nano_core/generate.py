@@ -18,6 +18,8 @@ import numpy as np
 from nano_core.checkpoint import checkpoint_tokenizer_dir, load_checkpoint, resolve_checkpoint
 from nano_core.cli import build_generate_parser
 from nano_core.config import ModelConfig
+from nano_core.lora import LoraConfig
+from nano_core.pretrained import load_lora_base
 from nano_core.sampling import check_sampling, sample_next
 from tokenizer import load_tokenizer
 
@@ -48,11 +50,17 @@ def generate(backend, model, prompt_ids, max_new_tokens: int, temperature: float
     return out
 
 
-def load_model(backend, ckpt):
-    """(model, tokenizer, meta) from a checkpoint dir (or a run dir: its latest checkpoint)."""
+def load_model(backend, ckpt, log=print):
+    """(model, tokenizer, meta) from a checkpoint dir (or a run dir: its newest good checkpoint). A LoRA checkpoint
+    holds adapters only: its base model is loaded from where the run started and the adapters go on top."""
     path = resolve_checkpoint(ckpt)
     weights, _, meta = load_checkpoint(path)
-    model = backend.build_model(ModelConfig.from_dict(meta["model_config"]), weights)
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    if meta.get("lora"):
+        base = load_lora_base(meta["base"], cfg.seq_len, log)
+        model = backend.build_model(cfg, base, lora=LoraConfig.from_dict(meta["lora"]), adapters=weights)
+    else:
+        model = backend.build_model(cfg, weights)
     return model, load_tokenizer(checkpoint_tokenizer_dir(path)), meta
 
 
@@ -62,7 +70,7 @@ def main(backend_class, argv=None):
     try:
         check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
         backend = backend_class(device=args.device, dtype="fp32")
-        model, tok, meta = load_model(backend, args.ckpt)
+        model, tok, meta = load_model(backend, args.ckpt, log=lambda m: print(m, file=sys.stderr))
         ids = generate(backend, model, tok.encode(args.prompt), args.max_new_tokens, args.temperature, args.top_k,
                        args.top_p, args.seed, stop_id=tok.eot_id)
     except (ValueError, FileNotFoundError) as e:

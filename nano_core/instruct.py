@@ -170,7 +170,7 @@ def encode_row(row: dict, tok, seq_len: int | None = None) -> tuple[np.ndarray, 
         mask.extend([trained] * len(piece))
     if seq_len is not None and len(ids) > seq_len + 1:
         raise BadRow("too long", f"row is {len(ids):,} tokens, longer than the context (seq_len + 1 = "
-                     f"{seq_len + 1:,} tokens); shorten it, raise --seq-len, or pass skip_bad_rows")
+                     f"{seq_len + 1:,} tokens); shorten it, raise --seq-len, or pass --skip-bad-rows")
     return np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=bool)
 
 

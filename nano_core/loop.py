@@ -29,24 +29,34 @@ from nano_core.data import ShardLoader, unigram_entropy
 from nano_core.generate import generate
 from nano_core.host import keep_freed_memory
 from nano_core.init import init_weights
+from nano_core.instruct import InstructLoader
 from nano_core.metrics import (MetricsLogger, format_count, format_flops, init_wandb, mfu, plot_loss_curve,
                                recheck_peak, unigram_val_loss, val_metrics)
 from nano_core.eval import Scorer, run_tasks, summary_metrics
 from nano_core.run import Run, eval_settings, prepare_run, resolve_resume, run_meta
 from nano_core.schedule import lr_at
+from tokenizer import load_tokenizer
 
 
 # ----------------------------------------------------------------------------- evaluation and samples
-def evaluate(backend, model, data_dir, batch_size: int, seq_len: int, steps: int, token_bytes) -> dict:
-    """val loss / perplexity / bits per byte on the first `steps` val batches, in file order (the same every time)."""
-    loader = ShardLoader(data_dir, batch_size, seq_len, split="val", shuffle=False)
+def evaluate(backend, model, data_dir, batch_size: int, seq_len: int, steps: int, token_bytes, loader=None) -> dict:
+    """val loss / perplexity / bits per byte on the first `steps` val batches, in file order (the same every time).
+    `loader`: a val loader of another kind (instruction data: its batches carry a mask, and only the targets it
+    counts are scored); default the val shard of `data_dir`."""
+    loader = loader or ShardLoader(data_dir, batch_size, seq_len, split="val", shuffle=False)
     nats, targets = [], []
     with backend.inference(model):
         for _ in range(min(steps, max(1, loader.batches_per_epoch))):
-            batch = loader.next_batch()
-            nats.append(backend.token_losses(model, batch))
-            targets.append(batch[:, 1:])
+            batch, mask = split_batch(loader.next_batch())
+            counted = np.ones(batch[:, 1:].shape, bool) if mask is None else mask > 0
+            nats.append(backend.token_losses(model, batch)[counted])
+            targets.append(batch[:, 1:][counted])
     return val_metrics(nats, targets, token_bytes)
+
+
+def split_batch(batch) -> tuple[np.ndarray, np.ndarray | None]:
+    """(ids, mask): shard loaders give ids alone, instruction loaders (ids, loss mask)."""
+    return batch if isinstance(batch, tuple) else (batch, None)
 
 
 def sample_text(backend, model, tok, prompt: str, max_new_tokens: int, seed: int) -> str:
@@ -71,7 +81,10 @@ def summary_line(step: int, last: dict, val_bar: float, run_dir) -> str:
     return (f"done at step {step}: train loss {last.get('train_loss', nan):.4f}, "
             f"val loss {last.get('val_loss', nan):.4f} (unigram on val {val_bar:.4f}), "
             f"bpb {last.get('val_bpb', nan):.4f}, {last.get('tok_per_s', 0):,.0f} tok/s, MFU {last.get('mfu', 0):.1%}, "
-            f"peak memory {last.get('peak_memory_gb', nan):.2f} GB; checkpoint in {run_dir}")
+            f"peak memory {last.get('peak_memory_gb', nan):.2f} GB"
+            + (f", trained {format_count(last['trainable_params'])} of {format_count(last['total_params'])} params"
+               if last.get("trainable_params", 0) < last.get("total_params", 0) else "")
+            + f"; checkpoint in {run_dir}")
 
 
 ASSUMED_MFU = 0.25  # for the start-up estimate only; the progress bar's ETA is measured
@@ -138,10 +151,9 @@ class Trainer:
             if notice:
                 log(notice)
         self.step, self.last = 0, {}
-        self.loader = ShardLoader(run.data_dir, config.batch_size * run.grad_accum, cfg.seq_len, split="train",
-                                  seed=config.seed)
+        self.loader = self.make_loader(config.batch_size * run.grad_accum, "train")
         # The val split is opened now, so a split too short for one window is an error before any training.
-        ShardLoader(run.data_dir, config.batch_size, cfg.seq_len, split="val", shuffle=False)
+        self.make_loader(config.batch_size, "val")
         self.tok = self.loader.tokenizer
         self.token_bytes = self.tok.token_byte_lengths()
         self.logger = MetricsLogger(run.run_dir)
@@ -151,7 +163,12 @@ class Trainer:
             weights, opt_state, meta = run.init.weights, None, None
         else:
             weights, opt_state, meta = init_weights(cfg, config.seed), None, None
-        self.model = backend.build_model(cfg, weights, grad_checkpoint=config.grad_checkpoint)
+        if run.lora is not None:  # the base is frozen; a LoRA checkpoint holds the adapters alone
+            adapters = weights if meta is not None else None
+            self.model = backend.build_model(cfg, run.base, grad_checkpoint=config.grad_checkpoint, lora=run.lora,
+                                             adapters=adapters, seed=config.seed)
+        else:
+            self.model = backend.build_model(cfg, weights, grad_checkpoint=config.grad_checkpoint)
         self.optimizer = backend.build_optimizer(self.model, config.lr, (config.beta1, config.beta2), config.eps,
                                                  config.weight_decay)
         if meta is not None:
@@ -165,6 +182,15 @@ class Trainer:
         self.peak, self.peak_source = backend.measure_peak_flops()
         self.remeasure_peak = lambda: backend.measure_peak_flops()[0]  # used at most once: recheck_peak
         self.t_log = time.time()
+
+    def make_loader(self, batch_size: int, split: str):
+        """Batches of the run's data: shards, or instruction rows (whose batches carry a loss mask)."""
+        run, seed = self.run, self.run.config.seed
+        if run.instruct_rows is not None:
+            return InstructLoader(run.instruct_rows, load_tokenizer(run.data_dir / "tokenizer"), batch_size,
+                                  run.model_config.seq_len, split=split, seed=seed)
+        return ShardLoader(run.data_dir, batch_size, run.model_config.seq_len, split=split, seed=seed,
+                           shuffle=split == "train")
 
     def _resume(self, opt_state: dict, meta: dict) -> None:
         self.backend.load_optimizer_state(self.optimizer, self.model, opt_state)
@@ -194,7 +220,8 @@ class Trainer:
         """Checkpoint the current step, unless a weight or moment is not finite (then raise: the checkpoints on
         disk stay the last good ones, and retention never deletes them for a bad one)."""
         run = self.run
-        weights = self.backend.model_weights(self.model)
+        weights = (self.backend.adapter_weights(self.model) if self.run.lora is not None
+                   else self.backend.model_weights(self.model))
         state = self.backend.optimizer_state(self.optimizer, self.model)
         bad = [name for name, a in {**weights, **state}.items() if not np.isfinite(a).all()]
         if bad:
@@ -219,8 +246,9 @@ class Trainer:
     def evaluate_and_sample(self, do_eval: bool, do_sample: bool, val_bar: float) -> None:
         config, step = self.run.config, self.step
         if do_eval:
+            val = self.make_loader(config.batch_size, "val") if self.run.instruct_rows is not None else None
             self.last.update(evaluate(self.backend, self.model, self.run.data_dir, config.batch_size,
-                                      self.run.model_config.seq_len, config.eval_steps, self.token_bytes))
+                                      self.run.model_config.seq_len, config.eval_steps, self.token_bytes, val))
             self.logger.log({"step": step, **{k: self.last.get(k) for k in
                                               ("val_loss", "val_ppl", "val_bpb", "lr", "tok_per_s", "mfu")}})
             tqdm.write(f"step {step}: val loss {self.last['val_loss']:.4f} | ppl {self.last['val_ppl']:.1f} | "
@@ -238,8 +266,9 @@ def train(backend, run: Run, log=print) -> Path:
     """Train `run` on `backend` to run.config.max_steps (or --max-time, or a signal); returns the run dir."""
     t = Trainer(backend, run, log)
     config = run.config
-    entropy = unigram_entropy(run.data_dir, max_tokens=50_000_000)
-    val_bar = unigram_val_loss(run.data_dir)
+    shards = run.instruct_rows is None  # the unigram bars are figures of token shards
+    entropy = unigram_entropy(run.data_dir, max_tokens=50_000_000) if shards else float("nan")
+    val_bar = unigram_val_loss(run.data_dir) if shards else float("nan")
     log(startup_line(backend, run.model_config, backend.num_params(t.model), t.loader.tokens, entropy, val_bar,
                      t.peak, t.peak_source, run.grad_accum, config.batch_size))
     log(f"run dir: {run.run_dir}")
@@ -253,7 +282,8 @@ def train(backend, run: Run, log=print) -> Path:
     try:
         while t.step < config.max_steps:
             lr = lr_at(t.step, config)
-            unread.append((t.step + 1, lr, t.train_step(t.loader.next_batch(), lr, t.step)))
+            batch, mask = split_batch(t.loader.next_batch())
+            unread.append((t.step + 1, lr, t.train_step(batch, lr, t.step, mask=mask)))
             t.step += 1
             tokens_since_log += run.tokens_per_step
             bar.update(1)
@@ -283,6 +313,7 @@ def train(backend, run: Run, log=print) -> Path:
         bar.close()
         stop.restore()
     t.last["peak_memory_gb"] = backend.peak_memory()[0] / 2**30
+    t.last["trainable_params"], t.last["total_params"] = backend.num_params(t.model), backend.num_total_params(t.model)
     if stop.requested:
         log(f"interrupted ({stop.requested}): saved {t.save()}; continue with --resume latest --out {run.run_dir}")
     else:

@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_core.checkpoint import (checkpoint_tokenizer_dir, code_version, list_checkpoints, load_checkpoint,
-                                  read_meta, resolve_checkpoint)
+from nano_core.checkpoint import checkpoint_tokenizer_dir, code_version, list_checkpoints, read_meta, resolve_checkpoint
 from nano_core.cli import DEFAULT_MAX_STEPS, DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.data import default_data_dir, load_manifest
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
-from nano_core.hf import load_pretrained
+from nano_core.instruct import encode_rows
+from nano_core.lora import LoraConfig
+from nano_core.pretrained import InitFrom, fit_context, load_init_from, load_lora_base, weights_hash
 from nano_core.prepare import prepare
 from nano_core.schedule import check_schedule
 from tokenizer import load_tokenizer
@@ -53,6 +54,10 @@ class Run:
     resume_path: Path | None = None
     lock: "RunLock | None" = field(default=None, repr=False)
     init: "InitFrom | None" = field(default=None, repr=False)  # --init-from: the starting weights
+    lora: LoraConfig | None = None                            # --lora-rank: adapters on a frozen base ...
+    base: dict | None = field(default=None, repr=False)       # ... which is this (weights, canonical names)
+    base_info: dict | None = None                             # {"source", "hash"} of that base, for meta.json
+    instruct_rows: list | None = field(default=None, repr=False)  # --instruct-data, encoded (ids, mask) rows
 
     @property
     def tokens_per_step(self) -> int:
@@ -159,48 +164,6 @@ def _usable_cache(out: Path) -> bool:
     manifest = json.loads((out / "manifest.json").read_text())
     return bool(manifest.get("complete", True)) and any(
         s.get("split") == "train" and s.get("tokens", 0) > 0 for s in manifest.get("shards", []))
-
-
-@dataclass
-class InitFrom:
-    """Starting weights for a fresh run (--init-from): the model's config, its weights, its tokenizer."""
-    source: str
-    model_config: ModelConfig
-    weights: dict
-    tokenizer: object
-    describe: str
-
-
-def load_init_from(spec: str, log=print) -> InitFrom:
-    """A nano checkpoint (or run dir: its newest good checkpoint), or a Hugging Face gpt2/llama/qwen3 directory."""
-    path = Path(spec)
-    if (path / "config.json").is_file() and not list_checkpoints(path):
-        cfg, weights, tok, notes = load_pretrained(path)
-        for note in notes:
-            log(f"notice: {note}")
-        if tok is None:
-            raise ValueError(f"--init-from {path} has no tokenizer.json: nano needs the model's tokenizer to encode "
-                             f"the data; copy the tokenizer files of that model into {path}")
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        return InitFrom(str(path), cfg, weights, tok, f"Hugging Face {model_type} model {path}")
-    ckpt = resolve_checkpoint(spec, notices=log)
-    weights, _, meta = load_checkpoint(ckpt)
-    return InitFrom(str(ckpt), ModelConfig.from_dict(meta["model_config"]), weights,
-                    load_tokenizer(checkpoint_tokenizer_dir(ckpt)), f"nano checkpoint {ckpt} (step {meta['step']})")
-
-
-def fit_context(init: InitFrom, seq_len: int | None) -> ModelConfig:
-    """The starting model's config with --seq-len applied: shorter is fine (a learned position table is cut),
-    longer only where no position table limits it."""
-    cfg = init.model_config
-    if seq_len is None or seq_len == cfg.seq_len:
-        return cfg
-    if cfg.pos == "learned" and seq_len > cfg.seq_len:
-        raise ValueError(f"--seq-len {seq_len} is longer than the learned position table of --init-from "
-                         f"({cfg.seq_len}); use at most {cfg.seq_len}")
-    if cfg.pos == "learned":
-        init.weights = {**init.weights, "wpe.weight": init.weights["wpe.weight"][:seq_len]}
-    return ModelConfig.from_dict({**cfg.to_dict(), "seq_len": seq_len})
 
 
 def resolve_data(config: TrainConfig, log=print, tokenizer=None) -> Path:
@@ -341,24 +304,62 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
     try:
         claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
         init = load_init_from(config.init_from, log) if config.init_from and resume_meta is None else None
-        data_dir = resolve_data(config, log, tokenizer=init.tokenizer if init else None)
-        manifest = load_manifest(data_dir)
-        if resume_meta is not None:
-            cfg = ModelConfig.from_dict(resume_meta["model_config"])
-            check_resume_data(resume_meta, cfg, manifest, data_dir)
-        elif init is not None:
-            cfg = fit_context(init, config.seq_len)
-            check_init_data(init, manifest, data_dir)
-            log(f"init: weights from {init.describe}; a fresh optimizer and schedule")
+        cfg = (ModelConfig.from_dict(resume_meta["model_config"]) if resume_meta is not None
+               else fit_context(init, config.seq_len) if init is not None else None)
+        rows = None
+        if config.instruct_data:
+            if cfg is None:
+                raise ValueError("--instruct-data needs --init-from: a trained model and the tokenizer its rows "
+                                 "are encoded with")
+            tok = init.tokenizer if init is not None else load_tokenizer(checkpoint_tokenizer_dir(resume_path))
+            data_dir, rows = resolve_instruct(config, cfg, tok, run_dir, log)
+            train_tokens = int(0.9 * sum(len(ids) - 1 for ids, _ in rows))
         else:
-            cfg = resolve_model_config(config, int(manifest["vocab_size"]))
-        run = Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock, init)
-        train_tokens = sum(s["tokens"] for s in manifest.get("shards", []) if s.get("split") == "train")
+            data_dir = resolve_data(config, log, tokenizer=init.tokenizer if init else None)
+            manifest = load_manifest(data_dir)
+            if resume_meta is not None:
+                check_resume_data(resume_meta, cfg, manifest, data_dir)
+            elif init is not None:
+                check_init_data(init, manifest, data_dir)
+            else:
+                cfg = resolve_model_config(config, int(manifest["vocab_size"]))
+            train_tokens = sum(s["tokens"] for s in manifest.get("shards", []) if s.get("split") == "train")
+        if init is not None:
+            log(f"init: weights from {init.describe}; a fresh optimizer and schedule")
+        lora, base, base_info = resolve_lora(config, cfg, init, resume_meta, log)
+        run = Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock, init,
+                  lora, base, base_info, rows)
         default_max_steps(config, device, train_tokens, run.tokens_per_step, log)
         return run
     except BaseException:
         lock.release()
         raise
+
+
+# --- fine-tuning: LoRA and instruction data ----------------------------------------------------------------------
+def resolve_lora(config: TrainConfig, cfg: ModelConfig, init, resume_meta: dict | None, log=print):
+    """(LoraConfig, base weights, base info) for a LoRA run (new or resumed), else (None, None, None)."""
+    if resume_meta is not None and resume_meta.get("lora"):
+        info = resume_meta["base"]
+        return LoraConfig.from_dict(resume_meta["lora"]), load_lora_base(info, cfg.seq_len, log), info
+    if resume_meta is not None or not config.lora_rank:
+        return None, None, None
+    if init is None:
+        raise ValueError("--lora-rank needs --init-from: LoRA adapts a trained base model")
+    lora = LoraConfig(config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets,
+                      config.lora_layers).check(cfg)
+    return lora, init.weights, {"source": init.source, "hash": weights_hash(init.weights)}
+
+
+def resolve_instruct(config: TrainConfig, cfg: ModelConfig, tok, run_dir: Path, log=print) -> tuple[Path, list]:
+    """Instruction rows encoded with the model's tokenizer; the tokenizer is kept in RUN_DIR/tokenizer (what
+    checkpoints copy), which then serves as the run's data dir."""
+    rows = encode_rows(config.instruct_data, tok, cfg.seq_len, skip_bad_rows=config.skip_bad_rows, log=log)
+    if not (run_dir / "tokenizer").is_dir():
+        tok.save(run_dir / "tokenizer")
+    targets = sum(int(m.sum()) for _, m in rows)
+    log(f"data: {len(rows):,} instruction rows from {config.instruct_data} ({targets:,} trained targets)")
+    return run_dir, rows
 
 
 def check_init_data(init: InitFrom, manifest: dict, data_dir: Path) -> None:
@@ -383,7 +384,7 @@ def check_resume_data(meta: dict, cfg: ModelConfig, manifest: dict, data_dir: Pa
 
 def run_meta(run: Run, backend, step: int, loader_state: dict, metrics: dict) -> dict:
     """meta.json of a checkpoint: everything needed to resume exactly, and to know what made it."""
-    manifest = load_manifest(run.data_dir)
+    manifest = load_manifest(run.data_dir) if run.instruct_rows is None else {"tokenizer_hash": None}
     return {
         "backend": backend.name, "device": backend.device, "dtype": backend.dtype,
         "model_config": run.model_config.to_dict(),
@@ -395,5 +396,6 @@ def run_meta(run: Run, backend, step: int, loader_state: dict, metrics: dict) ->
         "data_dir": str(Path(run.data_dir).resolve()), "tokenizer_hash": manifest.get("tokenizer_hash"),
         "tokenizer_dir": str((Path(run.data_dir) / "tokenizer").resolve()),
         "init_from": run.init.source if run.init else run.config.init_from,
+        **({"lora": run.lora.to_dict(), "base": run.base_info} if run.lora else {}),
         "code_version": code_version(),
     }
