@@ -46,6 +46,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
+from tokenizer.files import follow_umask
+
 CKPT_RE = re.compile(r"^ckpt_(\d{7,})$")
 TMP_PREFIX = ".tmp_ckpt_"
 TMP_RE = re.compile(r"^\.tmp_ckpt_\d+_(?:pid(\d+)_)?")  # older code wrote no pid
@@ -168,6 +170,7 @@ def save_checkpoint(run_dir, step: int, model_weights: dict, optim_state: dict, 
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
         _write_manifest(tmp)
+        follow_umask(tmp)  # mkdtemp made the directory 0700: a published checkpoint has the user's usual modes
         _fsync_tree(tmp)  # the rename below must never publish files whose bytes are still in flight
         _publish(tmp, final)
     except BaseException as e:

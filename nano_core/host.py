@@ -1,8 +1,15 @@
 """Tuning of the host process that both training loops share (no framework imported here).
 
-preloaded_openblas() / without_openblas_preload(): MLX's Linux CPU wheel needs an OpenBLAS preloaded (LD_PRELOAD)
-for fast matmuls, but the same preload inside a PyTorch process makes PyTorch's CPU kernels call it too and its
-thread pool compete with PyTorch's: the comparison config's fp32 step measured 3.5x slower (930 vs 3,260 tok/s).
+use_openblas_for_mlx(): MLX's Linux CPU wheel (mlx-cpu) multiplies on the reference BLAS it bundles, ~30x slower
+than OpenBLAS (a 1024x1024 fp32 matmul: 0.64 s vs 0.045 s on 2 cores). LD_PRELOAD of an installed OpenBLAS puts it in
+front, but the loader reads LD_PRELOAD only when a process starts, so the nano_mlx entry points call this first thing
+under `if __name__ == "__main__":` and it runs the same command again, once, with the preload set (os.execv: same
+pid, same stdin/stdout). The re-run process says so in one line, takes the entry back out of LD_PRELOAD (what it
+starts -- git, a PyTorch worker -- does not inherit it) and carries on. NANO_OPENBLAS=0 keeps MLX's own BLAS.
+
+preloaded_openblas() / without_openblas_preload(): the same preload inside a PyTorch process makes PyTorch's CPU
+kernels call it too and its thread pool compete with PyTorch's: the comparison config's fp32 step measured 3.5x
+slower (930 vs 3,260 tok/s). nano_torch never preloads; these keep a preload away from PyTorch child processes.
 
 keep_freed_memory(): a training step allocates and frees the same large buffers every step -- logits, attention
 scores, activations, gradients. glibc's malloc serves each block above its mmap threshold (at most 32 MiB) with
@@ -22,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import glob
+import importlib.metadata
 import os
 import platform
 import re
@@ -50,6 +59,84 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+
+
+# --- OpenBLAS for MLX's CPU backend on Linux ----------------------------------------------------------------------
+OPENBLAS_GLOBS = ("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0", "/usr/lib/*-linux-gnu/libopenblas.so.0",
+                  "/usr/lib64/libopenblas.so.0", "/usr/lib/libopenblas.so.0")  # Debian/Ubuntu, Fedora, Arch
+OPENBLAS_ENV = "NANO_OPENBLAS"  # set by nano to the library it preloaded; 0 (or anything else) turns the re-run off
+
+
+def installed_openblas() -> str | None:
+    """The first OpenBLAS found where distributions install it (apt-get install libopenblas0-pthread), or None."""
+    found = [p for g in OPENBLAS_GLOBS for p in sorted(glob.glob(g))]
+    return found[0] if found else None
+
+
+def mlx_bundles_reference_blas() -> bool:
+    """True when the installed MLX is the Linux CPU wheel, which carries the reference BLAS (mlx_cpu.libs/libblas-*):
+    read from the wheel's file list, without importing mlx."""
+    try:
+        files = importlib.metadata.distribution("mlx-cpu").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return any(Path(str(f)).name.startswith("libblas") for f in files)
+
+
+def mlx_would_use_cuda(argv: list[str]) -> bool:
+    """MLX runs on a GPU on Linux only with its CUDA build (an mlx_cuda* distribution) and an NVIDIA device present,
+    and not when the command asks for --device cpu."""
+    if "cpu" in [a.partition("=")[2] for a in argv if a.startswith("--device=")] or \
+            any(a == "--device" and b == "cpu" for a, b in zip(argv, argv[1:])):
+        return False
+    cuda_mlx = any(glob.glob(os.path.join(d or ".", "mlx_cuda*.dist-info")) for d in sys.path)
+    return cuda_mlx and (os.path.exists("/dev/nvidia0") or bool(glob.glob("/proc/driver/nvidia/gpus/*")))
+
+
+def openblas_to_preload(argv: list[str]) -> str | None:
+    """The OpenBLAS to restart this MLX command with, or None: only on Linux, when MLX would run on its CPU backend
+    with the bundled reference BLAS, an OpenBLAS is installed, none is loaded or preloaded already, and nano has not
+    re-run this command before (NANO_OPENBLAS unset)."""
+    if not sys.platform.startswith("linux") or OPENBLAS_ENV in os.environ or preloaded_openblas() is not None:
+        return None
+    libs = mapped_libraries()
+    if libs is None or any(Path(p).name.startswith("libopenblas") for p in libs):
+        return None
+    if not mlx_bundles_reference_blas() or mlx_would_use_cuda(argv):
+        return None
+    return installed_openblas()
+
+
+def use_openblas_for_mlx() -> None:
+    """First thing in an MLX entry point run as a program (never on import): restart the command once with an
+    installed OpenBLAS in LD_PRELOAD when openblas_to_preload() names one; in the restarted process, print one line
+    saying what was preloaded and take it back out of LD_PRELOAD for child processes. Nothing happens on macOS, on a
+    GPU, without an OpenBLAS (the backend's notice then says how to install one) or with NANO_OPENBLAS=0."""
+    done = os.environ.get(OPENBLAS_ENV)
+    if done is not None:
+        if Path(done).is_absolute():  # we are the restarted process
+            del os.environ[OPENBLAS_ENV]
+            rest = [lib for lib in os.environ.get("LD_PRELOAD", "").replace(":", " ").split() if lib != done]
+            if rest:
+                os.environ["LD_PRELOAD"] = " ".join(rest)
+            else:
+                os.environ.pop("LD_PRELOAD", None)
+            if os.path.realpath(done) in (mapped_libraries() or ()):
+                print(f"notice: MLX's CPU backend uses OpenBLAS ({done}), preloaded by nano (NANO_OPENBLAS=0 keeps "
+                      "MLX's own reference BLAS)", file=sys.stderr, flush=True)
+        return
+    argv = list(getattr(sys, "orig_argv", None) or [])[1:]
+    lib = openblas_to_preload(argv)
+    if lib is None or not sys.executable or not argv:
+        return
+    old = os.environ.get("LD_PRELOAD")
+    env = {**os.environ, OPENBLAS_ENV: lib, "LD_PRELOAD": f"{lib} {old}" if old else lib}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable, *argv], env)
+    except OSError:
+        return  # could not restart: run on the reference BLAS (the backend's notice says so)
 
 
 def preloaded_openblas() -> str | None:

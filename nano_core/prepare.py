@@ -3,7 +3,8 @@
     python -m nano_core.prepare --source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --out data/fw --vocab-size 512
 
 What it does, in order:
-1. trains a BPE tokenizer on the same sources (or loads --tokenizer DIR) and saves it to OUT/tokenizer/;
+1. trains a BPE tokenizer on the same sources (or loads --tokenizer DIR) and saves it to OUT/tokenizer/
+   (nano_tokenizer.json, nano's format, and tokenizer.json, its Hugging Face export);
 2. reads documents in this process, the sources interleaved in proportion to their sizes (so the val shard mixes
    them as the training data does), and encodes them in worker processes (tiktoken's encoder built from our merges
    when tiktoken is installed, our own encoder otherwise: same ids), keeping document order;

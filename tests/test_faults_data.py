@@ -60,6 +60,7 @@ def last_error_line(r) -> str:
 
 # -- 1. a single-document source trains ------------------------------------------------------------------------
 
+@pytest.mark.full_data("the whole 1.1 MB TinyShakespeare file (its size sets the automatic --val-tokens)")
 def test_single_document_source_is_cut_so_that_it_trains(ts_ref, shakespeare, capsys):
     m = load_manifest(ts_ref)
     val, train = m["shards"][0], m["shards"][1:]
@@ -78,6 +79,7 @@ def test_single_document_source_is_cut_so_that_it_trains(ts_ref, shakespeare, ca
         assert batch.shape == (4, 257) and batch.max() < 300
 
 
+@pytest.mark.full_data("the whole 1.1 MB TinyShakespeare file (its size sets the automatic --val-tokens)")
 def test_the_cut_is_announced_in_one_line(shakespeare, tmp_path, capsys):
     prepare([shakespeare], tmp_path, tokenizer=BPETokenizer.train([shakespeare], 300, progress=False),
             shard_tokens=SHARD, num_workers=1, progress=False)
@@ -94,6 +96,7 @@ def test_last_document_that_would_fill_val_is_cut_even_when_short(shakespeare, t
     assert m["shards"][1]["split"] == "train" and m["shards"][1]["tokens"] == m["total_tokens"] - 20_000 > 0
 
 
+@pytest.mark.full_data("the whole 1.1 MB TinyShakespeare file (its size sets the automatic --val-tokens)")
 def test_too_little_text_for_val_is_an_error_that_leaves_no_shards_and_a_rerun_may_change_val(shakespeare,
                                                                                             tmp_path):
     out = tmp_path / "out"
@@ -129,6 +132,7 @@ def test_a_dir_an_older_version_marked_complete_with_no_train_tokens_is_redone(t
 
 # -- 2. --val-tokens defaults to a share of the corpus -----------------------------------------------------------
 
+@pytest.mark.full_data("the whole WikiText-2 files, TinyShakespeare and the 64 Gutenberg novels (their sizes)")
 def test_auto_val_tokens_is_a_tenth_of_the_corpus_within_bounds(shared_data, shakespeare):
     wiki = sorted((shared_data / "wikitext2").glob("*.raw"))
     size = sum(p.stat().st_size for p in wiki)
@@ -140,6 +144,7 @@ def test_auto_val_tokens_is_a_tenth_of_the_corpus_within_bounds(shared_data, sha
     assert auto_val_tokens(["fineweb-edu"]) == VAL_TOKENS_MAX               # unknown size: the cap
 
 
+@pytest.mark.full_data("the whole 1.2 MB FineWeb-Edu sample (its size sets the automatic --val-tokens)")
 def test_auto_val_of_a_corpus_smaller_than_the_floor_takes_a_tenth(shared_data, tmp_path):
     jsonl = shared_data / "fineweb_edu" / "sample-10BT-281docs.jsonl"
     m = prepare([jsonl], tmp_path, vocab_size=300, max_docs=6, num_workers=1, progress=False)
@@ -193,6 +198,7 @@ def assert_interrupted(rc, err, out):
     assert lines == [f"interrupted: finished shards in {out} are kept; rerun the same command to continue"], err
 
 
+@pytest.mark.full_data("the whole 2.4 MB of WikiText-2 (its size sets the automatic --val-tokens)")
 def test_cli_ctrl_c_in_tokenizer_training_then_rerun_with_default_val_on_a_2mb_source(shared_data, tmp_path):
     wiki = sorted((shared_data / "wikitext2").glob("*.raw"))  # two single-document files, 2.4 MB
     out = tmp_path / "wiki"
@@ -235,7 +241,9 @@ def test_interrupt_during_tokenizer_training_then_rerun_is_byte_identical(ts_ref
     assert m["shards"] == load_manifest(ts_ref)["shards"] and shard_bytes(out) == shard_bytes(ts_ref)
 
 
-@pytest.mark.parametrize("stop_at", [0, 1])  # right after val (the cut inside the document), after a train shard
+# stop_at: right after val (the cut inside the document), after a train shard
+@pytest.mark.parametrize("stop_at", [0, pytest.param(1, marks=pytest.mark.full_data(
+    "the whole 1.1 MB TinyShakespeare file (one document longer than val plus a shard)"))])
 def test_interrupt_during_encoding_of_the_cut_document_resumes_byte_identical(ts_ref, shakespeare, tmp_path,
                                                                              stop_at):
     def ctrl_c(entry):
@@ -309,6 +317,7 @@ def test_binary_files_in_a_directory_are_skipped_with_a_notice_naming_each(binar
         open_sources([only_binary])
 
 
+@pytest.mark.full_data("every text file of the corpus (over 60)")
 def test_real_text_is_never_taken_for_binary(shared_data):
     """Every text file in the shared data, the cp1252 Gutenberg novels included, passes the sniff."""
     files = [p for p in shared_data.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl", ".raw")]

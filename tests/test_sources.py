@@ -19,6 +19,7 @@ def fineweb_rows(shared_data, n=None):
     return [json.loads(line) for line in lines[:n]]
 
 
+@pytest.mark.full_data("the three whole cp1252 Gutenberg novels")
 def test_latin1_gutenberg_novels_decode_as_cp1252_with_a_notice(shared_data, capsys):
     for name in ["141.txt", "471-0.txt", "6944-0.txt"]:
         raw = (shared_data / "gutenberg" / name).read_bytes()
@@ -47,6 +48,7 @@ def test_decode_never_fails_on_cp1252_undefined_bytes():
     assert decode_bytes(b"caf\xe9 \x81\x9d ok", notice=False) == "café \x81\x9d ok"
 
 
+@pytest.mark.full_data("all 281 FineWeb-Edu documents in both forms")
 def test_txt_one_document_per_file_or_split_on_blank_lines(shared_data):
     path = shared_data / "fineweb_edu" / "sample-10BT-281docs.txt"
     assert len(docs_of([path])) == 1
@@ -55,6 +57,7 @@ def test_txt_one_document_per_file_or_split_on_blank_lines(shared_data):
     assert docs == [r["text"] for r in fineweb_rows(shared_data)]  # the same documents as the jsonl file
 
 
+@pytest.mark.full_data("all 64 Gutenberg novels")
 def test_directory_source_reads_every_novel(shared_data):
     (src,) = open_sources([shared_data / "gutenberg"])
     assert len(src.items) == 64 and src.kind == "txt"

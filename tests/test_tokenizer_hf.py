@@ -76,6 +76,7 @@ def hf_pair(request, train_docs, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ agreement with HF
+@pytest.mark.full_data("the whole 1.29 MB WikiText-2 test split")
 def test_import_encodes_like_hf_on_heldout_text_and_decodes_back(hf_pair, heldout):
     kind, hf, path, tok, order = hf_pair
     assert order.dtype == np.int64 and order.shape == (tok.vocab_size,) and tok.vocab_size == hf.get_vocab_size()

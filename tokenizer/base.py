@@ -1,6 +1,7 @@
 """What every nano tokenizer shares: the end-of-text token, bytes per token (for bits per byte), the identity hash
-and saving (DIR/tokenizer.json). A subclass defines its vocabulary (vocab_size, token_bytes), encode/decode, and
-to_dict/from_dict with its own FORMAT and VERSION (checked by check_format)."""
+and saving (DIR/nano_tokenizer.json, plus DIR/tokenizer.json, the Hugging Face form, where there is one). A subclass
+defines its vocabulary (vocab_size, token_bytes), encode/decode, and to_dict/from_dict with its own FORMAT and
+VERSION (checked by check_format)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,9 @@ import numpy as np
 from tokenizer.files import atomic_write
 
 EOT = "<|endoftext|>"
-TOKENIZER_FILE = "tokenizer.json"  # what save() writes into its directory
+TOKENIZER_FILE = "nano_tokenizer.json"  # nano's own format: what save() writes and load_tokenizer() reads
+HF_TOKENIZER_FILE = "tokenizer.json"  # the name every HF tool assumes: the HF export, written beside nano's file
+LEGACY_TOKENIZER_FILE = "tokenizer.json"  # where nano wrote its own format before; load_tokenizer still reads it
 
 
 def canonical_json(d: dict) -> str:
@@ -58,7 +61,13 @@ class Tokenizer:
         return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
 
     def save(self, directory) -> Path:
-        """Write DIRECTORY/tokenizer.json (our versioned JSON, see tokenizer.io) atomically; return its path."""
-        path = Path(directory) / TOKENIZER_FILE
-        atomic_write(path, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        """Write DIRECTORY/nano_tokenizer.json (our versioned JSON, see tokenizer.io) atomically and return its path;
+        a tokenizer with a HF form (BPE) also writes DIRECTORY/tokenizer.json, its HF export with the same ids, so
+        `tokenizers.Tokenizer.from_file(DIRECTORY/tokenizer.json)` and transformers load the directory too."""
+        from tokenizer.io import export_hf, has_hf_form  # cycle: tokenizer.io imports this module
+
+        directory = Path(directory)
+        path = atomic_write(directory / TOKENIZER_FILE, json.dumps(self.to_dict(), ensure_ascii=False) + "\n")
+        if has_hf_form(self):
+            export_hf(self, directory / HF_TOKENIZER_FILE)
         return path

@@ -30,7 +30,7 @@ def atomic_path(path, suffix: str = ".tmp"):
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a normal file follows the user's umask
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a normal file follows the user's umask
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -45,7 +45,33 @@ def atomic_write(path, data: str | bytes) -> Path:
     return Path(path)
 
 
-def _umask() -> int:
-    current = os.umask(0)
+def umask() -> int:
+    """The process's file-creation mask. Linux (>= 4.7) shows it in /proc/self/status, read without changing it;
+    elsewhere os.umask must set it to read it, and it is put back at once (a file another thread creates in
+    between gets 022, a usual mask, not 0)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
     os.umask(current)
     return current
+
+
+_umask = umask  # the name nano_core.prepare and nano_core.export import
+
+
+def follow_umask(path) -> None:
+    """Give `path` (a directory: everything under it too) the modes a plain mkdir / open would have: directories
+    0777 and files 0666 (0777 if executable) less the umask. For what mkdtemp (0700) and mkstemp (0600) made, or
+    what shutil.copytree copied from a private source."""
+    mask, path = umask(), Path(path)
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        executable = p.is_dir() or p.stat().st_mode & 0o111
+        os.chmod(p, (0o777 if executable else 0o666) & ~mask)

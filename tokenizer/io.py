@@ -1,6 +1,10 @@
 """Save/load (our versioned JSON) and exports: HF `tokenizers` tokenizer.json and tiktoken ranks.
 
-Our format, DIR/tokenizer.json:
+A saved tokenizer directory: nano_tokenizer.json (our format, the file nano reads) and, for a BPE tokenizer,
+tokenizer.json (the HF export, the name HF tools look for). Directories saved before nano_tokenizer.json existed
+hold our format under tokenizer.json; load_tokenizer reads those too (same tokenizer, same hash).
+
+Our format, DIR/nano_tokenizer.json:
   {"format": "nano-bpe", "version": 1, "pattern": <regex>, "pattern_name": "gpt4"|..|null,
    "merges": [[left, right], ...]  (merge i makes id 256 + i), "special_tokens": {"<|endoftext|>": id, ...}}
   or {"format": "nano-char", "version": 1, "chars": [...], "special_tokens": {...}} for CharTokenizer.
@@ -17,7 +21,7 @@ import base64
 import json
 from pathlib import Path
 
-from tokenizer.base import TOKENIZER_FILE
+from tokenizer.base import HF_TOKENIZER_FILE, LEGACY_TOKENIZER_FILE, TOKENIZER_FILE
 from tokenizer.bpe import BPETokenizer, require_tiktoken
 from tokenizer.char import CharTokenizer
 from tokenizer.files import atomic_write
@@ -26,15 +30,26 @@ LOADERS = {cls.FORMAT: cls.from_dict for cls in (BPETokenizer, CharTokenizer)}
 
 
 def save_tokenizer(tok, directory) -> Path:
-    """DIRECTORY/tokenizer.json, written atomically (the same as tok.save(directory))."""
+    """DIRECTORY/nano_tokenizer.json (+ DIRECTORY/tokenizer.json, the HF export, for BPE), written atomically; the
+    same as tok.save(directory). Returns the path of nano's file."""
     return tok.save(directory)
 
 
-def load_tokenizer(path):
-    """A directory holding tokenizer.json (or the file itself) -> BPETokenizer | CharTokenizer."""
+def tokenizer_file(path) -> Path:
+    """The file holding nano's format for `path`: the file itself, or in a directory nano_tokenizer.json, else (a
+    directory saved by older nano) tokenizer.json."""
     path = Path(path)
-    if path.is_dir():
-        path = path / TOKENIZER_FILE
+    if not path.is_dir():
+        return path
+    if not (path / TOKENIZER_FILE).is_file() and (path / LEGACY_TOKENIZER_FILE).is_file():
+        return path / LEGACY_TOKENIZER_FILE
+    return path / TOKENIZER_FILE
+
+
+def load_tokenizer(path):
+    """A directory holding nano_tokenizer.json (or, saved by older nano, tokenizer.json in our format), or the file
+    itself -> BPETokenizer | CharTokenizer."""
+    path = tokenizer_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no tokenizer file; train one with `python -m tokenizer.train`")
     try:
@@ -43,7 +58,8 @@ def load_tokenizer(path):
         raise ValueError(f"{path}: not a valid tokenizer JSON file ({e})") from None
     fmt = d.get("format") if isinstance(d, dict) else None
     if fmt not in LOADERS:
-        hint = " (this looks like a HF tokenizer.json export; load it with tokenizers)" if "model" in d else ""
+        hint = (" (this is a Hugging Face tokenizer.json: nano reads its own nano_tokenizer.json; import a HF "
+                "tokenizer with tokenizer.hf.load_hf_tokenizer)") if isinstance(d, dict) and "model" in d else ""
         raise ValueError(f"{path}: unknown tokenizer format {fmt!r}; expected one of {list(LOADERS)}{hint}")
     return LOADERS[fmt](d)
 
@@ -84,14 +100,19 @@ def to_hf_dict(tok: BPETokenizer) -> dict:
     }
 
 
+def has_hf_form(tok) -> bool:
+    """Whether `tok` exports to a HF tokenizer.json (byte-level BPE does; the character tokenizer does not)."""
+    return isinstance(tok, BPETokenizer)
+
+
 def export_hf(tok: BPETokenizer, path) -> Path:
     """Write a HF `tokenizers` tokenizer.json (a directory gets DIR/tokenizer.json). Loads with
     tokenizers.Tokenizer.from_file and transformers.PreTrainedTokenizerFast(tokenizer_file=...)."""
-    if not isinstance(tok, BPETokenizer):
+    if not has_hf_form(tok):
         raise ValueError("only BPE tokenizers export to HF tokenizer.json")
     path = Path(path)
     if path.suffix != ".json":
-        path = path / "tokenizer.json"
+        path = path / HF_TOKENIZER_FILE
     atomic_write(path, json.dumps(to_hf_dict(tok), ensure_ascii=False))
     return path
 
