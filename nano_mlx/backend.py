@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
-from nano_core.host import mapped_libraries
+from nano_core.host import OPENBLAS_GLOBS, mapped_libraries
 from nano_core.lora import LoraConfig, init_adapters, mask_weights
 from nano_core.metrics import probe_peak_flops
 from nano_mlx.model import GPT
@@ -33,8 +33,6 @@ from nano_mlx.optim import (build_optimizer, clip_grad_norm, load_optimizer_stat
                             set_lr)
 
 COMPUTE_DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16}
-OPENBLAS_GLOBS = ("/usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0", "/usr/lib/*-linux-gnu/libopenblas.so.0",
-                  "/usr/lib64/libopenblas.so.0", "/usr/lib/libopenblas.so.0")
 
 
 # ----------------------------------------------------------------------------- device, dtype, kernels
@@ -95,10 +93,12 @@ def blas_notice() -> str | None:
         return None  # some other BLAS (MKL, BLIS, ...): nothing known to say
     found = [p for g in OPENBLAS_GLOBS for p in sorted(glob.glob(g))]
     if found:
-        return (f"notice: MLX's CPU backend runs on the reference BLAS here (~30x slower matmuls); an OpenBLAS is "
-                f"installed, preload it: LD_PRELOAD={found[0]} python -m nano_mlx.train ...")
+        return (f"notice: MLX's CPU backend runs on the reference BLAS here (~30x slower matmuls); the nano_mlx "
+                f"commands preload the installed OpenBLAS themselves unless NANO_OPENBLAS=0; from your own Python, "
+                f"start it with LD_PRELOAD={found[0]}")
     return ("notice: MLX's CPU backend runs on the reference BLAS here (~30x slower matmuls); install OpenBLAS "
-            "(apt-get install libopenblas0-pthread) and preload it with LD_PRELOAD=.../libopenblas.so.0")
+            "(apt-get install libopenblas0-pthread) and the nano_mlx commands preload it, or use "
+            "python -m nano_torch.train")
 
 
 # ----------------------------------------------------------------------------- the backend

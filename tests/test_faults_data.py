@@ -119,7 +119,7 @@ def test_a_dir_an_older_version_marked_complete_with_no_train_tokens_is_redone(t
     everything = np.concatenate([read_shard(ts_ref / s["file"]) for s in m["shards"]])
     write_shard(out / "shard_00000.bin", everything, dtype="uint16")  # what the old version wrote: all in val
     (out / "tokenizer").mkdir()
-    (out / "tokenizer" / "tokenizer.json").write_bytes((ts_ref / "tokenizer" / "tokenizer.json").read_bytes())
+    (out / "tokenizer" / "tokenizer.json").write_bytes((ts_ref / "tokenizer" / "nano_tokenizer.json").read_bytes())
     old = {**m, "shards": [{"file": "shard_00000.bin", "split": "val", "documents": 1, "tokens": len(everything)}]}
     old.pop("val_cut")
     (out / "manifest.json").write_text(json.dumps(old))

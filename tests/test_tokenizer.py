@@ -76,7 +76,7 @@ def test_encode_batch_matches_encode_and_uses_workers(tok, heldout):
 
 def test_save_load_round_trip_and_hash(tok, tmp_path, heldout):
     tok.save(tmp_path)
-    d = json.loads((tmp_path / "tokenizer.json").read_text())
+    d = json.loads((tmp_path / "nano_tokenizer.json").read_text())
     assert d["format"] == "nano-bpe" and d["version"] == 1 and d["pattern_name"] == "gpt4"
     back = load_tokenizer(tmp_path)
     assert back.merges == tok.merges and back.special_tokens == tok.special_tokens and back.hash == tok.hash

@@ -4,7 +4,7 @@
       [--pattern gpt4|gpt4-2digit|gpt2] [--special "<|endoftext|>" ...] [--max-chars N] [--max-chars-per-doc N]
       [--workers 2] [--val ../shared/data/wikitext2/wiki.test.raw] [--export hf,tiktoken] [--char]
 
-Writes OUT/tokenizer.json (our format); --export adds OUT/hf/tokenizer.json and OUT/tiktoken/.
+Writes OUT/nano_tokenizer.json (our format; BPE also OUT/tokenizer.json, its HF export); --export adds OUT/hf/tokenizer.json and OUT/tiktoken/.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
                                      max_chars=args.max_chars, num_workers=args.workers,
                                      progress=not args.no_progress, stats=stats)
         seconds = time.perf_counter() - t0
-        tok.save(out)
+        saved = tok.save(out)
         for e in exports:
             EXPORTS[e](tok, out)
         val = bytes_per_token(tok, args.val) if args.val else None
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:  # every file is written atomically: whole or absent
         print(f"interrupted: nothing half-written in {out}; rerun the same command to train again", file=sys.stderr)
         sys.exit(130)
-    print(f"trained {tok!r} in {seconds:.1f}s -> {out / 'tokenizer.json'}")
+    print(f"trained {tok!r} in {seconds:.1f}s -> {saved}")
     if stats:
         print(f"  {stats['chars']:,} chars in {stats['docs']:,} docs; {stats['unique_chunks']:,} unique chunks; "
               f"{stats['merges']:,} merges (split {stats['split_seconds']:.1f}s, merges {stats['merge_seconds']:.1f}s)")
