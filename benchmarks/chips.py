@@ -9,7 +9,7 @@ Figures are FP32 TFLOPS of the full GPU configuration of each chip. Sources:
     (27.2, Jun 2023).
   * Apple stopped quoting TFLOPS from M3 on. For M3/M4 the figure is the usual derivation used by Wikipedia's
     "Apple M3"/"Apple M4" GPU tables: cores x 128 FP32 ALUs x 2 FLOPs (FMA) x GPU clock (M3 family ~1.6 GHz,
-    M4 family ~1.6-1.8 GHz). DESIGN.md cites 14-16 TFLOPS for the M3 Max, consistent with the 16.4 below.
+    M4 family ~1.6-1.8 GHz).
   * FP16: Apple GPUs since M1 issue FP16 FMAs at the FP32 rate (Wikipedia lists equal FP16/FP32 figures for the
     M-series), so the fp16/bf16 peak is taken equal to fp32. bf16 is emulated on M1/M2 GPUs, so an MFU against
     this figure is an upper bound of what bf16 can reach there.

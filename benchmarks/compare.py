@@ -101,7 +101,7 @@ from nano_core.schedule import lr_at
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FINEWEB = ROOT.parent / "shared" / "data" / "fineweb_edu" / "sample-10BT-281docs.jsonl"
 
-# The DESIGN.md comparison config: GPT-2 classic (learned positions, LayerNorm, GELU, biases, tied head).
+# The comparison config: GPT-2 classic (learned positions, LayerNorm, GELU, biases, tied head).
 COMPARE_CONFIG = dict(n_layer=6, n_head=6, n_embd=384, seq_len=256, mlp="gelu", norm="layernorm", pos="learned",
                       bias=True, tie_embeddings=True)
 QUICK_CONFIG = dict(COMPARE_CONFIG, n_layer=2, n_head=4, n_embd=64, seq_len=64)
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=None, help="output directory (default: benchmarks/results/compare-TIMESTAMP)")
     m = p.add_mutually_exclusive_group()
-    m.add_argument("--preset", default=None, choices=list(PRESETS), help="model preset (default: the DESIGN.md "
+    m.add_argument("--preset", default=None, choices=list(PRESETS), help="model preset (default: the "
                    "comparison config, GPT-2 classic 6x384, 6 heads, T=256)")
     m.add_argument("--config", default=None, help="ModelConfig JSON: a file or an inline object")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default 8; --quick 4)")

@@ -14,7 +14,7 @@ and the step `make_train_step` returns; --compile/--no-compile default to the CL
 on PyTorch) and --attn-impl auto resolves as in the CLI. nano_core.host.keep_freed_memory() is applied as the
 training loop applies it.
 
-The model is the DESIGN.md comparison config (GPT-2 classic, 6 x 384, 6 heads, T=256, V=8192) unless --preset or
+The model is the comparison config (GPT-2 classic, 6 x 384, 6 heads, T=256, V=8192) unless --preset or
 --config says otherwise. Tokens are random (seeded): speed does not depend on the text. Each step is timed on its
 own until its loss has been read (Backend.loss_value synchronises), after --warmup untimed steps; the table shows
 the median and the spread (min..max) of the per-step times, and a PNG beside the JSON plots every step.
