@@ -27,14 +27,15 @@ class InitFrom:
     describe: str
 
 
-def load_init_from(spec: str, log=print) -> InitFrom:
-    """A nano checkpoint (or run dir: its newest good checkpoint), or a Hugging Face gpt2/llama/qwen3 directory."""
+def load_init_from(spec: str, log=print, tokenizer: bool = True) -> InitFrom:
+    """A nano checkpoint (or run dir: its newest good checkpoint), or a Hugging Face gpt2/llama/qwen3 directory.
+    tokenizer=False: the weights alone (a LoRA base, whose run keeps its own copy of the tokenizer)."""
     path = Path(spec)
     if (path / "config.json").is_file() and not list_checkpoints(path):
-        cfg, weights, tok, notes = load_pretrained(path)
+        cfg, weights, tok, notes = load_pretrained(path, tokenizer=tokenizer)
         for note in notes:
             log(f"notice: {note}")
-        if tok is None:
+        if tok is None and tokenizer:
             raise ValueError(f"--init-from {path} has no tokenizer.json: nano needs the model's tokenizer to encode "
                              f"the data; copy the tokenizer files of that model into {path}")
         model_type = json.loads((path / "config.json").read_text()).get("model_type")
@@ -42,7 +43,8 @@ def load_init_from(spec: str, log=print) -> InitFrom:
     ckpt = resolve_checkpoint(spec, notices=log)
     weights, _, meta = load_checkpoint(ckpt)
     return InitFrom(str(ckpt), ModelConfig.from_dict(meta["model_config"]), weights,
-                    load_tokenizer(checkpoint_tokenizer_dir(ckpt)), f"nano checkpoint {ckpt} (step {meta['step']})")
+                    load_tokenizer(checkpoint_tokenizer_dir(ckpt)) if tokenizer else None,
+                    f"nano checkpoint {ckpt} (step {meta['step']})")
 
 
 def fit_context(init: InitFrom, seq_len: int | None) -> ModelConfig:
@@ -70,7 +72,7 @@ def weights_hash(weights: dict) -> str:
 
 def load_lora_base(base_info: dict, seq_len: int, log=print) -> dict:
     """The frozen base weights of a LoRA checkpoint: loaded again from where the run started, and checked."""
-    init = load_init_from(base_info["source"], log)
+    init = load_init_from(base_info["source"], log, tokenizer=False)
     fit_context(init, seq_len)
     if weights_hash(init.weights) != base_info["hash"]:
         raise ValueError(f"the base model of this LoRA checkpoint ({base_info['source']}) is not the one it was "

@@ -62,7 +62,8 @@ def test_nan_at_a_chosen_step_stops_there_and_keeps_the_last_good_checkpoint(bac
 
     def poisoned(self, model, optimizer, *args, **kw):
         step = real(self, model, optimizer, *args, **kw)
-        return lambda batch, lr, index: step(batch, lr, index) * (float("nan") if index == 4 else 1.0)
+        return lambda batch, lr, index, mask=None: step(batch, lr, index, mask=mask) * (
+            float("nan") if index == 4 else 1.0)
 
     monkeypatch.setattr(cls, "make_train_step", poisoned)
     data, config = micro_setup(shared_data)

@@ -223,7 +223,7 @@ def test_a_row_longer_than_the_context_is_refused_or_skipped(lines, tok, tmp_pat
     loader = InstructLoader(path, tok, batch_size=2, seq_len=64, val_frac=0.2, skip_bad_rows=True, log=notes.append)
     assert notes == [f"notice: {path}: skipped 1 bad row of 5 (too long 1); first at line 5: row is {n} tokens, "
                      "longer than the context (seq_len + 1 = 65 tokens); shorten it, raise --seq-len, or pass "
-                     "skip_bad_rows"]
+                     "--skip-bad-rows"]
     assert len(loader.rows) == 3  # 4 good rows, 1 of them val
     # pre-encoded rows are checked against the context too
     with pytest.raises(ValueError, match="row 0: .* longer than the context"):

@@ -380,10 +380,12 @@ def test_adapters_and_their_optimizer_state_move_between_backends(direction, sha
 
 
 def test_python_m_nano_core_fuse_writes_a_plain_checkpoint_of_the_merged_model(tmp_path, shared_data):
-    """The CLI on a LoRA checkpoint in the layout nano_core/fuse.py reads (meta 'lora', base + adapters in
-    model.safetensors): the result loads as a plain model whose logits are the adapter model's."""
+    """The CLI on a LoRA checkpoint in the layout the train commands write (adapters alone in model.safetensors,
+    meta 'lora' and 'base': the base's source and hash): the result loads as a plain model whose logits are the
+    adapter model's."""
     from nano_core.checkpoint import load_checkpoint, save_checkpoint
     from nano_core.fuse import main
+    from nano_core.pretrained import weights_hash
 
     b = backend_class("torch")(device="cpu", dtype="fp32")
     cfg, lora = ModelConfig.from_dict(CFG), LoraConfig(rank=4, alpha=8.0, targets=("wq", "wv", "fc"))
@@ -391,9 +393,10 @@ def test_python_m_nano_core_fuse_writes_a_plain_checkpoint_of_the_merged_model(t
     step = b.make_train_step(model, opt, 1, 1.0, seed=0)
     for i in range(2):
         step(real_batch(shared_data, offset=i * 900), 1e-2, i)
-    meta = {"model_config": cfg.to_dict(), "train_config": {}, "loader_state": {}, "lora": lora.to_dict()}
-    ckpt = save_checkpoint(tmp_path / "sft", 2, {**b.model_weights(model), **b.adapter_weights(model)},
-                           b.optimizer_state(opt, model), meta)
+    plain = {"model_config": cfg.to_dict(), "train_config": {}, "loader_state": {}}
+    base = save_checkpoint(tmp_path / "base", 0, b.model_weights(model), {}, plain)
+    meta = {**plain, "lora": lora.to_dict(), "base": {"source": str(base), "hash": weights_hash(b.model_weights(model))}}
+    ckpt = save_checkpoint(tmp_path / "sft", 2, b.adapter_weights(model), b.optimizer_state(opt, model), meta)
     main(["--ckpt", str(ckpt), "--out", str(tmp_path / "fused")])
     weights, optim, fmeta = load_checkpoint(tmp_path / "fused")
     assert set(weights) == set(cfg.param_shapes()) and "lora" not in fmeta and fmeta["fused_from"]["lora"]["rank"] == 4
