@@ -34,12 +34,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: the repository's packages come first
 
-from nano_core.host import cpu_brand  # noqa: E402
-from tokenizer.files import atomic_path, atomic_write  # noqa: E402
+from nano_core.host import cpu_brand, framework_env, installed_openblas
+from tokenizer.files import atomic_path, atomic_write
 
-OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+OPENBLAS = installed_openblas() or "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 SOURCES = ["../shared/data/fineweb_edu/sample-10BT-281docs.jsonl", "../shared/data/gutenberg"]  # from ROOT
 BACKENDS = ("torch", "mlx")
 HELLASWAG_ITEMS = 10_042
@@ -54,10 +53,7 @@ class StepError(Exception):
 # ----------------------------------------------------------------------------- subprocesses
 def child_env(backend: str) -> dict:
     """The environment of a backend's process: OpenBLAS preloaded for MLX (when present), never for PyTorch."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    if backend == "mlx" and Path(OPENBLAS).is_file():
-        env["LD_PRELOAD"] = OPENBLAS
-    return env
+    return framework_env(backend)
 
 
 def last_line(log: Path) -> str:

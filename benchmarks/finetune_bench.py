@@ -42,12 +42,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: the repository's packages come first
 
-from nano_core.host import cpu_brand  # noqa: E402
-from tokenizer.files import atomic_path, atomic_write  # noqa: E402
+from nano_core.host import cpu_brand, framework_env, installed_openblas
+from tokenizer.files import atomic_path, atomic_write
 
-OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+OPENBLAS = installed_openblas() or "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 DATA = "../shared/data"  # from ROOT
 PRETRAIN_SOURCES = [f"{DATA}/fineweb_edu/sample-10BT-281docs.jsonl",  # + Pride and Prejudice, Emma, Persuasion
                     f"{DATA}/gutenberg/1342-0.txt", f"{DATA}/gutenberg/158-0.txt", f"{DATA}/gutenberg/105.txt"]
@@ -69,10 +68,7 @@ class StepError(Exception):
 # ----------------------------------------------------------------------------- subprocesses
 def child_env(backend: str) -> dict:
     """The environment of a backend's process: OpenBLAS preloaded for MLX (when present), never for PyTorch."""
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    if backend == "mlx" and Path(OPENBLAS).is_file():
-        env["LD_PRELOAD"] = OPENBLAS
-    return env
+    return framework_env(backend)
 
 
 def fmt_load(load) -> str:

@@ -275,3 +275,13 @@ def machine() -> dict:
     return {"os": platform.platform(), "python": platform.python_version(), "cpu": cpu_brand(),
             "gpu_cores": gpu_cores(), "cpu_count": os.cpu_count(), "ld_preload": os.environ.get("LD_PRELOAD"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+
+
+def framework_env(framework: str) -> dict:
+    """The environment for a child process of one framework (benchmarks start one per backend): never an OpenBLAS
+    preload for PyTorch (it slows its CPU kernels); for MLX the installed OpenBLAS preloaded, as the nano_mlx
+    commands would do themselves."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if framework == "mlx" and (lib := installed_openblas()) is not None:
+        env["LD_PRELOAD"] = lib
+    return env
