@@ -1,18 +1,21 @@
-"""AdamW for nano_mlx: bias-corrected (MLX defaults to bias_correction=False -- the parity trap), decoupled weight
-decay only on weights with ndim >= 2, global-norm clipping, and optimizer state exported under canonical names so it
+"""AdamW and Muon for nano_mlx: AdamW bias-corrected (MLX defaults to bias_correction=False -- the parity trap),
+decoupled weight decay only on weights with ndim >= 2; Muon (nano_core/muon.py: the spec, written once) on the hidden
+matrices with AdamW on the rest; global-norm clipping; and optimizer state exported under canonical names so it
 moves between backends. Mirrors nano_torch/optim.py.
 
-State lives in `optimizer.state` (the mlx.optimizers way) and the learning rate is an array in that state, so a
+State lives in `optimizer.state` (the mlx.optimizers way) and the learning rates are arrays in that state, so a
 step compiled with mx.compile(inputs=outputs=[model.state, optimizer.state, mx.random.state]) picks up set_lr()
-without retracing."""
+without retracing. For Muon + AdamW, optimizer.state is one fixed dict {"muon": ..., "adamw": ...} holding the two
+parts' own state dicts, which they (and load_optimizer_state_numpy) only ever change in place."""
 from __future__ import annotations
 
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_merge, tree_unflatten
 
-from nano_core.backend import check_optimizer_state
+from nano_core.muon import (MOMENTUM, MUON_LR, NS_COEFFS, NS_EPS, NS_STEPS, check_muon_args, check_optimizer_name,
+                            check_state, lr_scale, split_params)
 
 
 class AdamW(optim.Adam):
@@ -35,14 +38,114 @@ class AdamW(optim.Adam):
         return super().apply_single(gradient.astype(mx.float32), parameter, state).astype(parameter.dtype)
 
 
-def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1) -> AdamW:
-    opt = AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+class Muon(optim.Optimizer):
+    """Muon on 2-D parameters, as nano_core/muon.py specifies: EMA momentum with Nesterov, fp32 Newton-Schulz,
+    decoupled weight decay p <- p * (1 - lr * wd), then p <- p - lr * sqrt(max(1, rows/cols)) * NS(u).
+    Not mlx.optimizers.Muon: that one couples the decay (g <- g + wd * p before the momentum, so it is normalised by
+    NS along with the gradient) and keeps its buffer in the parameter dtype. State per parameter: 'momentum' (fp32)."""
+
+    def __init__(self, learning_rate: float = MUON_LR, weight_decay: float = 0.0, momentum: float = MOMENTUM,
+                 nesterov: bool = True):
+        super().__init__()
+        self._maybe_schedule("learning_rate", learning_rate)  # an array in self.state: set_lr needs no retrace
+        self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
+
+    def init_single(self, parameter: mx.array, state: dict):
+        if parameter.ndim != 2:
+            raise ValueError(f"Muon takes 2-D matrices only, got a parameter of shape {tuple(parameter.shape)}")
+        state["momentum"] = mx.zeros(parameter.shape, dtype=mx.float32)
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
+        mu = self.momentum
+        g = gradient.astype(mx.float32)
+        buf = mu * state["momentum"] + (1 - mu) * g
+        state["momentum"] = buf
+        u = g * (1 - mu) + buf * mu if self.nesterov else buf
+        update = newton_schulz(u)
+        lr = self.learning_rate.astype(mx.float32)
+        parameter = parameter * (1 - lr * self.weight_decay)  # decoupled: not through the momentum
+        return (parameter - (lr * lr_scale(parameter.shape)) * update).astype(parameter.dtype)
+
+
+def newton_schulz(G: mx.array, steps: int = NS_STEPS, eps: float = NS_EPS) -> mx.array:
+    """The quintic Newton-Schulz orthogonalisation of nano_core.muon.newton_schulz, in fp32 (same operation order)."""
+    a, b, c = NS_COEFFS
+    X = G.astype(mx.float32)
+    tall = X.shape[0] > X.shape[1]
+    if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
+        X = X.T
+    X = X / mx.maximum(mx.linalg.norm(X), eps)  # every singular value now in [0, 1]
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.T if tall else X
+
+
+class MuonAdamW(optim.Optimizer):
+    """Muon on the hidden matrices and AdamW on the rest, as one optimizer to the train step (update, state).
+    set_lr(opt, lr) gives AdamW `lr` and Muon lr * lr_ratio (muon_lr / the peak lr), so one schedule drives both.
+    `state` is one dict made here, {"muon": muon.state, "adamw": adamw.state}: a compiled step captures it once."""
+
+    def __init__(self, muon: Muon, adamw: AdamW, hidden: list[str], lr_ratio: float):
+        super().__init__()
+        self.muon, self.adamw, self.hidden, self.lr_ratio = muon, adamw, set(hidden), lr_ratio
+        self._pair = {"muon": muon.state, "adamw": adamw.state}
+
+    @property
+    def state(self):
+        return self._pair
+
+    @property
+    def step(self):
+        return self.adamw.step
+
+    @property
+    def learning_rate(self):
+        return self.adamw.learning_rate
+
+    def _split(self, tree) -> tuple[dict, dict]:
+        """(the hidden matrices, the rest) of a parameter or gradient tree, by canonical name."""
+        flat = tree_flatten(tree)
+        hidden = [(n, x) for n, x in flat if n in self.hidden]
+        rest = [(n, x) for n, x in flat if n not in self.hidden]
+        # tree_unflatten([]) gives a list; an empty part must stay a dict
+        return tuple(tree_unflatten(part) if part else {} for part in (hidden, rest))
+
+    def init(self, parameters: dict):
+        hidden, rest = self._split(parameters)
+        self.muon.init(hidden)
+        self.adamw.init(rest)
+        self._initialized = True
+
+    def apply_gradients(self, gradients: dict, parameters: dict):
+        hidden, rest = self._split(gradients)
+        return tree_merge(self.adamw.apply_gradients(rest, parameters), self.muon.apply_gradients(hidden, parameters))
+
+
+def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
+                    optimizer: str = "adamw", muon_lr: float = MUON_LR, muon_momentum: float = MOMENTUM):
+    """"adamw": AdamW over the trainable parameters. "muon": Muon at muon_lr on the hidden matrices
+    (nano_core.muon.is_muon_param), AdamW at lr on the rest, both decaying with weight_decay; not under LoRA."""
+    check_optimizer_name(optimizer)
+    if optimizer == "adamw":
+        opt = AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    else:
+        check_muon_args(lr, muon_lr, muon_momentum, getattr(model, "lora", None))
+        hidden, _ = split_params({n: tuple(p.shape) for n, p in tree_flatten(model.trainable_parameters())})
+        if not hidden:
+            raise ValueError("optimizer 'muon' found no hidden matrices in this model; use 'adamw'")
+        opt = MuonAdamW(Muon(learning_rate=muon_lr, weight_decay=weight_decay, momentum=muon_momentum),
+                        AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay), hidden, muon_lr / lr)
     opt.init(model.trainable_parameters())
     return opt
 
 
 def set_lr(opt, lr: float):
-    # Assigning keeps learning_rate an mx.array inside opt.state: a compiled step sees the new value, no retrace.
+    # Assigning keeps each learning_rate an mx.array inside opt.state: a compiled step sees the new value, no retrace.
+    if isinstance(opt, MuonAdamW):
+        opt.muon.learning_rate = mx.array(lr * opt.lr_ratio, dtype=mx.float32)
+        opt = opt.adamw
     opt.learning_rate = mx.array(lr, dtype=mx.float32)
 
 
@@ -55,33 +158,46 @@ def clip_grad_norm(grads, max_norm: float):
 
 
 def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
-    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) of every trainable parameter and
-    'step' (0-d int64)."""
+    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) of every parameter AdamW updates,
+    {name}.momentum of every one Muon updates, and 'step' (0-d int64)."""
+    adamw, muon = (opt.adamw, opt.muon) if isinstance(opt, MuonAdamW) else (opt, None)
+    flat = dict(tree_flatten(adamw.state))
+    hidden = dict(tree_flatten(muon.state)) if muon is not None else {}
     out: dict[str, np.ndarray] = {}
-    flat = dict(tree_flatten(opt.state))
     for name, _ in tree_flatten(model.trainable_parameters()):
-        if f"{name}.m" in flat:
+        if f"{name}.momentum" in hidden:
+            out[f"{name}.momentum"] = np.array(hidden[f"{name}.momentum"].astype(mx.float32))
+        elif f"{name}.m" in flat:
             out[f"{name}.exp_avg"] = np.array(flat[f"{name}.m"].astype(mx.float32))
             out[f"{name}.exp_avg_sq"] = np.array(flat[f"{name}.v"].astype(mx.float32))
     out["step"] = np.asarray(int(opt.step.item()), dtype=np.int64)
     return out
 
 
+def _node(state: dict, name: str) -> dict:
+    """The per-parameter dict of `name` inside a nested optimizer state."""
+    for part in name.split("."):
+        state = state[int(part)] if isinstance(state, list) else state[part]
+    return state
+
+
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
-    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model
-    (nano_core.backend.check_optimizer_state)."""
+    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model or of the other
+    optimizer (nano_core.muon.check_state)."""
     params = tree_flatten(model.trainable_parameters())
-    step = check_optimizer_state(state, {name: tuple(p.shape) for name, p in params})
+    pair = isinstance(opt, MuonAdamW)
+    step = check_state(state, "muon" if pair else "adamw", {name: tuple(p.shape) for name, p in params})
     if not opt._initialized:
         opt.init(model.trainable_parameters())
+    adamw = opt.adamw if pair else opt
+    # Write into the existing nested state in place: a step compiled with inputs=[optimizer.state] holds it.
     for name, _ in params:
-        if f"{name}.exp_avg" not in state:
-            continue  # step 0: the fresh state stays
-        # Write into the existing nested state in place: a step compiled with inputs=[optimizer.state] holds it.
-        node = opt.state
-        for part in name.split("."):
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        node["m"] = mx.array(np.asarray(state[f"{name}.exp_avg"], dtype=np.float32))
-        node["v"] = mx.array(np.asarray(state[f"{name}.exp_avg_sq"], dtype=np.float32))
-    opt.state["step"] = mx.array(step, dtype=mx.uint64)
+        if f"{name}.momentum" in state:  # (only a Muon state has these: check_state refused them for AdamW)
+            _node(opt.muon.state, name)["momentum"] = mx.array(np.asarray(state[f"{name}.momentum"], np.float32))
+        elif f"{name}.exp_avg" in state:  # absent: step 0, the fresh state stays
+            node = _node(adamw.state, name)
+            node["m"] = mx.array(np.asarray(state[f"{name}.exp_avg"], dtype=np.float32))
+            node["v"] = mx.array(np.asarray(state[f"{name}.exp_avg_sq"], dtype=np.float32))
+    for part in (opt.muon, opt.adamw) if pair else (opt,):
+        part.state["step"] = mx.array(step, dtype=mx.uint64)
     return opt

@@ -1,18 +1,96 @@
-"""AdamW for nano_torch: bias-corrected (always, in torch), decoupled weight decay only on weights with ndim >= 2,
-global-norm clipping, and optimizer state exported under canonical names so it moves between backends.
+"""AdamW and Muon for nano_torch: AdamW bias-corrected (always, in torch), decoupled weight decay only on weights with
+ndim >= 2; Muon (nano_core/muon.py: the spec, written once) on the hidden matrices with AdamW on the rest; global-norm
+clipping; and optimizer state exported under canonical names so it moves between backends.
 nano_mlx/optim.py mirrors this file."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from nano_core.backend import check_optimizer_state
+from nano_core.muon import (MOMENTUM, MUON_LR, NS_COEFFS, NS_EPS, NS_STEPS, check_muon_args, check_optimizer_name,
+                            check_state, lr_scale, split_params)
 
 
-def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
+class Muon(torch.optim.Optimizer):
+    """Muon on 2-D parameters, as nano_core/muon.py specifies: EMA momentum with Nesterov, fp32 Newton-Schulz,
+    decoupled weight decay p <- p * (1 - lr * wd), then p <- p - lr * sqrt(max(1, rows/cols)) * NS(u).
+    torch.optim.Muon (torch >= 2.9) computes the same update but runs NS in bf16; ours is fp32 so that it matches
+    nano_mlx to 1e-5 (tests/test_muon.py holds it to torch.optim.Muon with NS swapped for ours, and loosely without).
+    State per parameter: 'momentum_buffer' (fp32)."""
+
+    def __init__(self, params, lr: float = MUON_LR, weight_decay: float = 0.0, momentum: float = MOMENTUM,
+                 nesterov: bool = True):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(f"Muon takes 2-D matrices only, got a parameter of shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.float()
+                state = self.state[p]
+                if not state:
+                    state["momentum_buffer"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                buf = state["momentum_buffer"]
+                buf.mul_(mu).add_(g, alpha=1 - mu)              # buf <- mu * buf + (1 - mu) * g
+                u = g * (1 - mu) + buf * mu if group["nesterov"] else buf
+                update = newton_schulz(u)
+                p.mul_(1 - lr * wd)  # decoupled (mlx.optimizers.Muon sends it through the momentum)
+                p.add_(update.to(p.dtype), alpha=-lr * lr_scale(p.shape))
+        return loss
+
+
+def newton_schulz(G: torch.Tensor, steps: int = NS_STEPS, eps: float = NS_EPS) -> torch.Tensor:
+    """The quintic Newton-Schulz orthogonalisation of nano_core.muon.newton_schulz, in fp32 (same operation order)."""
+    a, b, c = NS_COEFFS
+    X = G.float()
+    tall = X.shape[0] > X.shape[1]
+    if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
+        X = X.T
+    X = X / X.norm().clamp(min=eps)  # every singular value now in [0, 1]
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.T if tall else X
+
+
+class MuonAdamW:
+    """Muon on the hidden matrices and AdamW on the rest, as one optimizer to the train step: step(), zero_grad(),
+    param_groups (AdamW's, then Muon's -- what GradScaler.unscale_ walks). set_lr(opt, lr) gives AdamW `lr` and Muon
+    lr * lr_ratio (muon_lr / the peak lr), so one schedule drives both."""
+
+    def __init__(self, muon: Muon, adamw: torch.optim.Optimizer, lr_ratio: float):
+        self.muon, self.adamw, self.lr_ratio = muon, adamw, lr_ratio
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.adamw.param_groups + self.muon.param_groups
+
+    def step(self, closure=None):
+        loss = self.adamw.step(closure)
+        self.muon.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.adamw.zero_grad(set_to_none=set_to_none)
+        self.muon.zero_grad(set_to_none=set_to_none)
+
+
+def _adamw(params: list, lr: float, betas, eps: float, weight_decay: float) -> torch.optim.AdamW:
     """torch.optim.AdamW with two groups: matrices/embeddings decay, biases and norm weights do not."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused=True: one kernel for the whole update. On this 2-core CPU it took the AdamW step from 53 ms (foreach)
     # to 7 ms for the 6x384 comparison model, with the same fp32 state and math (the parity tests vs MLX hold at
@@ -23,7 +101,29 @@ def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weig
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=True)
 
 
+def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
+                    optimizer: str = "adamw", muon_lr: float = MUON_LR, muon_momentum: float = MOMENTUM):
+    """"adamw": AdamW over the trainable parameters. "muon": Muon at muon_lr on the hidden matrices
+    (nano_core.muon.is_muon_param), AdamW at lr on the rest, both decaying with weight_decay; not under LoRA."""
+    check_optimizer_name(optimizer)
+    params = trainable(model)
+    if optimizer == "adamw":
+        return _adamw([p for _, p in params], lr, betas, eps, weight_decay)
+    check_muon_args(lr, muon_lr, muon_momentum, getattr(model, "lora", None))
+    hidden, _ = split_params({name: tuple(p.shape) for name, p in params})
+    if not hidden:
+        raise ValueError("optimizer 'muon' found no hidden matrices in this model; use 'adamw'")
+    muon = Muon([p for name, p in params if name in hidden], lr=muon_lr, weight_decay=weight_decay,
+                momentum=muon_momentum)
+    adamw = _adamw([p for name, p in params if name not in hidden], lr, betas, eps, weight_decay)
+    return MuonAdamW(muon, adamw, muon_lr / lr)
+
+
 def set_lr(opt, lr: float):
+    if isinstance(opt, MuonAdamW):
+        for g in opt.muon.param_groups:
+            g["lr"] = lr * opt.lr_ratio
+        opt = opt.adamw
     for g in opt.param_groups:
         g["lr"] = lr
 
@@ -42,12 +142,19 @@ def trainable(model) -> list:
 
 
 def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
-    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) of every trainable parameter and
-    'step' (0-d int64)."""
+    """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) of every parameter AdamW updates,
+    {name}.momentum of every one Muon updates, and 'step' (0-d int64)."""
+    adamw, muon = (opt.adamw, opt.muon) if isinstance(opt, MuonAdamW) else (opt, None)
+    hidden = {p for group in muon.param_groups for p in group["params"]} if muon is not None else set()
     out: dict[str, np.ndarray] = {}
     step = 0
     for name, p in trainable(model):
-        st = opt.state.get(p)
+        if p in hidden:
+            st = muon.state.get(p)  # before the first step: zeros, as in MLX
+            out[f"{name}.momentum"] = st["momentum_buffer"].detach().float().cpu().numpy().copy() if st else \
+                np.zeros(tuple(p.shape), dtype=np.float32)
+            continue
+        st = adamw.state.get(p)
         if not st:  # torch creates the state at the first step; before it, the moments are zeros (as in MLX)
             out[f"{name}.exp_avg"] = out[f"{name}.exp_avg_sq"] = np.zeros(tuple(p.shape), dtype=np.float32)
             continue
@@ -59,17 +166,22 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
 
 
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
-    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model
-    (nano_core.backend.check_optimizer_state)."""
-    step = check_optimizer_state(state, {name: tuple(p.shape) for name, p in trainable(model)})
-    fused = any(g.get("fused") for g in opt.param_groups)
-    for name, p in trainable(model):
-        if f"{name}.exp_avg" not in state:
-            continue  # step 0: the fresh state stays
-        opt.state[p] = {
-            # torch keeps 'step' as a float32 tensor: on the parameter's device when fused, on the CPU otherwise
-            "step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu"),
-            "exp_avg": torch.from_numpy(np.array(state[f"{name}.exp_avg"], dtype=np.float32)).to(p.device),
-            "exp_avg_sq": torch.from_numpy(np.array(state[f"{name}.exp_avg_sq"], dtype=np.float32)).to(p.device),
-        }
+    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model or of the other
+    optimizer (nano_core.muon.check_state)."""
+    params = trainable(model)
+    kind = "muon" if isinstance(opt, MuonAdamW) else "adamw"
+    step = check_state(state, kind, {name: tuple(p.shape) for name, p in params})
+    adamw = opt.adamw if kind == "muon" else opt
+    fused = any(g.get("fused") for g in adamw.param_groups)
+    for name, p in params:
+        if f"{name}.momentum" in state:  # (only a Muon state has these: check_state refused them for AdamW)
+            opt.muon.state[p] = {"momentum_buffer": torch.from_numpy(
+                np.array(state[f"{name}.momentum"], dtype=np.float32)).to(p.device)}
+        elif f"{name}.exp_avg" in state:  # absent: step 0, the fresh state stays
+            adamw.state[p] = {
+                # torch keeps 'step' as a float32 tensor: on the parameter's device when fused, on the CPU otherwise
+                "step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu"),
+                "exp_avg": torch.from_numpy(np.array(state[f"{name}.exp_avg"], dtype=np.float32)).to(p.device),
+                "exp_avg_sq": torch.from_numpy(np.array(state[f"{name}.exp_avg_sq"], dtype=np.float32)).to(p.device),
+            }
     return opt
