@@ -85,10 +85,13 @@ class TrainConfig:
                                 action=argparse.BooleanOptionalAction)
     memory_limit: float | None = flag(None, "run", "cap accelerator memory (ignored, with a notice, on CPU)",
                                       type=float, metavar="GB")
+    dist_timeout: float = flag(300.0, "run", "under torchrun / mlx.launch: how long a rank waits for the others to "
+                               "start before it gives up with an error", type=float, metavar="SECONDS")
     # -- optimization (the schedule settings are read by nano_core.schedule.lr_at)
     batch_size: int = flag(8, "optimization", "sequences per micro-batch", type=int)
-    total_batch_tokens: int | None = flag(None, "optimization", "tokens per optimizer step; gradient accumulation = "
-                                          "this / (batch-size x seq-len) (default: one micro-batch)", type=int)
+    total_batch_tokens: int | None = flag(None, "optimization", "tokens per optimizer step over all processes; "
+                                          "gradient accumulation = this / (batch-size x seq-len x processes) "
+                                          "(default: one micro-batch per process)", type=int)
     lr: float = flag(1e-3, "optimization", "peak learning rate", type=float)
     min_lr_frac: float = flag(0.1, "optimization", "final learning rate as a fraction of --lr", type=float)
     warmup_steps: int = flag(50, "optimization", "linear warmup steps", type=int)

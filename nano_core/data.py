@@ -197,7 +197,14 @@ class ShardLoader:
     One epoch visits every window start of the split exactly once. With shuffle=True the shard order and the window
     order inside each shard are permuted by generators seeded from (seed, epoch[, shard]), so epoch e is a pure
     function of the seed and resuming needs only (epoch, position). Rank r of world_size takes every world_size-th
-    window of the epoch's sequence: ranks are disjoint and together cover the epoch.
+    window of the epoch's sequence: ranks are disjoint and together cover the epoch, except the last
+    (windows mod world_size) windows, which are dropped so that every rank holds the same number and all ranks
+    wrap into the next epoch at the same step (so rank 0's state is every rank's state, up to the rank).
+
+    The state is a global position: `start + pos * world_size` windows of the epoch are consumed (`start` is
+    where this world size took over). A state saved by another world size resumes from the same global position
+    (load_state_dict): nothing is seen twice or skipped in that epoch, but which rank reads which window, and so
+    the order of the windows inside the steps, changes from there.
     shuffle=False walks shards and windows in file order (evaluation), the same order every epoch.
     """
 
@@ -239,6 +246,7 @@ class ShardLoader:
         self._plan_epoch = None
         self._perm_cache: dict[int, np.ndarray] = {}
         self.epoch, self.pos = 0, 0  # pos = windows of this rank already consumed in this epoch
+        self.start = 0  # global windows of this epoch consumed before this world size took over (a resume)
 
     def _too_short_message(self) -> str:
         """One line: what is too short, and the two fixes (a shorter window, or more data in this split)."""
@@ -256,8 +264,8 @@ class ShardLoader:
     # -- sizes -----------------------------------------------------------------
     @property
     def rank_windows_per_epoch(self) -> int:
-        n, w, r = self.windows_per_epoch, self.world_size, self.rank
-        return (n - r + w - 1) // w
+        """This rank's windows in the current epoch: the same for every rank (the remainder is dropped)."""
+        return (self.windows_per_epoch - self.start) // self.world_size
 
     @property
     def batches_per_epoch(self) -> int:
@@ -315,9 +323,9 @@ class ShardLoader:
     def _next_window(self) -> tuple[int, int]:
         """(shard, start token) of this rank's next window; advances the state."""
         if self.pos >= self.rank_windows_per_epoch:
-            self.epoch, self.pos = self.epoch + 1, 0
+            self.epoch, self.pos, self.start = self.epoch + 1, 0, 0
         order, offsets = self._plan(self.epoch)
-        g = self.rank + self.pos * self.world_size  # index into the epoch's global window sequence
+        g = self.start + self.rank + self.pos * self.world_size  # index into the epoch's global window sequence
         k = int(np.searchsorted(offsets, g, side="right")) - 1
         shard = int(order[k])
         local = int(self._window_perm(self.epoch, shard)[g - offsets[k]])
@@ -335,14 +343,17 @@ class ShardLoader:
     # -- exact resume ----------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "version": 1, "epoch": self.epoch, "pos": self.pos, "seed": self.seed, "shuffle": self.shuffle,
-            "split": self.split, "seq_len": self.seq_len, "rank": self.rank, "world_size": self.world_size,
-            "shards": [[f.name, n] for f, n in zip(self.files, self.lengths)],
+            "version": 2, "epoch": self.epoch, "pos": self.pos, "start": self.start, "seed": self.seed,
+            "shuffle": self.shuffle, "split": self.split, "seq_len": self.seq_len, "rank": self.rank,
+            "world_size": self.world_size, "shards": [[f.name, n] for f, n in zip(self.files, self.lengths)],
         }
 
-    def load_state_dict(self, state: dict):
-        # The batch size may change between runs (the window stream does not depend on it); nothing else may.
-        for key in ("seed", "shuffle", "split", "seq_len", "rank", "world_size"):
+    def load_state_dict(self, state: dict) -> bool:
+        """Continue from `state` (any rank's: they differ only in the rank). Returns True when the state was saved
+        by another world size: the run then continues from the same global position with a new window-to-rank
+        assignment (the caller says so). The batch size may change too (the window stream does not depend on it);
+        nothing else may."""
+        for key in ("seed", "shuffle", "split", "seq_len"):
             if state.get(key) != getattr(self, key):
                 raise ValueError(f"loader state has {key}={state.get(key)!r} but this loader has "
                                  f"{getattr(self, key)!r}; resume with the same data settings")
@@ -350,7 +361,15 @@ class ShardLoader:
         if [list(s) for s in state.get("shards", [])] != mine:
             raise ValueError(f"loader state was saved for different shards than those in {self.data_dir}; "
                              "resume on the same prepared data")
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        saved_world = int(state.get("world_size", 1))
+        epoch, pos, start = int(state["epoch"]), int(state["pos"]), int(state.get("start", 0))
+        if saved_world == self.world_size:
+            self.epoch, self.pos, self.start = epoch, pos, start
+            return False
+        self.epoch, self.pos, self.start = epoch, 0, start + pos * saved_world  # the same global position
+        if self.rank_windows_per_epoch <= 0:  # too few windows left in this epoch for one each: the next one
+            self.epoch, self.start = epoch + 1, 0
+        return True
 
     # -- helpers for training ------------------------------------------------------------
     @property

@@ -26,12 +26,14 @@ from tqdm import tqdm
 from nano_core.checkpoint import WriteError, latest_checkpoint, load_checkpoint, save_checkpoint
 from nano_core.cli import TrainConfig, parse_train_args
 from nano_core.data import ShardLoader, unigram_entropy
+from nano_core.distributed import (agree_to_stop, is_lost_peer, launched, lost_peer_message,
+                                   quiet_unless_rank0, world_change_notice)
 from nano_core.generate import generate
 from nano_core.host import keep_freed_memory
 from nano_core.init import init_weights
 from nano_core.instruct import InstructLoader
-from nano_core.metrics import (MetricsLogger, format_count, format_flops, init_wandb, mfu, plot_loss_curve,
-                               recheck_peak, unigram_val_loss, val_metrics)
+from nano_core.metrics import (MetricsLogger, NullLogger, format_count, format_flops, init_wandb, mfu,
+                               plot_loss_curve, recheck_peak, unigram_val_loss, val_metrics)
 from nano_core.eval import Scorer, run_tasks, summary_metrics
 from nano_core.run import Run, eval_settings, prepare_run, resolve_resume, run_meta
 from nano_core.schedule import lr_at
@@ -68,9 +70,11 @@ def sample_text(backend, model, tok, prompt: str, max_new_tokens: int, seed: int
 # ----------------------------------------------------------------------------- what the user sees
 def startup_line(backend, cfg, params: int, data_tokens: int, entropy: float, val_bar: float, peak: float,
                  peak_source: str, grad_accum: int, batch_size: int) -> str:
+    world = backend.world_size
     return (f"nano {backend.name} | device {backend.device} | dtype {backend.dtype} ({backend.dtype_why}) | "
             f"params {format_count(params)} | FLOPs/token {format_count(cfg.estimate_flops())} | "
-            f"batch {batch_size}x{cfg.seq_len}x{grad_accum} | data {format_count(data_tokens)} train tokens | "
+            f"batch {batch_size}x{cfg.seq_len}x{grad_accum}" + (f"x{world} processes" if world > 1 else "") + " | "
+            f"data {format_count(data_tokens)} train tokens | "
             f"unigram entropy {entropy:.3f} nats/token on train, {val_bar:.3f} on val (the losses to beat) | "
             f"peak {format_flops(peak)}/s ({peak_source})")
 
@@ -156,7 +160,8 @@ class Trainer:
         self.make_loader(config.batch_size, "val")
         self.tok = self.loader.tokenizer
         self.token_bytes = self.tok.token_byte_lengths()
-        self.logger = MetricsLogger(run.run_dir)
+        self.rank0 = run.rank == 0  # the one process that logs, evaluates, samples and checkpoints
+        self.logger = MetricsLogger(run.run_dir) if self.rank0 else NullLogger()
         if run.resume_path is not None:
             weights, opt_state, meta = load_checkpoint(run.resume_path, notices=log)
         elif run.init is not None:  # --init-from: trained weights, a fresh optimizer
@@ -173,7 +178,7 @@ class Trainer:
                                                  config.weight_decay)
         if meta is not None:
             self._resume(opt_state, meta)
-        if config.wandb:
+        if config.wandb and self.rank0:
             self.logger.wandb_run = init_wandb("nano", run.run_dir, config.to_dict(),
                                                resume_id=run.run_dir.name if self.step else None)
         self.train_step = backend.make_train_step(self.model, self.optimizer, run.grad_accum, config.grad_clip,
@@ -189,12 +194,14 @@ class Trainer:
         if run.instruct_rows is not None:
             return InstructLoader(run.instruct_rows, load_tokenizer(run.data_dir / "tokenizer"), batch_size,
                                   run.model_config.seq_len, split=split, seed=seed)
+        ranks = dict(rank=run.rank, world_size=run.world_size) if split == "train" else {}  # val: rank 0 alone
         return ShardLoader(run.data_dir, batch_size, run.model_config.seq_len, split=split, seed=seed,
-                           shuffle=split == "train")
+                           shuffle=split == "train", **ranks)
 
     def _resume(self, opt_state: dict, meta: dict) -> None:
         self.backend.load_optimizer_state(self.optimizer, self.model, opt_state)
-        self.loader.load_state_dict(meta["loader_state"])
+        if self.loader.load_state_dict(meta["loader_state"]):  # written by another number of processes
+            self.log(world_change_notice(int(meta.get("world_size", 1)), self.run.world_size))
         self.step = int(meta["step"])
         cfg = self.run.model_config
         if meta.get("backend") != self.backend.name and (cfg.dropout_emb or cfg.dropout_attn or cfg.dropout_resid):
@@ -263,10 +270,12 @@ class Trainer:
 
 
 def train(backend, run: Run, log=print) -> Path:
-    """Train `run` on `backend` to run.config.max_steps (or --max-time, or a signal); returns the run dir."""
+    """Train `run` on `backend` to run.config.max_steps (or --max-time, or a signal); returns the run dir.
+    Under several processes every rank runs this loop in lockstep (the same steps, the same branches, agreed on
+    where a rank could decide alone: nano_core/distributed.py); rank 0 alone logs, evaluates and checkpoints."""
     t = Trainer(backend, run, log)
     config = run.config
-    shards = run.instruct_rows is None  # the unigram bars are figures of token shards
+    shards = run.instruct_rows is None and t.rank0  # the unigram bars are figures of token shards
     entropy = unigram_entropy(run.data_dir, max_tokens=50_000_000) if shards else float("nan")
     val_bar = unigram_val_loss(run.data_dir) if shards else float("nan")
     log(startup_line(backend, run.model_config, backend.num_params(t.model), t.loader.tokens, entropy, val_bar,
@@ -276,7 +285,7 @@ def train(backend, run: Run, log=print) -> Path:
 
     stop = StopFlag()
     bar = tqdm(total=config.max_steps, initial=t.step, desc=f"train {backend.name}", unit="step", dynamic_ncols=True,
-               mininterval=0.5)
+               mininterval=0.5, disable=not t.rank0)
     t_start = t.t_log = time.time()
     tokens_since_log, unread = 0, []
     try:
@@ -288,8 +297,12 @@ def train(backend, run: Run, log=print) -> Path:
             tokens_since_log += run.tokens_per_step
             bar.update(1)
             log_now = t.step % config.log_every == 0 or t.step == 1 or t.step == config.max_steps
-            finishing = t.step == config.max_steps or (config.max_time is not None
-                                                       and time.time() - t_start >= config.max_time)
+            deadline = config.max_time is not None and time.time() - t_start >= config.max_time
+            # each process has its own clock and its own signals: all ranks act on what any of them saw
+            deadline, signalled = agree_to_stop(backend, deadline, stop.requested is not None)
+            if signalled and stop.requested is None:
+                stop.requested = "a signal to another process"
+            finishing = t.step == config.max_steps or deadline
             do_eval = bool(config.eval_every and t.step % config.eval_every == 0) or finishing
             do_tasks = bool(config.eval_tasks) and (finishing or bool(
                 config.eval_tasks_every and t.step % config.eval_tasks_every == 0))
@@ -297,16 +310,17 @@ def train(backend, run: Run, log=print) -> Path:
             do_save = bool(config.ckpt_every and t.step % config.ckpt_every == 0) or finishing or stop.requested
             if log_now or do_eval or do_tasks or do_sample or do_save:  # losses read only where the loop syncs
                 loss_value = check_finite(unread, backend, run.run_dir)
-            if log_now:
+            if log_now and t.rank0:
                 t.log_train(loss_value, lr, tokens_since_log, bar)
                 tokens_since_log = 0
             if stop.requested:
                 break
-            t.evaluate_and_sample(do_eval, do_sample, val_bar)
-            if do_tasks:
-                t.run_eval_tasks()
-            if do_save:
-                t.save()
+            if t.rank0:  # the other ranks go on to the next step and wait in its all-reduce meanwhile
+                t.evaluate_and_sample(do_eval, do_sample, val_bar)
+                if do_tasks:
+                    t.run_eval_tasks()
+                if do_save:
+                    t.save()
             if finishing:
                 break
     finally:
@@ -314,6 +328,8 @@ def train(backend, run: Run, log=print) -> Path:
         stop.restore()
     t.last["peak_memory_gb"] = backend.peak_memory()[0] / 2**30
     t.last["trainable_params"], t.last["total_params"] = backend.num_params(t.model), backend.num_total_params(t.model)
+    if not t.rank0:
+        return run.run_dir
     if stop.requested:
         log(f"interrupted ({stop.requested}): saved {t.save()}; continue with --resume latest --out {run.run_dir}")
     else:
@@ -325,15 +341,31 @@ def train(backend, run: Run, log=print) -> Path:
 
 
 def run_training(backend_class, config: TrainConfig, typed: set[str] = frozenset(), log=print) -> Path:
-    """Resume settings first (a checkpoint's dtype picks the backend's), then the backend, the run, the loop."""
+    """Resume settings first (a checkpoint's dtype picks the backend's), then the backend and its processes
+    (torchrun / mlx.launch), the run, the loop."""
+    log = quiet_unless_rank0(log)
     resume = resolve_resume(config, typed, log)
     backend = backend_class(device=config.device, dtype=config.dtype, attn_impl=config.attn_impl,
                             compile=config.compile)
-    run = prepare_run(config, backend.name, backend.device, resume, log)
+    rank, world = backend.init_distributed(config.dist_timeout)
     try:
-        return train(backend, run, log)
-    finally:
-        run.lock.release()
+        run = prepare_run(config, backend.name, backend.device, resume, log, rank, world, backend.barrier)
+        try:
+            run_dir = train(backend, run, log)
+        finally:
+            if run.lock is not None:
+                run.lock.release()
+    except RuntimeError as e:  # an engine reporting a peer gone: one line, not its traceback
+        if world > 1 and is_lost_peer(e):
+            raise LostPeer(lost_peer_message(rank, world, e)) from None
+        raise
+    backend.barrier()  # rank 0 may still be writing its last checkpoint: nobody leaves before it is done
+    backend.close_distributed()
+    return run_dir
+
+
+class LostPeer(Exception):
+    """Another process of a multi-process run stopped answering (it died, or its machine went away)."""
 
 
 def main(backend_class, argv=None) -> Path:
@@ -344,11 +376,11 @@ def main(backend_class, argv=None) -> Path:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return run_training(backend_class, config, typed)
-    except (ValueError, FileNotFoundError, WriteError) as e:  # WriteError: one line with the path and the fix
-        sys.exit(f"error: {e}")
+    except (ValueError, FileNotFoundError, WriteError, LostPeer) as e:  # one line with what and the fix
+        fail(f"error: {e}")
     except OSError as e:  # a full disk, a file system gone read-only, a permission taken away mid-run
         where = f" {e.filename}" if e.filename else ""
-        sys.exit(f"error: could not write{where}: {e.strerror or e}; the last checkpoint is intact: fix that and "
+        fail(f"error: could not write{where}: {e.strerror or e}; the last checkpoint is intact: fix that and "
                  f"--resume latest")
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was lost: rerun the same command to continue (prepared "
@@ -356,6 +388,16 @@ def main(backend_class, argv=None) -> Path:
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def fail(message: str):
+    """Exit 1 with a one-line error. Under a launcher the line is printed at once: sys.exit(message) prints only at
+    interpreter shutdown, and the SIGTERM that torchrun and mlx.launch send to the other ranks when one fails would
+    end the process before that, with the line unsaid."""
+    if launched():
+        print(message, file=sys.stderr, flush=True)
+        sys.exit(1)
+    sys.exit(message)
 
 
 def _raise_interrupt(signum, frame):

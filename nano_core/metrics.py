@@ -180,6 +180,21 @@ class MetricsLogger:
             self.wandb_run.finish()
 
 
+class NullLogger:
+    """MetricsLogger's interface, writing nothing: the ranks other than 0 of a multi-process run (rank 0 logs)."""
+
+    wandb_run = None
+
+    def truncate_after(self, step: int, notices=None) -> None:
+        pass
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _read_records(path: Path, notices=None) -> tuple[list[tuple[str, dict]], bool]:
     """([(line, record)], whether any line was dropped or the file lacks its final newline). A line that is not a
     JSON object with a numeric step is dropped with a notice: the last one as torn (a kill mid-write), any other

@@ -38,7 +38,7 @@ BUILTIN_NOTICE = ("notice: the FineWeb-Edu hub is not reachable, so training on 
 # On --resume every setting comes from the checkpoint unless typed again, except these, which belong to the
 # session or the machine (and --device values differ between backends, so a checkpoint can change backend).
 NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time", "overwrite",
-               "init_from")  # a resumed run continues from its checkpoint, never from its starting weights again
+               "init_from", "dist_timeout")  # a resumed run continues from its checkpoint, never from its starting weights again
 # What a run writes into its directory (and --overwrite deletes): never anything else the user keeps there.
 RUN_FILES = ("metrics.jsonl", "samples.txt", "loss_curve.png")
 LOCK_FILE = ".lock"
@@ -58,10 +58,13 @@ class Run:
     base: dict | None = field(default=None, repr=False)       # ... which is this (weights, canonical names)
     base_info: dict | None = None                             # {"source", "hash"} of that base, for meta.json
     instruct_rows: list | None = field(default=None, repr=False)  # --instruct-data, encoded (ids, mask) rows
+    rank: int = 0        # this process, under torchrun / mlx.launch (nano_core/distributed.py)
+    world_size: int = 1  # the processes training together; each reads its own windows
 
     @property
     def tokens_per_step(self) -> int:
-        return self.grad_accum * self.config.batch_size * self.model_config.seq_len
+        """Tokens of one optimizer step over all processes (the global batch)."""
+        return self.grad_accum * self.config.batch_size * self.model_config.seq_len * self.world_size
 
 
 # --- resume ------------------------------------------------------------------------------------------------------
@@ -135,12 +138,19 @@ def eval_settings(config: TrainConfig) -> EvalSettings:
     return EvalSettings(parse_tasks(config.eval_tasks), limit=config.eval_limit)
 
 
-def grad_accum_steps(config: TrainConfig, seq_len: int) -> int:
-    micro = config.batch_size * seq_len
-    total = config.total_batch_tokens or micro
+def grad_accum_steps(config: TrainConfig, seq_len: int, world_size: int = 1) -> int:
+    """Micro-batches per optimizer step on each process. --total-batch-tokens is the global batch; when it is not
+    given it becomes one micro-batch per process, and is written into the config (so into the checkpoint): a run
+    resumed on another number of processes keeps its global batch, with the accumulation adapted."""
+    micro = config.batch_size * seq_len * world_size
+    if config.total_batch_tokens is None:
+        config.total_batch_tokens = micro
+    total = config.total_batch_tokens
     if total % micro:
-        raise ValueError(f"--total-batch-tokens {total} is not a multiple of batch-size x seq-len = {micro}; "
-                         f"use a multiple such as {max(1, round(total / micro)) * micro}")
+        procs = f" x {world_size} processes" if world_size > 1 else ""
+        raise ValueError(f"--total-batch-tokens {total} is not a multiple of batch-size x seq-len{procs} = {micro}; "
+                         f"use a multiple such as {max(1, round(total / micro)) * micro}"
+                         + (" or another --batch-size" if world_size > 1 else ""))
     return total // micro
 
 
@@ -291,49 +301,71 @@ class RunLock:
 
 # --- the run -------------------------------------------------------------------------------------------------------
 def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Path | None, dict | None],
-                log=print) -> Run:
-    """Resolve device-dependent defaults, data, model config and run dir (resume from resolve_resume)."""
+                log=print, rank: int = 0, world_size: int = 1, barrier=lambda: None) -> Run:
+    """Resolve device-dependent defaults, data, model config and run dir (resume from resolve_resume).
+    Under several processes (rank, world_size, and `barrier` waiting for all of them), rank 0 owns the run dir and
+    prepares the data while the others wait, then they read what it made."""
     resume_path, resume_meta = resume
     resolve_defaults(config, device)
     check_config(config)
+    if world_size > 1:
+        check_distributed(config, world_size)
     name = config.preset or ("init" if config.init_from else None)
     run_dir = Path(config.out) if config.out else default_run_dir(backend, name)
     config.out = str(run_dir)
+    if rank != 0:  # the run dir and its lock are rank 0's; the data is there once rank 0 has passed the barrier
+        barrier()
+        return _prepare(config, device, resume_path, resume_meta, run_dir, None, log, rank, world_size)
     check_run_dir(run_dir)
     lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
     try:
-        claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
-        init = load_init_from(config.init_from, log) if config.init_from and resume_meta is None else None
-        cfg = (ModelConfig.from_dict(resume_meta["model_config"]) if resume_meta is not None
-               else fit_context(init, config.seq_len) if init is not None else None)
-        rows = None
-        if config.instruct_data:
-            if cfg is None:
-                raise ValueError("--instruct-data needs --init-from: a trained model and the tokenizer its rows "
-                                 "are encoded with")
-            tok = init.tokenizer if init is not None else load_tokenizer(checkpoint_tokenizer_dir(resume_path))
-            data_dir, rows = resolve_instruct(config, cfg, tok, run_dir, log)
-            train_tokens = int(0.9 * sum(len(ids) - 1 for ids, _ in rows))
-        else:
-            data_dir = resolve_data(config, log, tokenizer=init.tokenizer if init else None)
-            manifest = load_manifest(data_dir)
-            if resume_meta is not None:
-                check_resume_data(resume_meta, cfg, manifest, data_dir)
-            elif init is not None:
-                check_init_data(init, manifest, data_dir)
-            else:
-                cfg = resolve_model_config(config, int(manifest["vocab_size"]))
-            train_tokens = sum(s["tokens"] for s in manifest.get("shards", []) if s.get("split") == "train")
-        if init is not None:
-            log(f"init: weights from {init.describe}; a fresh optimizer and schedule")
-        lora, base, base_info = resolve_lora(config, cfg, init, resume_meta, log)
-        run = Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len), resume_path, lock, init,
-                  lora, base, base_info, rows)
-        default_max_steps(config, device, train_tokens, run.tokens_per_step, log)
-        return run
+        run = _prepare(config, device, resume_path, resume_meta, run_dir, lock, log, rank, world_size)
     except BaseException:
         lock.release()
         raise
+    barrier()
+    return run
+
+
+def check_distributed(config: TrainConfig, world_size: int) -> None:
+    """What several processes cannot do yet, as one-line errors before any work."""
+    if config.instruct_data:
+        raise ValueError(f"--instruct-data trains in one process (instruction sets are small); run it without "
+                         f"torchrun / mlx.launch (this launch has {world_size} processes)")
+
+
+def _prepare(config: TrainConfig, device: str, resume_path, resume_meta, run_dir: Path, lock, log, rank: int,
+             world_size: int) -> Run:
+    if rank == 0:
+        claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
+    init = load_init_from(config.init_from, log) if config.init_from and resume_meta is None else None
+    cfg = (ModelConfig.from_dict(resume_meta["model_config"]) if resume_meta is not None
+           else fit_context(init, config.seq_len) if init is not None else None)
+    rows = None
+    if config.instruct_data:
+        if cfg is None:
+            raise ValueError("--instruct-data needs --init-from: a trained model and the tokenizer its rows "
+                             "are encoded with")
+        tok = init.tokenizer if init is not None else load_tokenizer(checkpoint_tokenizer_dir(resume_path))
+        data_dir, rows = resolve_instruct(config, cfg, tok, run_dir, log)
+        train_tokens = int(0.9 * sum(len(ids) - 1 for ids, _ in rows))
+    else:
+        data_dir = resolve_data(config, log, tokenizer=init.tokenizer if init else None)
+        manifest = load_manifest(data_dir)
+        if resume_meta is not None:
+            check_resume_data(resume_meta, cfg, manifest, data_dir)
+        elif init is not None:
+            check_init_data(init, manifest, data_dir)
+        else:
+            cfg = resolve_model_config(config, int(manifest["vocab_size"]))
+        train_tokens = sum(s["tokens"] for s in manifest.get("shards", []) if s.get("split") == "train")
+    if init is not None:
+        log(f"init: weights from {init.describe}; a fresh optimizer and schedule")
+    lora, base, base_info = resolve_lora(config, cfg, init, resume_meta, log)
+    run = Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len, world_size), resume_path,
+              lock, init, lora, base, base_info, rows, rank, world_size)
+    default_max_steps(config, device, train_tokens, run.tokens_per_step, log)
+    return run
 
 
 # --- fine-tuning: LoRA and instruction data ----------------------------------------------------------------------
@@ -390,6 +422,7 @@ def run_meta(run: Run, backend, step: int, loader_state: dict, metrics: dict) ->
         "model_config": run.model_config.to_dict(),
         "train_config": run.config.to_dict(),
         "step": step, "tokens_seen": step * run.tokens_per_step, "grad_accum": run.grad_accum,
+        "world_size": run.world_size,
         "loader_state": loader_state,
         "rng": "dropout is seeded per step from (seed, step): nano_core.backend.step_seed",
         "metrics": metrics,

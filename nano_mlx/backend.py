@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import glob
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from mlx.utils import tree_flatten, tree_map
 
 from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
+from nano_core.distributed import Watchdog
 from nano_core.host import OPENBLAS_GLOBS, mapped_libraries
 from nano_core.lora import LoraConfig, init_adapters, mask_weights
 from nano_core.metrics import probe_peak_flops
@@ -104,6 +106,8 @@ def blas_notice() -> str | None:
 # ----------------------------------------------------------------------------- the backend
 class Backend:
     name = "mlx"
+    rank, world_size = 0, 1  # until init_distributed finds a launcher
+    group = None
 
     def __init__(self, device: str = "auto", dtype: str = "auto", attn_impl: str = "auto", compile: bool | None = None):
         self.device = pick_device(device)
@@ -150,6 +154,34 @@ class Backend:
     def sync(self) -> None:
         mx.synchronize()
 
+    # -- several processes ------------------------------------------------------------------------------------------
+    def init_distributed(self, timeout: float) -> tuple[int, int]:
+        if not any(v in os.environ for v in ("MLX_RANK", "MLX_HOSTFILE", "OMPI_COMM_WORLD_SIZE", "MLX_WORLD_SIZE")):
+            return 0, 1  # started alone: no backend to try
+        hostfile = os.environ.get("MLX_HOSTFILE")
+        what = f"the hostfile {hostfile}" if hostfile and not hostfile.lstrip().startswith("[") else "mlx.launch's hosts"
+        try:
+            with Watchdog(timeout, f"rank {os.environ.get('MLX_RANK', '?')} could not connect to the other ranks "
+                                   f"listed in {what}; check that every host is reachable at the IPs given and runs "
+                                   f"the same command (mlx.distributed_config --help writes a hostfile)"):
+                group = mx.distributed.init()
+                mx.eval(mx.distributed.all_sum(mx.array(1), group=group, stream=mx.cpu))  # everyone is there
+        except RuntimeError as e:  # a hostfile that is not JSON, a peer that refused the connection
+            raise ValueError(f"could not start mx.distributed from {what}: {str(e).strip().splitlines()[0]}; check "
+                             f"the hostfile (mlx.distributed_config writes one) and that every host is up") from None
+        self.group, self.rank, self.world_size = group, group.rank(), group.size()
+        return self.rank, self.world_size
+
+    def all_max(self, value: int) -> int:
+        return int(mx.distributed.all_max(mx.array(value), group=self.group, stream=mx.cpu).item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            mx.eval(mx.distributed.all_sum(mx.array(0), group=self.group, stream=mx.cpu))
+
+    def close_distributed(self) -> None:
+        pass  # the group lives as long as the process
+
     # -- model ----------------------------------------------------------------------------------------------------
     def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False, lora: LoraConfig | None = None,
                     adapters=None, seed: int = 0):
@@ -188,6 +220,7 @@ class Backend:
     # -- training -------------------------------------------------------------------------------------------------
     def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float, seed: int):
         cast = COMPUTE_DTYPES[self.dtype]
+        group, world, rank = self.group, self.world_size, self.rank
 
         def loss_fn(params, x, y, w=None):
             # The model runs on (a bf16 copy of) `params`, so the gradient is taken w.r.t. the fp32 masters.
@@ -209,6 +242,9 @@ class Backend:
                 total = total + loss
                 grads = g if grads is None else tree_map(mx.add, grads, g)
             model.update(masters)  # the fp32 masters back in place of the bf16 copies
+            if world > 1:  # the mean gradient and the mean loss over the ranks, by the engine's own all-reduce
+                grads = nn.average_gradients(grads, group=group)
+                total = mx.distributed.all_sum(total, group=group) / world
             grads, norm = clip_grad_norm(grads, grad_clip if grad_clip > 0 else math.inf)  # 0: no clipping
             optimizer.update(model, grads)
             return total + 0.0 * norm  # NaN/inf when the gradients are: the loop sees it in the loss
@@ -220,7 +256,7 @@ class Backend:
             update = mx.compile(functools.partial(update, weights=None), inputs=state, outputs=state)
 
         def step(batch: np.ndarray, lr: float, index: int, mask: np.ndarray | None = None):
-            mx.random.seed(step_seed(seed, index))  # dropout masks are a function of (seed, step)
+            mx.random.seed(step_seed(seed, index) + rank)  # dropout masks: a function of (seed, step, rank)
             set_lr(optimizer, lr)
             x = mx.array(batch).reshape(grad_accum, -1, batch.shape[1])
             if mask is None:

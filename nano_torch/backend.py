@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
+from nano_core.distributed import Watchdog
 from nano_core.host import peak_rss, preloaded_openblas, reset_peak_rss
 from nano_core.lora import LoraConfig, init_adapters, mask_weights
 from nano_core.metrics import probe_peak_flops
@@ -92,9 +95,22 @@ def blas_notice() -> str | None:
             f"slower (two thread pools on the same cores): run nano_torch without it")
 
 
+class LossModule(torch.nn.Module):
+    """The model's loss as a module's forward: DistributedDataParallel hooks the gradient all-reduce into the
+    forward it wraps, and the train step calls the loss, not the logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y, w=None):
+        return self.model.loss(x, y, w)
+
+
 # ----------------------------------------------------------------------------- the backend
 class Backend:
     name = "torch"
+    rank, world_size = 0, 1  # until init_distributed finds a launcher
 
     def __init__(self, device: str = "auto", dtype: str = "auto", attn_impl: str = "auto", compile: bool | None = None):
         self.device = pick_device(device)
@@ -151,6 +167,42 @@ class Backend:
     def sync(self) -> None:
         SYNC[self.device]()
 
+    # -- several processes ------------------------------------------------------------------------------------------
+    def init_distributed(self, timeout: float) -> tuple[int, int]:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return 0, 1
+        if self.device == "mps":
+            raise ValueError("PyTorch cannot all-reduce MPS tensors across processes (gloo takes CPU tensors, NCCL "
+                             "needs CUDA); train on several Macs with `mlx.launch ... -- python -m nano_mlx.train`, "
+                             "or use --device cpu")
+        if self.device == "cuda":  # one GPU per process, as torchrun numbers them on each node
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            self.torch_device = torch.device("cuda", local)
+        engine = "nccl" if self.device == "cuda" else "gloo"
+        where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        with Watchdog(timeout, f"rank {os.environ.get('RANK', '?')} could not reach the other {world - 1} ranks "
+                               f"at {where} ({engine}); check that every node runs the same torchrun command with "
+                               f"a reachable --master-addr and a free --master-port"):
+            dist.init_process_group(engine)
+            dist.barrier()  # everyone is there before anything else starts
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        return self.rank, self.world_size
+
+    def all_max(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64, device=self.torch_device if self.device == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close_distributed(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
     # -- model ----------------------------------------------------------------------------------------------------
     def build_model(self, cfg: ModelConfig, weights, grad_checkpoint: bool = False, lora: LoraConfig | None = None,
                     adapters=None, seed: int = 0):
@@ -187,23 +239,35 @@ class Backend:
 
     # -- training -------------------------------------------------------------------------------------------------
     def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float, seed: int):
-        loss_fn = torch.compile(model.loss) if self.compile else model.loss
+        ddp = None
+        if self.world_size > 1:  # DDP averages the gradients over the ranks during the last micro-batch's backward
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                LossModule(model), device_ids=[self.torch_device.index] if self.device == "cuda" else None)
+        loss_fn = ddp if ddp is not None else model.loss
+        loss_fn = torch.compile(loss_fn) if self.compile else loss_fn
         ctx = autocast(self.device, self.dtype)
         scaler = torch.amp.GradScaler(self.device) if self.dtype == "fp16" else None
+        rank = self.rank
 
         def step(batch: np.ndarray, lr: float, index: int, mask: np.ndarray | None = None):
-            torch.manual_seed(step_seed(seed, index))  # dropout masks are a function of (seed, step)
+            torch.manual_seed(step_seed(seed, index) + rank)  # dropout masks: a function of (seed, step, rank)
             set_lr(optimizer, lr)
             t = torch.from_numpy(batch).to(self.torch_device, non_blocking=True).long()
             w = None if mask is None else \
                 torch.from_numpy(mask_weights(mask, batch)).to(self.torch_device).view(grad_accum, -1, t.shape[1] - 1)
             total = 0.0
             for i, micro in enumerate(t.view(grad_accum, -1, t.shape[1])):
-                with ctx:  # masked: each micro-batch adds sum(nats * mask) / (the whole step's mask sum)
-                    loss = loss_fn(micro[:, :-1], micro[:, 1:]) / grad_accum if w is None else \
-                        loss_fn(micro[:, :-1], micro[:, 1:], w[i])
-                (scaler.scale(loss) if scaler else loss).backward()
+                # only the last micro-batch all-reduces: the others accumulate locally
+                sync = ddp.no_sync() if ddp is not None and i < grad_accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with ctx:  # masked: each micro-batch adds sum(nats * mask) / (the whole step's mask sum)
+                        loss = loss_fn(micro[:, :-1], micro[:, 1:]) / grad_accum if w is None else \
+                            loss_fn(micro[:, :-1], micro[:, 1:], w[i])
+                    (scaler.scale(loss) if scaler else loss).backward()
                 total = total + loss.detach()
+            if ddp is not None:  # the loss every rank shows is the mean over the ranks (one scalar all-reduce)
+                dist.all_reduce(total)
+                total = total / self.world_size
             if scaler:
                 scaler.unscale_(optimizer)
             norm = clip_grad_norm_(model, grad_clip if grad_clip > 0 else math.inf)  # 0: no clipping, norm only
