@@ -100,16 +100,35 @@ class Backend(Protocol):
         """Number of all parameters: the base (tied head counted once) plus the adapters."""
 
     # -- optimizer --------------------------------------------------------------------------------------------
-    def build_optimizer(self, model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> Any:
-        """AdamW over the trainable parameters only: bias-corrected, decoupled weight decay on parameters with
-        ndim >= 2 only (LoRA's A and B included), fp32 moments."""
+    def build_optimizer(self, model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+                        optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95) -> Any:
+        """"adamw": AdamW over the trainable parameters only: bias-corrected, decoupled weight decay on parameters
+        with ndim >= 2 only (LoRA's A and B included), fp32 moments. "muon": Muon (nano_core/muon.py) at muon_lr on
+        the blocks' hidden matrices, that AdamW at lr on the rest; ValueError under LoRA. `set_lr` (inside the
+        train step) moves both parts with the one schedule."""
 
     def optimizer_state(self, optimizer, model) -> Weights:
-        """`{name}.exp_avg`, `{name}.exp_avg_sq` (float32) per trainable parameter (exactly the adapters under
-        LoRA) and `step` (0-d int64)."""
+        """`{name}.exp_avg`, `{name}.exp_avg_sq` (float32) per AdamW parameter (exactly the adapters under LoRA),
+        `{name}.momentum` per Muon parameter, and `step` (0-d int64)."""
 
     def load_optimizer_state(self, optimizer, model, state: Weights) -> None:
         """The inverse of optimizer_state; ValueError (one line) when the state does not fit the model."""
+
+    # -- several processes (torchrun / mlx.launch; nano_core/distributed.py) ----------------------------------
+    def init_distributed(self, timeout: float) -> tuple[int, int]:
+        """(rank, world_size) from the launcher's environment, after the engine's own rendezvous (a Watchdog of
+        `timeout` seconds turns a peer that never comes into one line); (0, 1) when started alone. Sets self.rank and
+        self.world_size; the train step then averages gradients and the loss over the ranks with the engine's own
+        collective (DDP / nn.average_gradients). One-line ValueError for a setup that cannot work (MPS + gloo)."""
+
+    def all_max(self, value: int) -> int:
+        """The largest `value` over the ranks (the loop's agreement on stopping)."""
+
+    def barrier(self) -> None:
+        """Wait until every rank is here (a no-op alone)."""
+
+    def close_distributed(self) -> None:
+        """Leave the process group at a normal end."""
 
     # -- training ---------------------------------------------------------------------------------------------
     def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float,

@@ -72,8 +72,10 @@ class TrainConfig:
     max_steps: int | None = flag(None, "run", f"optimizer steps; the schedule spans them (default: "
                                  f"{DEFAULT_MAX_STEPS['cpu']} on CPU, {DEFAULT_MAX_STEPS['accelerator']} on a GPU)",
                                  type=int)
-    max_time: float | None = flag(None, "run", "stop (and checkpoint) after this much training time", type=float,
-                                  metavar="SECONDS")
+    max_time: float | None = flag(None, "run", "a time budget for training (evaluations and checkpoints not "
+                                  "counted): without --max-steps the schedule is laid out over the steps that fit, "
+                                  "measured over the warm-up, and ends annealed at the deadline; with --max-steps it "
+                                  "only stops the run early", type=float, metavar="SECONDS")
     resume: str | None = flag(None, "run", 'continue exactly from a checkpoint dir, a run dir, or "latest" in --out',
                               metavar="CKPT")
     overwrite: bool = flag(False, "run", "start fresh in an --out that holds another run: delete its checkpoints, "
@@ -97,7 +99,13 @@ class TrainConfig:
     warmup_steps: int = flag(50, "optimization", "linear warmup steps", type=int)
     schedule: str = flag("cosine", "optimization", "learning-rate schedule", choices=tuple(SCHEDULES))
     decay_frac: float = flag(0.2, "optimization", "wsd: fraction of the steps spent decaying", type=float)
-    weight_decay: float = flag(0.1, "optimization", "AdamW decay (on weights with >= 2 dims only)", type=float)
+    weight_decay: float = flag(0.1, "optimization", "decoupled decay on weights with >= 2 dims (AdamW's and Muon's)",
+                               type=float)
+    optimizer: str = flag("adamw", "optimization", "adamw, or muon: Muon on the hidden matrices (attention and MLP "
+                          "weights) at --muon-lr, AdamW on the rest at --lr", choices=("adamw", "muon"))
+    muon_lr: float = flag(0.02, "optimization", "Muon's peak learning rate (follows the schedule as --lr does)",
+                          type=float)
+    muon_momentum: float = flag(0.95, "optimization", "Muon's momentum (Nesterov)", type=float)
     beta1: float = flag(0.9, "optimization", type=float)
     beta2: float = flag(0.95, "optimization", type=float)
     eps: float = flag(1e-8, "optimization", type=float)

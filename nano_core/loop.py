@@ -36,7 +36,7 @@ from nano_core.metrics import (MetricsLogger, NullLogger, format_count, format_f
                                plot_loss_curve, recheck_peak, unigram_val_loss, val_metrics)
 from nano_core.eval import Scorer, run_tasks, summary_metrics
 from nano_core.run import Run, eval_settings, prepare_run, resolve_resume, run_meta
-from nano_core.schedule import lr_at
+from nano_core.schedule import TimeBudget, lr_at
 from tokenizer import load_tokenizer
 
 
@@ -175,7 +175,8 @@ class Trainer:
         else:
             self.model = backend.build_model(cfg, weights, grad_checkpoint=config.grad_checkpoint)
         self.optimizer = backend.build_optimizer(self.model, config.lr, (config.beta1, config.beta2), config.eps,
-                                                 config.weight_decay)
+                                                 config.weight_decay, config.optimizer, config.muon_lr,
+                                                 config.muon_momentum)
         if meta is not None:
             self._resume(opt_state, meta)
         if config.wandb and self.rank0:
@@ -209,6 +210,19 @@ class Trainer:
                      f"{self.backend.name}'s generator from here on (same seeds, different draws)")
         self.logger.truncate_after(self.step, notices=self.log)
         self.log(f"resuming from {self.run.resume_path} at step {self.step}")
+
+    def fix_horizon(self, steps: int, per_step: float, budget: TimeBudget, bar) -> None:
+        """--max-time: the schedule now spans `steps` (every rank the same: the largest estimate), recorded as the
+        run's max_steps, so checkpoints carry it and a resumed run recomputes the same schedule."""
+        if self.run.world_size > 1:
+            steps = self.backend.all_max(steps)
+        self.run.config.max_steps = steps
+        bar.total = steps
+        bar.refresh()
+        self.logger.log({"step": self.step, "schedule_steps": steps, "sec_per_step": per_step})
+        if self.rank0:
+            tqdm.write(f"time budget: {per_step:.3g} s/step over steps {budget.first[0] + 1}-{self.step} -> the "
+                       f"schedule spans {steps:,} steps ({budget.seconds:,.0f} s)")
 
     def log_train(self, loss: float, lr: float, tokens: int, bar) -> None:
         """A train record: loss, lr, tokens/s and MFU since the last record (the device is synced first)."""
@@ -281,23 +295,36 @@ def train(backend, run: Run, log=print) -> Path:
     log(startup_line(backend, run.model_config, backend.num_params(t.model), t.loader.tokens, entropy, val_bar,
                      t.peak, t.peak_source, run.grad_accum, config.batch_size))
     log(f"run dir: {run.run_dir}")
-    log(expected_time(config.max_steps - t.step, run.tokens_per_step, t.flops_per_token, t.peak))
+    # --max-time alone: the schedule's horizon is measured over the warm-up (nano_core/schedule.py, TimeBudget)
+    budget = TimeBudget(config.max_time, config.warmup_steps, t.step) if config.max_steps is None else None
+    if budget is None:
+        log(expected_time(config.max_steps - t.step, run.tokens_per_step, t.flops_per_token, t.peak))
+    else:
+        log(f"time budget: {config.max_time:,.0f} s of training (evaluations and checkpoints not counted); the "
+            f"schedule is laid out over the steps that fit, measured over steps {budget.clock_from + 1}-{budget.fix_at}")
 
     stop = StopFlag()
     bar = tqdm(total=config.max_steps, initial=t.step, desc=f"train {backend.name}", unit="step", dynamic_ncols=True,
                mininterval=0.5, disable=not t.rank0)
     t_start = t.t_log = time.time()
+    paused = 0.0  # seconds spent evaluating, sampling and checkpointing: not training time
     tokens_since_log, unread = 0, []
     try:
-        while t.step < config.max_steps:
+        while config.max_steps is None or t.step < config.max_steps:
             lr = lr_at(t.step, config)
             batch, mask = split_batch(t.loader.next_batch())
             unread.append((t.step + 1, lr, t.train_step(batch, lr, t.step, mask=mask)))
             t.step += 1
             tokens_since_log += run.tokens_per_step
             bar.update(1)
+            if budget is not None and budget.clock_points(t.step):
+                backend.sync()  # the clock must see the step done, not queued
+            trained = time.time() - t_start - paused
+            if budget is not None and config.max_steps is None and (plan := budget.observe(t.step, trained)):
+                t.fix_horizon(*plan, budget, bar)
             log_now = t.step % config.log_every == 0 or t.step == 1 or t.step == config.max_steps
-            deadline = config.max_time is not None and time.time() - t_start >= config.max_time
+            limit = config.max_time if budget is None else budget.limit(fixed=config.max_steps is not None)
+            deadline = limit is not None and trained >= limit
             # each process has its own clock and its own signals: all ranks act on what any of them saw
             deadline, signalled = agree_to_stop(backend, deadline, stop.requested is not None)
             if signalled and stop.requested is None:
@@ -316,12 +343,17 @@ def train(backend, run: Run, log=print) -> Path:
             if stop.requested:
                 break
             if t.rank0:  # the other ranks go on to the next step and wait in its all-reduce meanwhile
+                t_pause = time.time()
                 t.evaluate_and_sample(do_eval, do_sample, val_bar)
                 if do_tasks:
                     t.run_eval_tasks()
                 if do_save:
                     t.save()
+                paused += time.time() - t_pause
             if finishing:
+                if deadline and budget is not None and config.max_steps is None:
+                    log(f"notice: the --max-time budget ({config.max_time:,.0f} s) ran out during the warm-up, at step "
+                        f"{t.step}, before the schedule could decay; give more time or fewer --warmup-steps")
                 break
     finally:
         bar.close()

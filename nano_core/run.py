@@ -104,7 +104,7 @@ def resolve_defaults(config: TrainConfig, device: str) -> None:
 def default_max_steps(config: TrainConfig, device: str, train_tokens: int, tokens_per_step: int, log=print) -> None:
     """--max-steps when not given: the device's budget, but no more than DEFAULT_EPOCHS passes over a small corpus
     (more would only memorise it)."""
-    if config.max_steps is not None:
+    if config.max_steps is not None or config.max_time is not None:  # --max-time: the loop fixes it (TimeBudget)
         return
     budget = int(os.environ.get(MAX_STEPS_ENV, DEFAULT_MAX_STEPS[device_kind(device)]))
     epochs_cap = max(1, DEFAULT_EPOCHS * train_tokens // tokens_per_step)
@@ -121,7 +121,7 @@ def check_config(config: TrainConfig) -> None:
         read_config_file(config.config)
     if config.data is None:
         check_vocab_size(config.vocab_size)
-    for name in ("max_steps", "batch_size", "eval_steps", "sample_tokens", "log_every"):
+    for name in ("max_steps", "max_time", "batch_size", "eval_steps", "sample_tokens", "log_every"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(config, name)}")
     if config.eval_tasks:  # every task known and its data file there before any work

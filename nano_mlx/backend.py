@@ -208,8 +208,9 @@ class Backend:
         return sum(p.size for _, p in tree_flatten(model.parameters()))
 
     # -- optimizer ------------------------------------------------------------------------------------------------
-    def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
-        return build_optimizer(model, lr, betas, eps, weight_decay)
+    def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
+                        optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95):
+        return build_optimizer(model, lr, betas, eps, weight_decay, optimizer, muon_lr, muon_momentum)
 
     def optimizer_state(self, optimizer, model) -> dict[str, np.ndarray]:
         return optimizer_state_numpy(optimizer, model)

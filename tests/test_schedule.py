@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nano_core.schedule import check_schedule, lr_at
+from nano_core.schedule import TimeBudget, check_schedule, lr_at
 
 
 def cfg(**kw):
@@ -60,3 +60,41 @@ def test_lr_is_a_pure_function_of_step():
 def test_bad_schedule_settings_get_one_line_errors(bad, msg):
     with pytest.raises(ValueError, match=msg):
         check_schedule(cfg(**bad))
+
+
+# ---------------------------------------------------------------------------------------------- --max-time
+def test_until_a_time_budget_fixes_the_horizon_the_rate_is_the_warmup_then_the_peak():
+    c = cfg(max_steps=None)
+    assert [lr_at(s, c) for s in (0, 9)] == [pytest.approx(1e-4), pytest.approx(1e-3)]
+    assert lr_at(10, c) == lr_at(37, c) == 1e-3  # no decay can start before its horizon is known
+    c.max_steps = 100  # fixed: from here it is the ordinary schedule of that horizon
+    assert lr_at(55, c) == pytest.approx(1e-4 + 0.5 * 9e-4)
+
+
+def test_time_budget_measures_the_second_half_of_the_warmup_and_fills_the_rest_of_the_budget():
+    b = TimeBudget(60.0, warmup_steps=50)
+    assert (b.clock_from, b.fix_at) == (25, 50)
+    assert [s for s in range(1, 100) if b.clock_points(s)] == [25, 50]
+    clock = {s: 3.0 + 0.2 * s for s in range(1, 51)}  # a slow first step, then 0.2 s/step
+    plans = [b.observe(s, clock[s]) for s in range(1, 51)]
+    assert plans[:-1] == [None] * 49
+    steps, per_step = plans[-1]
+    assert per_step == pytest.approx(0.2)
+    assert steps == 50 + int((60.0 - clock[50]) / 0.2)  # 235: the steps that fit in what is left
+    assert b.limit(fixed=False) == 60.0 and b.limit(fixed=True) == 60.0 * TimeBudget.OVERRUN
+
+
+def test_time_budget_measures_at_least_a_few_steps_and_after_a_resume_starts_there():
+    assert TimeBudget(10.0, warmup_steps=0).fix_at == TimeBudget.MIN_TIMED_STEPS
+    resumed = TimeBudget(10.0, warmup_steps=50, start_step=40)  # a checkpoint from before the horizon was fixed
+    assert (resumed.clock_from, resumed.fix_at) == (45, 50)
+    late = TimeBudget(10.0, warmup_steps=5, start_step=7)
+    assert late.fix_at == 9 and late.clock_from == 8
+    with pytest.raises(ValueError, match="--max-time must be positive"):
+        TimeBudget(0, warmup_steps=5)
+
+
+def test_a_budget_spent_before_the_horizon_is_fixed_gives_the_steps_done():
+    b = TimeBudget(1.0, warmup_steps=6)
+    b.observe(3, 0.5)
+    assert b.observe(6, 2.0) == (6, pytest.approx(0.5))  # nothing left: the schedule ends where it is
