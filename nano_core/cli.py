@@ -11,6 +11,7 @@ import argparse
 from dataclasses import asdict, dataclass, field, fields
 
 from nano_core.config import PRESETS
+from nano_core.recipes import RECIPE_CHOICES
 from nano_core.schedule import SCHEDULES
 
 DEVICES = {"mlx": ("auto", "gpu", "cpu"), "torch": ("auto", "mps", "cuda", "cpu")}
@@ -33,14 +34,18 @@ class TrainConfig:
     """Every setting of a training run. Field name = flag name with '-' for '_'; None = resolved at start-up."""
 
     # -- model
-    preset: str | None = flag(None, "model", f"model preset: {', '.join(PRESETS)} (default: small on a GPU, tiny "
-                              "on CPU)", choices=list(PRESETS), metavar="PRESET", exclusive="model")
+    preset: str | None = flag(None, "model", f"model preset: {', '.join(PRESETS)} (default: the --recipe's)",
+                              choices=list(PRESETS), metavar="PRESET", exclusive="model")
     config: str | None = flag(None, "model", "model config JSON (ModelConfig fields)", metavar="FILE",
                               exclusive="model")
     init_from: str | None = flag(None, "model", "start from trained weights: a nano checkpoint or run dir, or a "
                                  "Hugging Face gpt2/llama/qwen3 directory (config.json + safetensors); a fresh "
                                  "optimizer and schedule, the model's own config and tokenizer", metavar="DIR",
                                  exclusive="model")
+    recipe: str | None = flag(None, "model", "a model with the training settings measured best for a time budget "
+                              "(nano_core/recipes.py); fills only what is left at nano's defaults. Default: the "
+                              "device's recipe when no --preset/--config/--init-from is given; none: plain defaults",
+                              choices=list(RECIPE_CHOICES))
     seq_len: int | None = flag(None, "model", "context length (default: the preset's)", type=int)
     grad_checkpoint: bool = flag(False, "model", "recompute each block in backward (less memory)",
                                  action="store_true")

@@ -35,7 +35,7 @@ from nano_core.instruct import InstructLoader
 from nano_core.metrics import (MetricsLogger, NullLogger, format_count, format_flops, init_wandb, mfu,
                                plot_loss_curve, recheck_peak, unigram_val_loss, val_metrics)
 from nano_core.eval import Scorer, run_tasks, summary_metrics
-from nano_core.run import Run, eval_settings, prepare_run, resolve_resume, run_meta
+from nano_core.run import DEFAULT_EPOCHS, Run, eval_settings, prepare_run, resolve_resume, run_meta
 from nano_core.schedule import TimeBudget, lr_at
 from tokenizer import load_tokenizer
 
@@ -216,6 +216,11 @@ class Trainer:
         run's max_steps, so checkpoints carry it and a resumed run recomputes the same schedule."""
         if self.run.world_size > 1:
             steps = self.backend.all_max(steps)
+        cap = self.run.step_cap
+        if cap is not None and steps > max(cap, self.step):  # more would only memorise a small corpus
+            self.log(f"notice: the budget fits {steps:,} steps, more than {cap:,} ({DEFAULT_EPOCHS} passes over the "
+                     f"training data); stopping there, early -- set --max-steps to train longer")
+            steps = max(cap, self.step)
         self.run.config.max_steps = steps
         bar.total = steps
         bar.refresh()
@@ -381,7 +386,7 @@ def run_training(backend_class, config: TrainConfig, typed: set[str] = frozenset
                             compile=config.compile)
     rank, world = backend.init_distributed(config.dist_timeout)
     try:
-        run = prepare_run(config, backend.name, backend.device, resume, log, rank, world, backend.barrier)
+        run = prepare_run(config, backend.name, backend.device, resume, log, rank, world, backend.barrier, typed)
         try:
             run_dir = train(backend, run, log)
         finally:

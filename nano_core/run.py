@@ -23,6 +23,7 @@ from nano_core.instruct import encode_rows
 from nano_core.lora import LoraConfig
 from nano_core.pretrained import InitFrom, fit_context, load_init_from, load_lora_base, weights_hash
 from nano_core.prepare import prepare
+from nano_core.recipes import DEFAULT_RECIPE, RECIPES, Recipe
 from nano_core.schedule import check_schedule
 from tokenizer import load_tokenizer
 from tokenizer.bpe import check_vocab_size
@@ -58,6 +59,7 @@ class Run:
     base: dict | None = field(default=None, repr=False)       # ... which is this (weights, canonical names)
     base_info: dict | None = None                             # {"source", "hash"} of that base, for meta.json
     instruct_rows: list | None = field(default=None, repr=False)  # --instruct-data, encoded (ids, mask) rows
+    step_cap: int | None = None  # a time budget never plans more than DEFAULT_EPOCHS passes over the data
     rank: int = 0        # this process, under torchrun / mlx.launch (nano_core/distributed.py)
     world_size: int = 1  # the processes training together; each reads its own windows
 
@@ -94,11 +96,35 @@ def device_kind(device: str) -> str:
     return "cpu" if device == "cpu" else "accelerator"
 
 
-def resolve_defaults(config: TrainConfig, device: str) -> None:
-    """Fill the defaults that depend on the device (the preset), in place; the step budget also depends on the
-    data and is set by default_max_steps once the data is known."""
+def resolve_defaults(config: TrainConfig, device: str, typed: set[str] = frozenset(), resuming: bool = False,
+                     log=print) -> None:
+    """Fill the defaults that depend on the device, in place: with no model given, the device's recipe
+    (nano_core/recipes.py), which sets the preset and the training settings left at nano's defaults; the step
+    budget also depends on the data and is set by default_max_steps once the data is known. A resumed run keeps
+    what its checkpoint recorded."""
+    if resuming:
+        return
+    no_model = config.preset is None and config.config is None and config.init_from is None
+    if config.recipe is None and no_model:
+        config.recipe = DEFAULT_RECIPE[device_kind(device)]
+    if config.recipe not in (None, "none"):
+        apply_recipe(config, RECIPES[config.recipe], typed, log)
     if config.preset is None and config.config is None and config.init_from is None:
         config.preset = DEFAULT_PRESET[device_kind(device)]
+
+
+def apply_recipe(config: TrainConfig, recipe: Recipe, typed: set[str], log=print) -> None:
+    """The recipe's model and settings, for every one the user neither typed nor changed from nano's default."""
+    defaults = TrainConfig()
+    if config.preset is None and config.config is None and config.init_from is None:
+        config.preset = recipe.preset
+    for name, value in recipe.train.items():
+        if name not in typed and getattr(config, name) == getattr(defaults, name):
+            setattr(config, name, value)
+    # its time budget, unless the run has a length already (typed, or shrunk for tests through MAX_STEPS_ENV)
+    if config.max_steps is None and config.max_time is None and MAX_STEPS_ENV not in os.environ:
+        config.max_time = recipe.budget_s
+    log(recipe.describe())
 
 
 def default_max_steps(config: TrainConfig, device: str, train_tokens: int, tokens_per_step: int, log=print) -> None:
@@ -301,16 +327,18 @@ class RunLock:
 
 # --- the run -------------------------------------------------------------------------------------------------------
 def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Path | None, dict | None],
-                log=print, rank: int = 0, world_size: int = 1, barrier=lambda: None) -> Run:
+                log=print, rank: int = 0, world_size: int = 1, barrier=lambda: None,
+                typed: set[str] = frozenset()) -> Run:
     """Resolve device-dependent defaults, data, model config and run dir (resume from resolve_resume).
     Under several processes (rank, world_size, and `barrier` waiting for all of them), rank 0 owns the run dir and
     prepares the data while the others wait, then they read what it made."""
     resume_path, resume_meta = resume
-    resolve_defaults(config, device)
+    resolve_defaults(config, device, typed, resuming=resume_meta is not None, log=log)
     check_config(config)
     if world_size > 1:
         check_distributed(config, world_size)
-    name = config.preset or ("init" if config.init_from else None)
+    name = (config.recipe if config.recipe not in (None, "none") else None) or config.preset or \
+        ("init" if config.init_from else None)
     run_dir = Path(config.out) if config.out else default_run_dir(backend, name)
     config.out = str(run_dir)
     if rank != 0:  # the run dir and its lock are rank 0's; the data is there once rank 0 has passed the barrier
@@ -363,8 +391,9 @@ def _prepare(config: TrainConfig, device: str, resume_path, resume_meta, run_dir
         log(f"init: weights from {init.describe}; a fresh optimizer and schedule")
     lora, base, base_info = resolve_lora(config, cfg, init, resume_meta, log)
     run = Run(config, run_dir, data_dir, cfg, grad_accum_steps(config, cfg.seq_len, world_size), resume_path,
-              lock, init, lora, base, base_info, rows, rank, world_size)
+              lock, init, lora, base, base_info, rows, rank=rank, world_size=world_size)
     default_max_steps(config, device, train_tokens, run.tokens_per_step, log)
+    run.step_cap = max(1, DEFAULT_EPOCHS * train_tokens // run.tokens_per_step)
     return run
 
 

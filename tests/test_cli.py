@@ -1,7 +1,9 @@
 """One CLI for both backends: the train and generate parsers agree on every flag and default but --device."""
 import pytest
 
-from nano_core import cli, run
+from nano_core import cli
+from nano_core import run
+from nano_core.recipes import RECIPES
 
 
 def options(parser):
@@ -66,16 +68,44 @@ def test_grad_accum_from_total_batch_tokens():
         run.grad_accum_steps(args, 256)
 
 
-def test_device_dependent_defaults(monkeypatch):
+def test_device_dependent_defaults_are_the_devices_recipe(monkeypatch):
     monkeypatch.delenv(run.MAX_STEPS_ENV, raising=False)
-    args, _ = cli.parse_train_args("torch", [])
-    run.resolve_defaults(args, "cpu")
+    args, typed = cli.parse_train_args("torch", [])
+    run.resolve_defaults(args, "cpu", typed)
     run.default_max_steps(args, "cpu", train_tokens=10_000_000, tokens_per_step=2048)
-    assert (args.preset, args.max_steps) == ("tiny", 300)
-    args, _ = cli.parse_train_args("mlx", [])
-    run.resolve_defaults(args, "gpu")
-    run.default_max_steps(args, "gpu", train_tokens=10_000_000, tokens_per_step=2048)
-    assert (args.preset, args.max_steps) == ("small", 2000)
+    cpu = RECIPES["cpu-10min"]
+    assert (args.recipe, args.preset, args.max_steps, args.max_time) == ("cpu-10min", cpu.preset, None, 600.0)
+    assert all(getattr(args, k) == v for k, v in cpu.train.items())
+    args, typed = cli.parse_train_args("mlx", [])
+    run.resolve_defaults(args, "gpu", typed)
+    assert (args.recipe, args.preset, args.max_time) == ("mac-1h", RECIPES["mac-1h"].preset, 3600.0)
+    # a preset chosen by hand: nano's plain defaults and step budget, no recipe
+    args, typed = cli.parse_train_args("torch", ["--preset", "tiny"])
+    run.resolve_defaults(args, "cpu", typed)
+    run.default_max_steps(args, "cpu", train_tokens=10_000_000, tokens_per_step=2048)
+    assert (args.recipe, args.preset, args.max_steps, args.optimizer) == (None, "tiny", 300, "adamw")
+    args, typed = cli.parse_train_args("torch", ["--recipe", "none"])
+    run.resolve_defaults(args, "cpu", typed)
+    assert (args.preset, args.optimizer, args.max_time) == ("tiny", "adamw", None)
+
+
+def test_a_recipe_fills_only_what_is_left_at_the_defaults(monkeypatch):
+    monkeypatch.delenv(run.MAX_STEPS_ENV, raising=False)
+    args, typed = cli.parse_train_args("torch", ["--recipe", "cpu-10min", "--optimizer", "adamw", "--max-time", "60",
+                                                 "--lr", "1e-3", "--preset", "small"])
+    run.resolve_defaults(args, "cpu", typed)
+    assert (args.optimizer, args.max_time, args.lr, args.preset) == ("adamw", 60.0, 1e-3, "small")  # typed wins
+    assert args.muon_lr == RECIPES["cpu-10min"].train["muon_lr"]  # the rest comes from the recipe
+    args, typed = cli.parse_train_args("torch", ["--max-steps", "40"])
+    run.resolve_defaults(args, "cpu", typed)
+    assert (args.max_steps, args.max_time) == (40, None)  # a run with a length keeps it
+    monkeypatch.setenv(run.MAX_STEPS_ENV, "2")
+    args, typed = cli.parse_train_args("torch", [])
+    run.resolve_defaults(args, "cpu", typed)
+    assert args.max_time is None  # tests shrink the no-argument run by steps: the budget stays off
+    args, typed = cli.parse_train_args("torch", [])
+    run.resolve_defaults(args, "cpu", typed, resuming=True)
+    assert args.recipe is None and args.preset is None  # a resumed run keeps what its checkpoint recorded
 
 
 def test_the_default_step_budget_never_passes_a_small_corpus_more_than_a_few_times(capsys):

@@ -17,6 +17,8 @@ import pytest
 
 from nano_core import checkpoint as ck
 from nano_core import metrics
+from nano_core.config import ModelConfig
+from nano_core.recipes import RECIPES
 from nano_core.run import MAX_STEPS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,9 +155,12 @@ def check_no_argument_run(backend: str, tmp_path_factory, monkeypatch, capsys):
     run = train_main(backend)([])
     out = capsys.readouterr().out
     assert "--source ../shared/data/fineweb_edu" in out  # the notice says how to use real data
-    assert run.parent == Path("runs") and run.name.startswith(f"{backend}-tiny-")
+    assert run.parent == Path("runs") and run.name.startswith(f"{backend}-cpu-10min-")  # the CPU recipe
+    assert "recipe cpu-10min: " in out
     _, _, meta = ck.load_checkpoint(workdir / run)
-    assert meta["step"] == 2 and meta["model_config"]["n_layer"] == 4  # the tiny preset, on CPU
+    assert meta["step"] == 2 and meta["model_config"] == ModelConfig.from_preset(
+        RECIPES["cpu-10min"].preset, vocab_size=meta["model_config"]["vocab_size"]).to_dict()
+    assert meta["train_config"]["optimizer"] == RECIPES["cpu-10min"].train["optimizer"]
     assert "builtin" in meta["data_dir"]
     assert [r["step"] for r in metrics.read_metrics(workdir / run) if "val_loss" in r] == [2]
 

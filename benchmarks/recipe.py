@@ -1,0 +1,230 @@
+"""Which training recipe gives the lowest validation bits per byte for a fixed budget of wall time?
+
+    python benchmarks/recipe.py                                   # every candidate at 600 s: ~2 h on 2 cores
+    python benchmarks/recipe.py --budget 120 --only modern-muon tiny-adamw   # a screening pass over some of them
+    python benchmarks/recipe.py --quick                           # micro models, seconds each: does it run
+
+Every candidate trains with nothing but `--max-time BUDGET` for its length (nano_core/schedule.py TimeBudget: the
+schedule is laid out over the steps that fit and ends annealed at the deadline), from scratch, seed 0, on the same
+shards: FineWeb-edu (the 281-document sample) + the 64 Gutenberg novels, vocab 8192, prepared once into
+OUT/data. The held-out split is that data's validation shard (the first documents of the interleaved corpus, never
+trained on); every candidate is scored on its first --eval-tokens tokens (the same text for all: the number of
+validation batches is set from each candidate's batch and context), once, at the end. Evaluations during the run
+are off (they would eat the budget of some candidates more than others); the clock counts training only.
+
+Each candidate is one `python -m nano_{backend}.train` process (MLX ones with OpenBLAS preloaded, PyTorch ones never:
+see nano_core/host.framework_env), one at a time: the candidates share the machine, so a figure is only as good as
+the machine was quiet; the load average before and after each run is recorded. A finished candidate in OUT is
+reused (same command) unless --fresh.
+
+Output: a table sorted by val bpb (printed and OUT/table.md), OUT/recipe.json (every figure, the commands, the
+machine) and OUT/recipe.png (val bpb per candidate, train-loss curves against training time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from nano_core.host import cpu_brand, framework_env
+from tokenizer.files import atomic_write
+
+DATA = "../shared/data"  # from ROOT
+SOURCES = [f"{DATA}/fineweb_edu/sample-10BT-281docs.jsonl", f"{DATA}/gutenberg"]
+
+# Model shapes beyond the presets (ModelConfig fields; written to OUT/configs/NAME.json).
+CLASSIC = dict(mlp="gelu", norm="layernorm", pos="learned", bias=True, tie_embeddings=True)  # GPT-2's choices
+MODERN = dict(mlp="relu2", norm="rmsnorm", pos="rope", bias=False, tie_embeddings=False, qk_norm=True)
+SHAPES = {
+    "classic-2x128": dict(CLASSIC, n_layer=2, n_head=2, n_embd=128, seq_len=256),
+    "classic-4x256": dict(CLASSIC, n_layer=4, n_head=4, n_embd=256, seq_len=256),  # = the `tiny` preset
+    "classic-6x384": dict(CLASSIC, n_layer=6, n_head=6, n_embd=384, seq_len=256),
+    "modern-4x256": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256),
+    "modern-6x256": dict(MODERN, n_layer=6, n_head=4, n_embd=256, seq_len=256),
+    "modern-4x384": dict(MODERN, n_layer=4, n_head=6, n_embd=384, seq_len=256),
+    "modern-3x192": dict(MODERN, n_layer=3, n_head=3, n_embd=192, seq_len=256),
+    "modern-4x256-tied": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256, tie_embeddings=True),
+    "modern-4x256-t128": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=128),
+    "micro": dict(MODERN, n_layer=2, n_head=2, n_embd=64, seq_len=64),
+}
+ADAMW = ["--optimizer", "adamw"]
+MUON = ["--optimizer", "muon"]
+# name -> (shape, train flags, what it tests). Every flag not given is nano's default (lr 1e-3, cosine to 10%,
+# warm-up 50, batch 8, AdamW betas (0.9, 0.95), weight decay 0.1, grad clip 1, dtype auto).
+CANDIDATES: dict[str, tuple[str, list[str], str]] = {
+    "tiny-adamw": ("classic-4x256", ADAMW, "the `tiny` preset with nano's defaults: the baseline"),
+    "classic-2x128-adamw": ("classic-2x128", ADAMW + ["--lr", "3e-3"], "GPT-2 classic, smaller"),
+    "classic-6x384-adamw": ("classic-6x384", ADAMW, "GPT-2 classic, larger"),
+    "tiny-muon": ("classic-4x256", MUON + ["--lr", "3e-3"], "Muon alone, on the classic model"),
+    "modern-adamw": ("modern-4x256", ADAMW + ["--lr", "3e-3"], "the modern architecture alone"),
+    "modern-muon": ("modern-4x256", MUON + ["--lr", "3e-3"], "modern architecture + Muon"),
+    "modern-muon-hi": ("modern-4x256", MUON + ["--lr", "6e-3", "--muon-lr", "0.04"], "... twice the learning rates"),
+    "modern-muon-lo": ("modern-4x256", MUON + ["--lr", "2e-3", "--muon-lr", "0.01"], "... half the learning rates"),
+    "modern-muon-wsd": ("modern-4x256", MUON + ["--lr", "3e-3", "--schedule", "wsd", "--decay-frac", "0.4",
+                                                "--min-lr-frac", "0.0"], "... warmup-stable-decay to zero"),
+    "modern-muon-b16": ("modern-4x256", MUON + ["--lr", "3e-3", "--batch-size", "16"], "... twice the batch"),
+    "modern-muon-b4": ("modern-4x256", MUON + ["--lr", "3e-3", "--batch-size", "4"], "... half the batch"),
+    "modern-muon-6x256": ("modern-6x256", MUON + ["--lr", "3e-3"], "... deeper"),
+    "modern-muon-4x384": ("modern-4x384", MUON + ["--lr", "3e-3"], "... wider"),
+    "modern-muon-3x192": ("modern-3x192", MUON + ["--lr", "3e-3"], "... smaller"),
+    "modern-muon-tied": ("modern-4x256-tied", MUON + ["--lr", "3e-3"], "... with a tied head"),
+    "modern-muon-t128": ("modern-4x256-t128", MUON + ["--lr", "3e-3", "--batch-size", "16"],
+                         "... context 128, same tokens per step"),
+    "modern-muon-fp32": ("modern-4x256", MUON + ["--lr", "3e-3", "--dtype", "fp32"], "... in fp32, not bf16"),
+    "modern-muon-wd0": ("modern-4x256", MUON + ["--lr", "3e-3", "--weight-decay", "0"], "... without weight decay"),
+    "modern-muon-warm20": ("modern-4x256", MUON + ["--lr", "3e-3", "--warmup-steps", "20"], "... shorter warm-up"),
+}
+QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
+         "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}
+
+
+def prepare_data(out: Path, quick: bool) -> Path:
+    """The shared shards, prepared once (python -m nano_core.prepare resumes and refuses another tokenizer)."""
+    data = out / "data"
+    if (data / "manifest.json").is_file():
+        return data
+    sources = SOURCES[:1] if quick else SOURCES
+    cmd = [sys.executable, "-m", "nano_core.prepare", "--out", str(data), "--vocab-size", "512" if quick else "8192"]
+    for s in sources:
+        cmd += ["--source", s]
+    print("preparing the shared data:", " ".join(cmd[2:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, env=framework_env("torch"))
+    return data
+
+
+def command(name: str, spec: tuple, args, data: Path) -> list[str]:
+    shape, flags, _ = spec
+    config = args.out / "configs" / f"{shape}.json"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(config, json.dumps(SHAPES[shape], indent=1))
+    batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 8
+    eval_steps = math.ceil(args.eval_tokens / (batch * SHAPES[shape]["seq_len"]))
+    return [sys.executable, "-m", f"nano_{args.backend}.train", "--data", str(data), "--config", str(config),
+            "--max-time", str(args.budget), "--seed", "0", "--out", str(args.out / "runs" / name), "--overwrite",
+            "--eval-every", "0", "--eval-steps", str(eval_steps), "--sample-every", "0", "--ckpt-every", "0",
+            "--keep", "1", "--log-every", "25", *flags]
+
+
+def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
+    cmd = command(name, spec, args, data)
+    run_dir = args.out / "runs" / name
+    done = args.out / "results" / f"{name}.json"
+    if done.is_file() and not args.fresh:
+        result = json.loads(done.read_text())
+        if result.get("command") == cmd[1:]:
+            print(f"{name}: reusing {done}", flush=True)
+            return result
+    log = args.out / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"{name}: {spec[2]} ({args.budget:.0f} s)", flush=True)
+    load_before, t0 = os.getloadavg(), time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=framework_env(args.backend))
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {name} failed (exit {proc.returncode}); see {log}")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if "train_loss" in r]
+    final = [r for r in records if "val_bpb" in r][-1]
+    plan = next((r for r in records if "schedule_steps" in r), {})
+    meta = json.loads(next(run_dir.glob("ckpt_*/meta.json")).read_text())
+    speeds = sorted(r["tok_per_s"] for r in train[2:]) or [float("nan")]
+    result = {
+        "name": name, "what": spec[2], "shape": spec[0], "model": SHAPES[spec[0]], "flags": spec[1],
+        "command": cmd[1:], "budget_s": args.budget, "wall_s": time.time() - t0,
+        "val_bpb": final["val_bpb"], "val_loss": final["val_loss"], "steps": final["step"],
+        "planned_steps": plan.get("schedule_steps"), "tokens": meta["tokens_seen"],
+        "tok_per_s_median": speeds[len(speeds) // 2], "params": None,
+        "curve": [(r["step"], r["train_loss"]) for r in train],
+        "load_before": load_before, "load_after": os.getloadavg(),
+    }
+    startup = next((ln for ln in log.read_text().splitlines() if ln.startswith(f"nano {args.backend} |")), "")
+    if "params " in startup:
+        result["params"] = startup.split("params ")[1].split(" |")[0]
+    done.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(done, json.dumps(result, indent=1))
+    print(f"{name}: val bpb {result['val_bpb']:.4f} after {result['steps']:,} steps "
+          f"({result['tokens'] / 1e6:.2f}M tokens, {result['tok_per_s_median']:,.0f} tok/s)", flush=True)
+    return result
+
+
+def table(results: list[dict], baseline: str | None) -> str:
+    base = next((r["val_bpb"] for r in results if r["name"] == baseline), None)
+    lines = ["| candidate | model | params | steps | tokens | tok/s | val bpb | vs baseline |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(results, key=lambda r: r["val_bpb"]):
+        vs = f"{(r['val_bpb'] / base - 1) * 100:+.1f}%" if base else ""
+        lines.append(f"| {r['name']} | {r['shape']} | {r['params']} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | "
+                     f"{r['tok_per_s_median']:,.0f} | {r['val_bpb']:.4f} | {vs} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ordered = sorted(results, key=lambda r: r["val_bpb"])
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
+    a.barh([r["name"] for r in ordered][::-1], [r["val_bpb"] for r in ordered][::-1], color="tab:blue")
+    lo = min(r["val_bpb"] for r in ordered)
+    a.set_xlim(lo * 0.95, max(r["val_bpb"] for r in ordered) * 1.01)
+    a.set_xlabel("val bits per byte (lower is better)")
+    a.set_title(f"{ordered[0]['budget_s']:.0f} s of training each")
+    for r in ordered:
+        steps, loss = zip(*r["curve"]) if r["curve"] else ((), ())
+        frac = [s / max(r["steps"], 1) for s in steps]
+        b.plot(frac, loss, label=r["name"], lw=1)
+    b.set_xlabel("fraction of the budget (steps / steps done)")
+    b.set_ylabel("train loss (nats/token)")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=float, default=600.0, help="seconds of training per candidate")
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"candidates to run (default all): "
+                                                              f"{', '.join(CANDIDATES)}")
+    p.add_argument("--backend", choices=("torch", "mlx"), default="torch")
+    p.add_argument("--eval-tokens", type=int, default=131_072, help="held-out tokens every candidate is scored on")
+    p.add_argument("--baseline", default="tiny-adamw", help="the row the others are compared with")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe_bench")
+    p.add_argument("--quick", action="store_true", help="micro models, 4 s each, the FineWeb sample at vocab 512")
+    p.add_argument("--fresh", action="store_true", help="rerun candidates OUT already holds")
+    args = p.parse_args(argv)
+    candidates = QUICK if args.quick else CANDIDATES
+    if args.quick:
+        args.budget, args.eval_tokens, args.baseline = min(args.budget, 4.0), 8192, "micro-adamw"
+    unknown = [n for n in args.only or [] if n not in candidates]
+    if unknown:
+        p.error(f"unknown candidate {unknown[0]!r}; choose from {', '.join(candidates)}")
+    args.out = args.out.resolve()
+    data = prepare_data(args.out, args.quick)
+    results = [run_candidate(n, candidates[n], args, data) for n in (args.only or candidates)]
+    text = table(results, args.baseline)
+    machine = {"cpu": cpu_brand(), "cpus": os.cpu_count(), "platform": platform.platform(),
+               "date": time.strftime("%Y-%m-%d")}
+    report = {"budget_s": args.budget, "backend": args.backend, "eval_tokens": args.eval_tokens,
+              "baseline": args.baseline, "machine": machine, "results": results}
+    atomic_write(args.out / "recipe.json", json.dumps(report, indent=1))
+    atomic_write(args.out / "table.md", text + "\n")
+    plot(results, args.out / "recipe.png")
+    print(f"\n{machine['cpu']}, {machine['cpus']} CPUs, {args.backend}, {args.budget:.0f} s each\n{text}")
+    print(f"wrote {args.out / 'recipe.json'}, table.md, recipe.png")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Recipes: a model and the settings that train it best for a budget of wall time, on a kind of machine.
+
+A preset (nano_core/config.py) is a model shape; a recipe is a preset plus the optimizer, learning rates, batch,
+schedule and time budget that go with it. They are chosen by measurement (benchmarks/recipe.py, with the dev log
+of what helped and what did not in the README's "Recipes" section), not by assertion.
+
+How one applies (nano_core/run.py resolve_defaults): `--recipe NAME` picks one; with no model given at all (no
+--preset, --config or --init-from) the device's recipe is the default, so `python -m nano_torch.train` with no
+arguments -- or with nothing but `--max-time 600` and the data -- trains the recipe. A recipe fills only the
+settings the user left at nano's defaults: anything typed wins. `--recipe none` gives nano's plain defaults.
+The time budget becomes --max-time unless --max-steps or --max-time is given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    preset: str                 # the model (nano_core.config.PRESETS)
+    budget_s: float             # the wall time it is tuned for: its default --max-time
+    train: dict = field(default_factory=dict)  # TrainConfig fields it sets
+    why: str = ""               # one line for the start-up log
+
+    def describe(self) -> str:
+        return f"recipe {self.name}: {self.why} ({self.budget_s / 60:.0f} min budget; --recipe none for nano's " \
+               f"plain defaults)"
+
+
+RECIPES: dict[str, Recipe] = {
+    # Measured on a 2-core x86 CPU, PyTorch bf16 autocast (benchmarks/recipe.py; README "Recipes").
+    "cpu-10min": Recipe(
+        name="cpu-10min", preset="modern-tiny", budget_s=600.0,
+        train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=8, warmup_steps=50, schedule="cosine",
+                   min_lr_frac=0.1),
+        why="modern 4 x 256 (RoPE, RMSNorm, QK-norm, ReLU^2, untied head) trained with Muon"),
+    # On paper, for an hour on an M-series Mac (sized from Apple's published GPU throughput: README "Recipes").
+    "mac-1h": Recipe(
+        name="mac-1h", preset="modern-small", budget_s=3600.0,
+        train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=16, warmup_steps=100, schedule="cosine",
+                   min_lr_frac=0.1),
+        why="modern 8 x 512 (RoPE, RMSNorm, QK-norm, ReLU^2, untied head) trained with Muon"),
+}
+DEFAULT_RECIPE = {"cpu": "cpu-10min", "accelerator": "mac-1h"}
+RECIPE_CHOICES = (*RECIPES, "none")
