@@ -580,7 +580,7 @@ def _save_tokenizer(tok, out: Path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m nano_core.prepare", description=__doc__.split("\n")[0])
-    p.add_argument("--source", nargs="+", required=True, metavar="PATH",
+    p.add_argument("--source", nargs="+", action="extend", required=True, metavar="PATH",
                    help="text files, directories, .jsonl/.parquet, 'builtin' or 'fineweb-edu' (in this order)")
     p.add_argument("--out", required=True, help="output directory for shards, manifest.json and tokenizer/")
     p.add_argument("--tokenizer", help="directory of a saved tokenizer (default: train one on the sources)")

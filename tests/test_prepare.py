@@ -218,3 +218,13 @@ def test_document_stream_mixes_sources_in_proportion_so_val_matches_train(jsonl,
         live = [f for f, r, t in zip(frac, read, total) if r < t]  # sources not yet exhausted
         # no source runs ahead of an unfinished one by more than one document's share of itself
         assert max(frac) - min(live or frac) <= biggest + 1e-9, f"after document {n}: fractions read {frac}"
+
+
+def test_cli_takes_every_source_when_source_is_repeated(jsonl, docs, tmp_path):
+    """`--source A --source B` (as the train commands take it) prepares A and B, not only the last one."""
+    text = tmp_path / "extra.txt"
+    text.write_text("A document of its own, from a second source, long enough to be kept.\n" * 20)
+    out = tmp_path / "two"
+    r = run_cli("--source", jsonl, "--source", text, "--out", out, "--vocab-size", 512, "--val-tokens", 30_000)
+    assert r.returncode == 0, r.stderr
+    assert load_manifest(out)["total_documents"] == len(docs) + 1
