@@ -179,6 +179,9 @@ class Trainer:
                                                  config.muon_momentum)
         if meta is not None:
             self._resume(opt_state, meta)
+        if run.world_size > 1 and backend.all_max(self.step) != -backend.all_max(-self.step):
+            raise ValueError("the processes resumed from different checkpoints (each reads its own disk); copy rank "
+                             "0's run dir to every machine, or give every process the same --resume path")
         if config.wandb and self.rank0:
             self.logger.wandb_run = init_wandb("nano", run.run_dir, config.to_dict(),
                                                resume_id=run.run_dir.name if self.step else None)

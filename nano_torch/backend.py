@@ -242,8 +242,11 @@ class Backend:
     def make_train_step(self, model, optimizer, grad_accum: int, grad_clip: float, seed: int):
         ddp = None
         if self.world_size > 1:  # DDP averages the gradients over the ranks during the last micro-batch's backward
+            # broadcast_buffers=False: the only buffers (RoPE tables, sinusoidal positions) are constants, the same
+            # on every rank; DDP would otherwise re-send them from rank 0 before every micro-batch
             ddp = torch.nn.parallel.DistributedDataParallel(
-                LossModule(model), device_ids=[self.torch_device.index] if self.device == "cuda" else None)
+                LossModule(model), device_ids=[self.torch_device.index] if self.device == "cuda" else None,
+                broadcast_buffers=False)
         loss_fn = ddp if ddp is not None else model.loss
         loss_fn = torch.compile(loss_fn) if self.compile else loss_fn
         ctx = autocast(self.device, self.dtype)
