@@ -210,7 +210,9 @@ class Backend:
     # -- optimizer ------------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
                         optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95):
-        return build_optimizer(model, lr, betas, eps, weight_decay, optimizer, muon_lr, muon_momentum)
+        # Muon's Newton-Schulz runs in the compute dtype: bf16 matmuls where the run is bf16, fp32 otherwise
+        return build_optimizer(model, lr, betas, eps, weight_decay, optimizer, muon_lr, muon_momentum,
+                               ns_dtype="bf16" if self.dtype == "bf16" else "fp32")
 
     def optimizer_state(self, optimizer, model) -> dict[str, np.ndarray]:
         return optimizer_state_numpy(optimizer, model)

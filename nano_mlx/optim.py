@@ -38,14 +38,22 @@ class AdamW(optim.Adam):
         return super().apply_single(gradient.astype(mx.float32), parameter, state).astype(parameter.dtype)
 
 
+NS_DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16}
+
+
 class Muon(optim.Optimizer):
-    """Muon on 2-D parameters, as nano_core/muon.py specifies: EMA momentum with Nesterov, fp32 Newton-Schulz,
-    decoupled weight decay p <- p * (1 - lr * wd), then p <- p - lr * sqrt(max(1, rows/cols)) * NS(u).
-    Not mlx.optimizers.Muon: that one couples the decay (g <- g + wd * p before the momentum, so it is normalised by
-    NS along with the gradient) and keeps its buffer in the parameter dtype. State per parameter: 'momentum' (fp32)."""
+    """Muon on 2-D parameters, as nano_core/muon.py specifies: EMA momentum with Nesterov, Newton-Schulz in
+    `ns_dtype` (the training's compute dtype, as nano_torch), decoupled weight decay p <- p * (1 - lr * wd), then
+    p <- p - lr * sqrt(max(1, rows/cols)) * NS(u). Not mlx.optimizers.Muon: that one couples the decay (g <- g + wd * p
+    before the momentum, so it is normalised by NS along with the gradient) and keeps its buffer in the parameter
+    dtype. (No batching by shape as in nano_torch: mx.compile schedules the whole step's graph at once.)
+    State per parameter: 'momentum' (fp32)."""
 
     def __init__(self, learning_rate: float = MUON_LR, weight_decay: float = 0.0, momentum: float = MOMENTUM,
-                 nesterov: bool = True):
+                 nesterov: bool = True, ns_dtype: str = "fp32"):
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
+        self.ns_dtype = NS_DTYPES[ns_dtype]
         super().__init__()
         self._maybe_schedule("learning_rate", learning_rate)  # an array in self.state: set_lr needs no retrace
         self.weight_decay, self.momentum, self.nesterov = weight_decay, momentum, nesterov
@@ -61,25 +69,27 @@ class Muon(optim.Optimizer):
         buf = mu * state["momentum"] + (1 - mu) * g
         state["momentum"] = buf
         u = g * (1 - mu) + buf * mu if self.nesterov else buf
-        update = newton_schulz(u)
+        update = newton_schulz(u, dtype=self.ns_dtype)
         lr = self.learning_rate.astype(mx.float32)
         parameter = parameter * (1 - lr * self.weight_decay)  # decoupled: not through the momentum
         return (parameter - (lr * lr_scale(parameter.shape)) * update).astype(parameter.dtype)
 
 
-def newton_schulz(G: mx.array, steps: int = NS_STEPS, eps: float = NS_EPS) -> mx.array:
-    """The quintic Newton-Schulz orthogonalisation of nano_core.muon.newton_schulz, in fp32 (same operation order)."""
+def newton_schulz(G: mx.array, steps: int = NS_STEPS, eps: float = NS_EPS, dtype=mx.float32) -> mx.array:
+    """The quintic Newton-Schulz orthogonalisation of nano_core.muon.newton_schulz (same operation order) of a matrix,
+    or of each matrix of a stack (..., rows, cols), computed in `dtype`; returned in fp32."""
     a, b, c = NS_COEFFS
-    X = G.astype(mx.float32)
-    tall = X.shape[0] > X.shape[1]
+    X = G.astype(dtype)
+    tall = X.shape[-2] > X.shape[-1]
     if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
-        X = X.T
-    X = X / mx.maximum(mx.linalg.norm(X), eps)  # every singular value now in [0, 1]
+        X = mx.swapaxes(X, -1, -2)
+    norm = mx.sqrt(mx.sum(mx.square(X.astype(mx.float32)), axis=(-2, -1), keepdims=True))
+    X = X / mx.maximum(norm, eps).astype(dtype)  # every singular value now in [0, 1]
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ mx.swapaxes(X, -1, -2)
         B = b * A + c * (A @ A)
         X = a * X + B @ X
-    return X.T if tall else X
+    return (mx.swapaxes(X, -1, -2) if tall else X).astype(mx.float32)
 
 
 class MuonAdamW(optim.Optimizer):
@@ -124,9 +134,11 @@ class MuonAdamW(optim.Optimizer):
 
 
 def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
-                    optimizer: str = "adamw", muon_lr: float = MUON_LR, muon_momentum: float = MOMENTUM):
+                    optimizer: str = "adamw", muon_lr: float = MUON_LR, muon_momentum: float = MOMENTUM,
+                    ns_dtype: str = "fp32"):
     """"adamw": AdamW over the trainable parameters. "muon": Muon at muon_lr on the hidden matrices
-    (nano_core.muon.is_muon_param), AdamW at lr on the rest, both decaying with weight_decay; not under LoRA."""
+    (nano_core.muon.is_muon_param), its Newton-Schulz in ns_dtype (the backend passes its compute dtype), AdamW at
+    lr on the rest, both decaying with weight_decay; not under LoRA."""
     check_optimizer_name(optimizer)
     if optimizer == "adamw":
         opt = AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay)
@@ -135,7 +147,8 @@ def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weig
         hidden, _ = split_params({n: tuple(p.shape) for n, p in tree_flatten(model.trainable_parameters())})
         if not hidden:
             raise ValueError("optimizer 'muon' found no hidden matrices in this model; use 'adamw'")
-        opt = MuonAdamW(Muon(learning_rate=muon_lr, weight_decay=weight_decay, momentum=muon_momentum),
+        opt = MuonAdamW(Muon(learning_rate=muon_lr, weight_decay=weight_decay, momentum=muon_momentum,
+                             ns_dtype=ns_dtype),
                         AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay), hidden, muon_lr / lr)
     opt.init(model.trainable_parameters())
     return opt
