@@ -53,6 +53,7 @@ SHAPES = {
     "modern-3x192": dict(MODERN, n_layer=3, n_head=3, n_embd=192, seq_len=256),
     "modern-4x256-tied": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256, tie_embeddings=True),
     "modern-4x256-t128": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=128),
+    "modern-4x256-softcap": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256, logit_softcap=15.0),
     "micro": dict(MODERN, n_layer=2, n_head=2, n_embd=64, seq_len=64),
 }
 ADAMW = ["--optimizer", "adamw"]
@@ -81,6 +82,23 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "modern-muon-fp32": ("modern-4x256", MUON + ["--lr", "3e-3", "--dtype", "fp32"], "... in fp32, not bf16"),
     "modern-muon-wd0": ("modern-4x256", MUON + ["--lr", "3e-3", "--weight-decay", "0"], "... without weight decay"),
     "modern-muon-warm20": ("modern-4x256", MUON + ["--lr", "3e-3", "--warmup-steps", "20"], "... shorter warm-up"),
+    "modern-muon-zero": ("modern-4x256", MUON + ["--lr", "3e-3", "--min-lr-frac", "0"], "... cosine down to zero"),
+    "modern-muon-softcap": ("modern-4x256-softcap", MUON + ["--lr", "3e-3"], "... logits soft-capped at 15"),
+    # second round, around the best of the first (batch 16)
+    "b16-b32": ("modern-4x256", MUON + ["--lr", "3e-3", "--batch-size", "32"], "batch 32"),
+    "b16-zero": ("modern-4x256", MUON + ["--lr", "3e-3", "--batch-size", "16", "--min-lr-frac", "0"],
+                 "batch 16, cosine down to zero"),
+    "b16-softcap": ("modern-4x256-softcap", MUON + ["--lr", "3e-3", "--batch-size", "16"], "batch 16, softcap 15"),
+    "b16-3x192": ("modern-3x192", MUON + ["--lr", "3e-3", "--batch-size", "16"], "batch 16, 3 x 192"),
+    "b16-warm20": ("modern-4x256", MUON + ["--lr", "3e-3", "--batch-size", "16", "--warmup-steps", "20"],
+                   "batch 16, warm-up 20"),
+    "b16-hi": ("modern-4x256", MUON + ["--lr", "6e-3", "--muon-lr", "0.04", "--batch-size", "16"],
+               "batch 16, twice the learning rates"),
+    "b16-adamw": ("modern-4x256", ADAMW + ["--lr", "3e-3", "--batch-size", "16"],
+                  "4 x 256, batch 16, with AdamW instead of Muon"),
+    "b16-3x192-adamw": ("modern-3x192", ADAMW + ["--lr", "3e-3", "--batch-size", "16"],
+                        "3 x 192, batch 16, with AdamW instead of Muon"),
+    "b32-3x192": ("modern-3x192", MUON + ["--lr", "3e-3", "--batch-size", "32"], "3 x 192, batch 32"),
 }
 QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
          "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}

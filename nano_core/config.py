@@ -274,9 +274,11 @@ PRESETS: dict[str, dict] = {
     "gpt2-124m": dict(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, seq_len=1024, mlp="gelu",
                       norm="layernorm", pos="learned", bias=True, tie_embeddings=True),
     # The recipes' models (nano_core/recipes.py): RoPE, RMSNorm, QK-norm, ReLU^2 MLP, no biases, untied head.
-    "modern-tiny": dict(n_layer=4, n_head=4, n_embd=256, seq_len=256, mlp="relu2", norm="rmsnorm", pos="rope",
-                        bias=False, tie_embeddings=False, qk_norm=True),
-    "modern-small": dict(n_layer=8, n_head=8, n_embd=512, seq_len=512, mlp="relu2", norm="rmsnorm", pos="rope",
+    "modern-3x192": dict(n_layer=3, n_head=3, n_embd=192, seq_len=256, mlp="relu2", norm="rmsnorm", pos="rope",
+                         bias=False, tie_embeddings=False, qk_norm=True),
+    "modern-4x256": dict(n_layer=4, n_head=4, n_embd=256, seq_len=256, mlp="relu2", norm="rmsnorm", pos="rope",
+                         bias=False, tie_embeddings=False, qk_norm=True),
+    "modern-6x384": dict(n_layer=6, n_head=6, n_embd=384, seq_len=512, mlp="relu2", norm="rmsnorm", pos="rope",
                          bias=False, tie_embeddings=False, qk_norm=True),
     # Llama-style: RoPE, RMSNorm, SwiGLU, GQA, no biases, untied head.
     "modern": dict(n_layer=8, n_head=8, n_kv_head=2, n_embd=512, seq_len=1024, mlp="swiglu", norm="rmsnorm",

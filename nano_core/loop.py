@@ -215,10 +215,10 @@ class Trainer:
         self.log(f"resuming from {self.run.resume_path} at step {self.step}")
 
     def fix_horizon(self, steps: int, per_step: float, budget: TimeBudget, bar) -> None:
-        """--max-time: the schedule now spans `steps` (every rank the same: the largest estimate), recorded as the
-        run's max_steps, so checkpoints carry it and a resumed run recomputes the same schedule."""
+        """--max-time: the schedule now spans `steps` (every rank rank 0's estimate), recorded as the run's
+        max_steps, so checkpoints carry it and a resumed run recomputes the same schedule."""
         if self.run.world_size > 1:
-            steps = self.backend.all_max(steps)
+            steps = self.backend.all_max(steps if self.rank0 else 0)
         cap = self.run.step_cap
         if cap is not None and steps > max(cap, self.step):  # more would only memorise a small corpus
             self.log(f"notice: the budget fits {steps:,} steps, more than {cap:,} ({DEFAULT_EPOCHS} passes over the "
@@ -332,8 +332,9 @@ def train(backend, run: Run, log=print) -> Path:
                 t.fix_horizon(*plan, budget, bar)
             log_now = t.step % config.log_every == 0 or t.step == 1 or t.step == config.max_steps
             limit = config.max_time if budget is None else budget.limit(fixed=config.max_steps is not None)
-            deadline = limit is not None and trained >= limit
-            # each process has its own clock and its own signals: all ranks act on what any of them saw
+            # rank 0's clock decides (the others' clocks also count their waits while rank 0 evaluates)
+            deadline = limit is not None and trained >= limit and t.rank0
+            # each process has its own signals: all ranks act on what any of them saw
             deadline, signalled = agree_to_stop(backend, deadline, stop.requested is not None)
             if signalled and stop.requested is None:
                 stop.requested = "a signal to another process"

@@ -31,16 +31,16 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     # Measured on a 2-core x86 CPU, PyTorch bf16 autocast (benchmarks/recipe.py; README "Recipes").
     "cpu-10min": Recipe(
-        name="cpu-10min", preset="modern-tiny", budget_s=600.0,
-        train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=8, warmup_steps=50, schedule="cosine",
+        name="cpu-10min", preset="modern-3x192", budget_s=600.0,
+        train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=32, warmup_steps=50, schedule="cosine",
                    min_lr_frac=0.1),
-        why="modern 4 x 256 (RoPE, RMSNorm, QK-norm, ReLU^2, untied head) trained with Muon"),
+        why="modern 3 x 192 (RoPE, RMSNorm, QK-norm, ReLU^2, untied head), Muon, batch 32 x 256"),
     # On paper, for an hour on an M-series Mac (sized from Apple's published GPU throughput: README "Recipes").
     "mac-1h": Recipe(
-        name="mac-1h", preset="modern-small", budget_s=3600.0,
+        name="mac-1h", preset="modern-6x384", budget_s=3600.0,
         train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=16, warmup_steps=100, schedule="cosine",
                    min_lr_frac=0.1),
-        why="modern 8 x 512 (RoPE, RMSNorm, QK-norm, ReLU^2, untied head) trained with Muon"),
+        why="modern 6 x 384 (RoPE, RMSNorm, QK-norm, ReLU^2, untied head), Muon, batch 16 x 512"),
 }
 DEFAULT_RECIPE = {"cpu": "cpu-10min", "accelerator": "mac-1h"}
 RECIPE_CHOICES = (*RECIPES, "none")
