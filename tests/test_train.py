@@ -196,7 +196,7 @@ def check_max_time(backend: str, shared_data: Path, tmp_path: Path):
     """--max-time ends the run early, and the end of a run is a real end: eval, sample, checkpoint."""
     data, config = micro_setup(shared_data)
     out = tmp_path / "timed"
-    train_main(backend)(train_args(data, config, out, **{"max-steps": 100000, "max-time": 0, "eval-steps": 1,
+    train_main(backend)(train_args(data, config, out, **{"max-steps": 100000, "max-time": 1e-6, "eval-steps": 1,
                                                         "sample-tokens": 2}))
     assert [r["step"] for r in metrics.read_metrics(out)] == [1, 1]  # one train record, one val record
     assert ck.latest_checkpoint(out).name == "ckpt_0000001"
