@@ -305,6 +305,16 @@ def train(backend, run: Run, log=print) -> Path:
     log(f"run dir: {run.run_dir}")
     # --max-time alone: the schedule's horizon is measured over the warm-up (nano_core/schedule.py, TimeBudget)
     budget = TimeBudget(config.max_time, config.warmup_steps, t.step) if config.max_steps is None else None
+    if budget is not None and run.step_cap is not None and run.step_cap <= budget.fix_at:
+        # a corpus too small to need the clock: its passes end before the rate would be measured
+        config.max_steps = max(run.step_cap, t.step + 1)
+        warmup = config.warmup_steps
+        config.warmup_steps = min(warmup, max(1, config.max_steps // 10))
+        log(f"notice: the data allows {config.max_steps:,} steps ({DEFAULT_EPOCHS} passes), fewer than the "
+            f"--max-time budget needs to measure its rate: the schedule spans those steps"
+            + (f", with a warm-up of {config.warmup_steps} instead of {warmup}" if config.warmup_steps < warmup else "")
+            + "; more data (--source) makes a longer run")
+        budget = None
     if budget is None:
         log(expected_time(config.max_steps - t.step, run.tokens_per_step, t.flops_per_token, t.peak))
     else:
