@@ -456,9 +456,9 @@ def resolve_checkpoint(spec, run_dir=None, notices=None) -> Path:
     if spec == "latest":
         if run_dir is None:
             raise ValueError("--resume latest needs --out RUN_DIR to look in")
-        where, what = Path(run_dir), "to resume from"
+        where = Path(run_dir)
     else:
-        where, what = Path(spec), "in it"
+        where = Path(spec)
         if not where.exists():
             raise FileNotFoundError(f"{where} does not exist")
         if _looks_like_checkpoint(where):

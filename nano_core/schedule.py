@@ -75,7 +75,7 @@ class TimeBudget:
     """--max-time without --max-steps: lay the schedule out over the steps that fit in the budget.
 
     The rate is measured over the second half of the warm-up (the first steps pay for compilation, allocation and
-    cold caches, and ran up to several times slower than the rest in measurements), from `clock_from` to `fix_at`
+    cold caches, and are slower than the rest), from `clock_from` to `fix_at`
     = max(warm-up, MIN_TIMED_STEPS); at `fix_at` the horizon becomes
         fix_at + (budget - the training time used so far) / (seconds per step)
     and is written into the run's config as max_steps, so checkpoints carry it and a resumed run recomputes the

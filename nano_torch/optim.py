@@ -107,9 +107,9 @@ def _adamw(params: list, lr: float, betas, eps: float, weight_decay: float) -> t
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused=True: one kernel for the whole update. On this 2-core CPU it took the AdamW step from 53 ms (foreach)
-    # to 7 ms for the 6x384 comparison model, with the same fp32 state and math (the parity tests vs MLX hold at
-    # 1e-5). Devices without a fused kernel fall back to foreach.
+    # fused=True: one kernel for the whole update instead of one per tensor, with the same fp32 state and math (the
+    # parity tests vs MLX hold at 1e-5; benchmarks/step_speed.py measures the step). Devices without a
+    # fused kernel fall back to foreach.
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
     except RuntimeError:

@@ -132,10 +132,7 @@ def test_only_rank_0_writes(backend, shared_data, tmp_root):
     assert sorted(p.name for p in run.glob("ckpt_*")) == ["ckpt_0000005", "ckpt_0000010"]
     assert output.count("done at step 10") == 1 and output.count("nano " + backend + " | device") == 1
     assert "x2 processes" in output  # the start-up line names the world
-    assert not list(run.parent.glob("*.tmp*")) and sorted(p.name for p in run.parent.iterdir()
-                                                            if p.name.startswith(backend)) \
-        == sorted({f"{backend}-2ranks", *(f"{backend}-{x}" for x in ("1rank", "resume2", "resume1")
-                                           if (run.parent / f"{backend}-{x}").exists())})
+    assert not list(run.glob(".tmp*"))  # no half-written checkpoint left by a second writer
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
