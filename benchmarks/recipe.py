@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 from nano_core.host import cpu_brand, framework_env
 from tokenizer.files import atomic_write
 
-DATA = "../shared/data"  # from ROOT
+# The corpus beside the repository; a bare clone has its excerpts (the same names) in tests/fixtures/data, enough for
+# --quick but not for figures.
+DATA = "../shared/data" if (ROOT.parent / "shared" / "data").is_dir() else "tests/fixtures/data"  # from ROOT
 SOURCES = [f"{DATA}/fineweb_edu/sample-10BT-281docs.jsonl", f"{DATA}/gutenberg"]
 
 # Model shapes beyond the presets (ModelConfig fields; written to OUT/configs/NAME.json).
@@ -109,6 +111,9 @@ def prepare_data(out: Path, quick: bool) -> Path:
     data = out / "data"
     if (data / "manifest.json").is_file():
         return data
+    if DATA != "../shared/data" and not quick:
+        print(f"notice: ../shared/data is absent; preparing the excerpts in {DATA} (figures from them are not the "
+              f"README's)", flush=True)
     sources = SOURCES[:1] if quick else SOURCES
     cmd = [sys.executable, "-m", "nano_core.prepare", "--out", str(data), "--vocab-size", "512" if quick else "8192"]
     for s in sources:
