@@ -86,9 +86,9 @@ def check_muon_args(lr: float, muon_lr: float, muon_momentum: float, lora) -> No
     if not lr > 0:
         raise ValueError(f"optimizer 'muon' needs a peak lr > 0 (the Muon lr follows lr * muon_lr / peak), got {lr}")
     if not muon_lr > 0:
-        raise ValueError(f"muon_lr must be > 0, got {muon_lr}")
+        raise ValueError(f"--muon-lr (muon_lr) must be > 0, got {muon_lr}")
     if not 0 <= muon_momentum < 1:
-        raise ValueError(f"muon_momentum must be in [0, 1), got {muon_momentum}")
+        raise ValueError(f"--muon-momentum (muon_momentum) must be in [0, 1), got {muon_momentum}")
 
 
 def lr_scale(shape) -> float:

@@ -21,6 +21,7 @@ from nano_core.data import default_data_dir, load_manifest
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
 from nano_core.instruct import encode_rows
 from nano_core.lora import LoraConfig
+from nano_core.muon import check_muon_args
 from nano_core.pretrained import InitFrom, fit_context, load_init_from, load_lora_base, weights_hash
 from nano_core.prepare import prepare
 from nano_core.recipes import DEFAULT_RECIPE, RECIPES, Recipe
@@ -143,6 +144,8 @@ def default_max_steps(config: TrainConfig, device: str, train_tokens: int, token
 def check_config(config: TrainConfig) -> None:
     """One-line errors for settings that cannot run, before any data is prepared."""
     check_schedule(config)
+    if config.optimizer == "muon":  # its settings before any data is prepared (LoRA is checked with the model)
+        check_muon_args(config.lr, config.muon_lr, config.muon_momentum, None)
     if config.config is not None and config.resume is None:
         read_config_file(config.config)
     if config.data is None:
