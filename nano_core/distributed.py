@@ -104,6 +104,19 @@ def is_lost_peer(error: BaseException) -> bool:
                                    "broken pipe", "nccl", "gloo", "[ring]", "timed out"))
 
 
+def lost_peer_cause(error: BaseException) -> BaseException | None:
+    """The engine error in `error` or in what it interrupted: when a rank dies, the launcher signals the survivors
+    while their own engine error may already be on its way up, and the signal's KeyboardInterrupt then carries that
+    error as its __context__. The lost peer is the cause either way."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, RuntimeError) and is_lost_peer(error):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def lost_peer_message(rank: int, world_size: int, error: BaseException) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return (f"rank {rank} of {world_size} lost contact with the other ranks ({first[:160]}); another rank has "

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from nano_core.checkpoint import WriteError, latest_checkpoint, load_checkpoint, save_checkpoint
 from nano_core.cli import TrainConfig, parse_train_args
 from nano_core.data import ShardLoader, unigram_entropy
-from nano_core.distributed import (agree_to_stop, is_lost_peer, launched, lost_peer_message,
+from nano_core.distributed import (agree_to_stop, launched, lost_peer_cause, lost_peer_message,
                                    quiet_unless_rank0, world_change_notice)
 from nano_core.generate import generate
 from nano_core.host import keep_freed_memory
@@ -403,20 +403,31 @@ def run_training(backend_class, config: TrainConfig, typed: set[str] = frozenset
         run = prepare_run(config, backend.name, backend.device, resume, log, rank, world, backend.barrier, typed)
         try:
             run_dir = train(backend, run, log)
+            backend.barrier()  # rank 0 may still be writing its last checkpoint: nobody leaves before it is done
+        except KeyboardInterrupt as e:  # a second signal once training began (the first one's flag is not reached)
+            raise StoppedAtOnce(run.run_dir, rank, world) from e
         finally:
             if run.lock is not None:
                 run.lock.release()
-    except RuntimeError as e:  # an engine reporting a peer gone: one line, not its traceback
-        if world > 1 and is_lost_peer(e):
-            raise LostPeer(lost_peer_message(rank, world, e)) from None
+    except (RuntimeError, KeyboardInterrupt) as e:  # an engine reporting a peer gone: one line, not its traceback
+        if world > 1 and (cause := lost_peer_cause(e)) is not None:
+            raise LostPeer(lost_peer_message(rank, world, cause)) from None
         raise
-    backend.barrier()  # rank 0 may still be writing its last checkpoint: nobody leaves before it is done
     backend.close_distributed()
     return run_dir
 
 
 class LostPeer(Exception):
     """Another process of a multi-process run stopped answering (it died, or its machine went away)."""
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A signal arrived after the first one had asked for a checkpoint and an exit (Ctrl-C twice; under a launcher,
+    its SIGTERM to every rank when one fails): the process stops where it is, with the last checkpoint intact."""
+
+    def __init__(self, run_dir: Path, rank: int, world: int):
+        super().__init__(str(run_dir))
+        self.run_dir, self.rank, self.world = run_dir, rank, world
 
 
 def main(backend_class, argv=None) -> Path:
@@ -433,6 +444,14 @@ def main(backend_class, argv=None) -> Path:
         where = f" {e.filename}" if e.filename else ""
         fail(f"error: could not write{where}: {e.strerror or e}; the last checkpoint is intact: fix that and "
                  f"--resume latest")
+    except StoppedAtOnce as e:
+        who = f"rank {e.rank} of {e.world}: " if e.world > 1 else ""
+        then = (f"the last checkpoint is intact: continue with --resume latest --out {e.run_dir}"
+                if latest_checkpoint(e.run_dir, notices=[]) is not None else "no checkpoint had been written yet: rerun the same "
+                                                                   "command to start again")
+        print(f"{who}interrupted again: stopped at once, without a new checkpoint; {then}", file=sys.stderr,
+              flush=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was lost: rerun the same command to continue (prepared "
               "shards are kept)", file=sys.stderr)
@@ -446,6 +465,7 @@ def fail(message: str):
     interpreter shutdown, and the SIGTERM that torchrun and mlx.launch send to the other ranks when one fails would
     end the process before that, with the line unsaid."""
     if launched():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's SIGTERM must not cut the line short
         print(message, file=sys.stderr, flush=True)
         sys.exit(1)
     sys.exit(message)

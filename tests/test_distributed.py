@@ -30,6 +30,7 @@ import pytest
 from nano_core import metrics
 from nano_core.cli import TrainConfig
 from nano_core.data import ShardLoader
+from nano_core.distributed import lost_peer_cause
 from nano_core.run import check_distributed, grad_accum_steps
 from tests.test_data import make_dir, unique_shards
 from tests.test_first_hour import plain_env
@@ -244,6 +245,25 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(shar
 
 
 # --------------------------------------------------------------------------------------------- without launching
+def test_a_launcher_signal_during_an_engine_error_still_reports_the_lost_peer():
+    """When a rank dies the launcher signals the survivors, whose engine error may be on its way up already: the
+    KeyboardInterrupt then carries it as __context__ and the one line must still say a peer was lost."""
+    def interrupted_during(error):
+        try:
+            try:
+                raise error
+            finally:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            return e
+
+    ring = RuntimeError("[ring] Too many send/recv errors")
+    assert lost_peer_cause(interrupted_during(ring)) is ring
+    assert lost_peer_cause(ring) is ring
+    assert lost_peer_cause(interrupted_during(RuntimeError("shape mismatch in matmul"))) is None  # a bug stays a bug
+    assert lost_peer_cause(KeyboardInterrupt()) is None  # a plain Ctrl-C is not a lost peer
+
+
 def test_loader_state_moves_between_world_sizes_at_the_same_global_position(tmp_path):
     make_dir(tmp_path, unique_shards([3000, 2500, 4100]), vocab_size=20000)
     two = [ShardLoader(tmp_path, 4, 32, seed=3, rank=r, world_size=2) for r in range(2)]

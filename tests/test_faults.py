@@ -120,6 +120,34 @@ def test_a_second_run_into_a_busy_dir_is_refused_and_sigterm_saves_a_resumable_c
     assert all(resumed[s] == straight[s] for s in (step + 1, step + 2)), (resumed, straight)
 
 
+def test_a_second_signal_stops_at_once_with_one_line_and_the_last_checkpoint_intact(shared_data, tmp_path):
+    """Ctrl-C then a SIGTERM before the first one's checkpoint (what a launcher does to every rank when one fails):
+    exit 130 at once with one line that says the run had started, no traceback, and the last checkpoint loads."""
+    data, config = micro_setup(shared_data)
+    out = tmp_path / "twice"
+    proc = subprocess.Popen([sys.executable, "-m", "nano_torch.train",
+                             *train_args(data, config, out, **{**QUICK, "max-steps": 100000, "ckpt-every": 2})],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while max(losses(out), default=0) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert losses(out), "training never logged a step"
+        # Python runs the handlers of pending signals in signal-number order: the SIGINT asks for a checkpoint and
+        # puts the previous handlers back, so the SIGTERM right behind it is the second signal
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output[-2000:]
+    assert "interrupted again: stopped at once, without a new checkpoint; the last checkpoint is intact: " \
+           f"continue with --resume latest --out {out}" in output, output[-2000:]
+    assert "Traceback" not in output and "before training started" not in output
+    step = ck.load_checkpoint(ck.latest_checkpoint(out))[2]["step"]
+    assert step >= 2 and step % 2 == 0
+
+
 def test_a_fresh_run_into_another_runs_dir_is_refused_unless_overwrite(backend, shared_data, tmp_path, capsys):
     old = tmp_path / "old"
     shutil.copytree(reference_run(backend, shared_data), old)
