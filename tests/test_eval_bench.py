@@ -83,3 +83,25 @@ def test_bad_runs_spec_is_a_one_line_error(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip() == "error: --runs takes NAME=RUN_DIR with NAME torch, mlx or small; got 'gpu=x'"
+
+
+def test_a_report_with_more_tasks_is_reused_and_one_with_fewer_is_not(tmp_path, monkeypatch):
+    """Dropping bpb from --tiny-tasks must not redo a finished report that holds it; asking for more must."""
+    args = bench.build_parser().parse_args(["--out", str(tmp_path)])
+    report = tmp_path / "reports" / "tiny-torch-on-torch.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps(fake_report("torch", [[-1.0] * 4], tasks=("wikitext2", "hellaswag"))))
+    ran = []
+    monkeypatch.setattr(bench, "run_step", lambda label, *a: ran.append(label))
+    got = bench.ensure_report("tiny-torch", tmp_path, "torch", "hellaswag", args, [])
+    assert ran == [] and got["tasks"]["wikitext2"]["word_ppl"] == 900.0
+    bench.ensure_report("tiny-torch", tmp_path, "torch", "bpb,wikitext2,hellaswag", args, [])
+    assert ran == ["eval tiny-torch on torch"]
+
+
+def test_tiny_tasks_without_hellaswag_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny-tasks", "bpb,wikitext2", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == ("error: --tiny-tasks must include hellaswag (every row of the table has it), got "
+                                   "'bpb,wikitext2'")
