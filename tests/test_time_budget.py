@@ -82,3 +82,34 @@ def test_a_budget_shorter_than_the_warmup_stops_with_a_notice_and_a_checkpoint(s
 def test_max_time_must_be_positive(shared_data, tmp_path):
     with pytest.raises(SystemExit, match="--max-time must be positive"):
         train_main("torch")(budget_args(shared_data, tmp_path / "bad", -1))
+
+
+def test_a_corpus_too_small_to_measure_the_rate_spans_its_passes_annealed(shared_data, tmp_path, capsys):
+    """--max-time on a corpus whose 3 passes end before the warm-up would: the schedule spans exactly those passes
+    (the step cap), with the warm-up shrunk to a tenth of them, says so in one notice, and ends annealed."""
+    from nano_core.prepare import prepare
+    from nano_core.run import DEFAULT_EPOCHS
+
+    text = tmp_path / "small.txt"
+    text.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:24_000])
+    manifest = prepare([text], tmp_path / "shards", vocab_size=300, val_tokens=2_000, num_workers=1, progress=False)
+    train_tokens = sum(s["tokens"] for s in manifest["shards"] if s["split"] == "train")
+    _, config = micro_setup(shared_data)
+    out = tmp_path / "run"
+    args = train_args(tmp_path / "shards", config, out, **{"max-steps": None, "warmup-steps": 1000, "ckpt-every": 0,
+                                                           "log-every": 1, "eval-every": 0, "sample-every": 0})
+    train_main("torch")(args + ["--max-time", "3600"])
+    cap = DEFAULT_EPOCHS * train_tokens // (4 * 64)  # batch 4 x the micro model's 64 tokens
+    assert 10 < cap < 1000  # the case under test: fewer steps than the warm-up asked for
+    said = capsys.readouterr().out
+    assert (f"notice: the data allows {cap:,} steps ({DEFAULT_EPOCHS} passes), fewer than the --max-time budget "
+            f"needs to measure its rate: the schedule spans those steps, with a warm-up of {cap // 10} instead of "
+            f"1000") in said
+    lrs = records(out, "lr")
+    assert max(lrs) == cap  # it ran every step of the 3 passes, and no more
+    schedule = SimpleNamespace(lr=3e-3, min_lr_frac=0.1, warmup_steps=cap // 10, max_steps=cap, schedule="cosine",
+                               decay_frac=0.2)
+    assert all(lrs[s] == pytest.approx(lr_at(s - 1, schedule), rel=1e-12) for s in lrs)
+    assert lrs[cap] == min(v for s, v in lrs.items() if s > cap // 10)  # annealed at the end
+    last = json.loads((out / f"ckpt_{cap:07d}" / "meta.json").read_text())
+    assert last["train_config"]["max_steps"] == cap and last["train_config"]["warmup_steps"] == cap // 10
