@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from nano_core.eval import parse_tasks
 from nano_core.host import cpu_brand, framework_env, installed_openblas
 from tokenizer.files import atomic_path, atomic_write
 
@@ -292,6 +293,7 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         args.runs = parse_runs(args.runs)
+        args.tiny_tasks = ",".join(parse_tasks(args.tiny_tasks))  # the eval CLI's own check: known task names
         if "hellaswag" not in args.tiny_tasks.split(","):
             raise ValueError(f"--tiny-tasks must include hellaswag (every row of the table has it), got "
                              f"{args.tiny_tasks!r}")

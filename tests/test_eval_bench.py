@@ -99,9 +99,12 @@ def test_a_report_with_more_tasks_is_reused_and_one_with_fewer_is_not(tmp_path, 
     assert ran == ["eval tiny-torch on torch"]
 
 
-def test_tiny_tasks_without_hellaswag_is_a_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny-tasks", "bpb,wikitext2", "--out", str(tmp_path)],
+@pytest.mark.parametrize("tasks, said", [
+    ("bpb,wikitext2", "error: --tiny-tasks must include hellaswag (every row of the table has it), got "
+                      "'bpb,wikitext2'"),
+    ("hellaswag,mmlu", "error: unknown eval task mmlu; choose from bpb, wikitext2, hellaswag (comma-separated)")])
+def test_bad_tiny_tasks_are_one_line_errors_before_anything_runs(tmp_path, tasks, said):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny-tasks", tasks, "--out", str(tmp_path)],
                           capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert proc.stderr.strip() == ("error: --tiny-tasks must include hellaswag (every row of the table has it), got "
-                                   "'bpb,wikitext2'")
+    assert proc.returncode != 0 and proc.stderr.strip() == said
+    assert not any(tmp_path.iterdir())  # nothing trained or evaluated
