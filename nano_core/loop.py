@@ -429,6 +429,15 @@ class StoppedAtOnce(KeyboardInterrupt):
         super().__init__(str(run_dir))
         self.run_dir, self.rank, self.world = run_dir, rank, world
 
+    def message(self) -> str:
+        said = "interrupted again: stopped at once, without a new checkpoint"
+        if self.rank > 0:  # checkpoints are rank 0's, perhaps on another machine: it says where they are
+            return f"rank {self.rank} of {self.world}: {said}"
+        if latest_checkpoint(self.run_dir, notices=[]) is None:
+            return f"{said}; no checkpoint had been written yet: rerun the same command to start again"
+        who = f"rank 0 of {self.world}: " if self.world > 1 else ""
+        return f"{who}{said}; the last checkpoint is intact: continue with --resume latest --out {self.run_dir}"
+
 
 def main(backend_class, argv=None) -> Path:
     """`python -m nano_{backend}.train`: parse, run, and turn bad input into one line (exit 1)."""
@@ -445,12 +454,7 @@ def main(backend_class, argv=None) -> Path:
         fail(f"error: could not write{where}: {e.strerror or e}; the last checkpoint is intact: fix that and "
                  f"--resume latest")
     except StoppedAtOnce as e:
-        who = f"rank {e.rank} of {e.world}: " if e.world > 1 else ""
-        then = (f"the last checkpoint is intact: continue with --resume latest --out {e.run_dir}"
-                if latest_checkpoint(e.run_dir, notices=[]) is not None else "no checkpoint had been written yet: rerun the same "
-                                                                   "command to start again")
-        print(f"{who}interrupted again: stopped at once, without a new checkpoint; {then}", file=sys.stderr,
-              flush=True)
+        print(e.message(), file=sys.stderr, flush=True)
         sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted before training started; nothing was lost: rerun the same command to continue (prepared "

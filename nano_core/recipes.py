@@ -29,7 +29,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    # Measured on a 2-core x86 CPU, PyTorch bf16 autocast (benchmarks/recipe.py; README "Recipes").
+    # Measured on 2 cores of an AMD EPYC (Zen 4) only, PyTorch bf16 autocast (benchmarks/recipe.py; README "Recipes").
     "cpu-10min": Recipe(
         name="cpu-10min", preset="modern-3x192", budget_s=600.0,
         train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=32, warmup_steps=50, schedule="cosine",

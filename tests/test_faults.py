@@ -291,3 +291,12 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_notice_and_resume_proceeds(b
     train_main(backend)(["--resume", str(run / "ckpt_0000004"), "--out", str(run), "--max-steps", "6"])
     assert "torn last line" in capsys.readouterr().out
     assert sorted(losses(run)) == list(range(1, 7))
+
+
+def test_what_a_second_signal_says_depends_on_the_rank_and_the_checkpoints(tmp_path):
+    from nano_core.loop import StoppedAtOnce
+
+    assert StoppedAtOnce(tmp_path, 0, 1).message().endswith(
+        "no checkpoint had been written yet: rerun the same command to start again")  # nothing to resume from
+    assert StoppedAtOnce(tmp_path, 1, 2).message() == \
+        "rank 1 of 2: interrupted again: stopped at once, without a new checkpoint"  # rank 0 speaks of checkpoints
