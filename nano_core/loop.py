@@ -326,6 +326,7 @@ def train(backend, run: Run, log=print) -> Path:
                mininterval=0.5, disable=not t.rank0)
     t_start = t.t_log = time.time()
     paused = 0.0  # seconds spent evaluating, sampling and checkpointing: not training time
+    interrupted = False  # a stop every rank agreed on (see agree_to_stop below)
     tokens_since_log, unread = 0, []
     try:
         while config.max_steps is None or t.step < config.max_steps:
@@ -345,21 +346,24 @@ def train(backend, run: Run, log=print) -> Path:
             # rank 0's clock decides (the others' clocks also count their waits while rank 0 evaluates)
             deadline = limit is not None and trained >= limit and t.rank0
             # each process has its own signals: all ranks act on what any of them saw
+            # `signalled`, not the live flag, steers what follows: a signal landing after this line waits for the
+            # next step, or one rank would leave the loop while the others go on into the next all-reduce
             deadline, signalled = agree_to_stop(backend, deadline, stop.requested is not None)
             if signalled and stop.requested is None:
                 stop.requested = "a signal to another process"
+            interrupted = signalled
             finishing = t.step == config.max_steps or deadline
             do_eval = bool(config.eval_every and t.step % config.eval_every == 0) or finishing
             do_tasks = bool(config.eval_tasks) and (finishing or bool(
                 config.eval_tasks_every and t.step % config.eval_tasks_every == 0))
             do_sample = bool(config.sample_every and t.step % config.sample_every == 0) or finishing
-            do_save = bool(config.ckpt_every and t.step % config.ckpt_every == 0) or finishing or stop.requested
+            do_save = bool(config.ckpt_every and t.step % config.ckpt_every == 0) or finishing or signalled
             if log_now or do_eval or do_tasks or do_sample or do_save:  # losses read only where the loop syncs
                 loss_value = check_finite(unread, backend, run.run_dir)
             if log_now and t.rank0:
                 t.log_train(loss_value, lr, tokens_since_log, bar)
                 tokens_since_log = 0
-            if stop.requested:
+            if signalled:
                 break
             if t.rank0:  # the other ranks go on to the next step and wait in its all-reduce meanwhile
                 t_pause = time.time()
@@ -381,7 +385,7 @@ def train(backend, run: Run, log=print) -> Path:
     t.last["trainable_params"], t.last["total_params"] = backend.num_params(t.model), backend.num_total_params(t.model)
     if not t.rank0:
         return run.run_dir
-    if stop.requested:
+    if interrupted:
         log(f"interrupted ({stop.requested}): saved {t.save()}; continue with --resume latest --out {run.run_dir}")
     else:
         log(summary_line(t.step, t.last, val_bar, run.run_dir))

@@ -203,7 +203,10 @@ def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str, float]:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
+        try:  # ranks in a session of their own may outlive the launcher and hold its pipe open: never wait forever
+            output, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            output = "(its ranks outlived the launcher, holding its output open)"
         raise AssertionError(f"the run did not end within {timeout} s: {output[-3000:]}")
     return proc.returncode, output, time.time() - t0
 
