@@ -333,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 8; --quick 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed chunks per backend, order alternated (default 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (compilation; default 2)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="fp32 (TF32 off) or bf16 compute")
+    p.add_argument("--dtype", default="auto", help="fp32 (TF32 off), bf16, or both as fp32,bf16 (one report each, "
+                   "then their tokens/s side by side); auto: both on a Mac, where which one is faster depends on "
+                   "the chip, fp32 elsewhere")
     p.add_argument("--backends", default=None, help="comma-separated, from mlx-gpu,mlx-cpu,torch-cuda,torch-mps,"
                    "torch-cpu (default: all available)")
     p.add_argument("--data", default=None, help="prepared shard directory (default: ../shared/data/fineweb_edu "
@@ -348,12 +350,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_dtypes(text: str, platform: str = sys.platform) -> list[str]:
+    """--dtype as a list: 'auto' is fp32 and bf16 on macOS (bf16 has no hardware path on M1/M2 GPUs, one from M3
+    on: the owner's run settles which is faster there), fp32 elsewhere."""
+    if text == "auto":
+        return ["fp32", "bf16"] if platform == "darwin" else ["fp32"]
+    dtypes = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in ("fp32", "bf16")]
+    if not dtypes or bad:
+        raise ValueError(f"--dtype {text!r}: use fp32, bf16, fp32,bf16 or auto")
+    return list(dict.fromkeys(dtypes))
+
+
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     try:
-        return compare(args)
+        dtypes = parse_dtypes(args.dtype)
+        if len(dtypes) == 1:
+            return compare(argparse.Namespace(**{**vars(args), "dtype": dtypes[0]}))
+        base = Path(args.out) if args.out else None
+        outs = {d: compare(argparse.Namespace(**{**vars(args), "dtype": d, "out": str(base / d) if base else None}))
+                for d in dtypes}
+        print_dtype_table(outs)
+        return outs[dtypes[-1]]
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+
+
+def print_dtype_table(outs: dict[str, Path], log=print) -> None:
+    """Each backend's tokens/s in each dtype, from the reports just written: which dtype the chip prefers."""
+    reports = {d: json.loads((out / "report.json").read_text()) for d, out in outs.items()}
+    log("tokens/s by dtype: " + " | ".join(
+        f"{name} " + ", ".join(f"{d} {r['backends'][name]['tok_per_s']:,.0f}" for d, r in reports.items()
+                               if name in r["backends"])
+        for name in next(iter(reports.values()))["backends"]))
 
 
 def compare(args, log=print) -> Path:

@@ -56,6 +56,8 @@ class Backend(Protocol):
     dtype_why: str     # a few words on why that dtype (the startup line prints them)
     attn_impl: str     # the attention kernel after "auto": "sdpa" | "eager" | "flash"
     compile: bool      # whether the train step is compiled (mx.compile / torch.compile)
+    memory_label: str  # what peak_memory() is, in the closing line's words: "peak memory" unless the framework keeps
+                       # no peak (PyTorch on MPS: "MPS driver memory")
 
     # -- the machine ------------------------------------------------------------------------------------------
     def notices(self) -> list[str]:

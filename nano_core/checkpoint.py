@@ -46,7 +46,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from tokenizer.files import follow_umask
+from tokenizer.files import follow_umask, sync_fd
 
 CKPT_RE = re.compile(r"^ckpt_(\d{7,})$")
 TMP_PREFIX = ".tmp_ckpt_"
@@ -298,7 +298,7 @@ def _fsync_tree(root: Path) -> None:
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
             with open(os.path.join(dirpath, name), "rb") as f:
-                os.fsync(f.fileno())
+                sync_fd(f.fileno())
         _fsync_dir(dirpath)
 
 
@@ -308,7 +308,7 @@ def _fsync_dir(path) -> None:
     except OSError:  # Windows cannot open a directory; its renames do not need this
         return
     try:
-        os.fsync(fd)
+        sync_fd(fd)
     except OSError:
         pass
     finally:

@@ -211,6 +211,44 @@ def cpu_brand() -> str:
     return platform.processor() or platform.machine()
 
 
+FRAMEWORK_HINTS = {
+    "torch": ("PyTorch >= 2.5", "pip install 'torch>=2.5'",
+              "PyTorch has no wheel >= 2.5 for Intel Macs: train on an Apple-silicon Mac (python -m nano_mlx.train) "
+              "or on Linux"),
+    "mlx": ("MLX", "pip install mlx (Apple silicon) or 'mlx[cpu]' (Linux)",
+            "MLX has no wheel for Intel Macs or an x86 Python under Rosetta: use a native arm64 Python, or "
+            "python -m nano_torch.train"),
+}
+
+
+def missing_framework(framework: str, error: ImportError, machine: str | None = None,
+                      platform_name: str | None = None) -> None:
+    """A backend package imported without its framework. Under `python -m nano_torch.X` (runpy imports the package
+    while sys.argv[0] is still '-m'): one line and exit 2, the commands' contract for bad setups. Imported from
+    Python: an ImportError that says the same."""
+    what, install, intel = FRAMEWORK_HINTS[framework]
+    intel_mac = (platform_name or sys.platform) == "darwin" and (machine or platform.machine()) == "x86_64"
+    msg = f"{what} is not installed ({error}); {intel if intel_mac else install}"
+    if sys.argv[:1] == ["-m"]:
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2)
+    raise ImportError(msg) from error
+
+
+def apple_generation(brand: str) -> int | None:
+    """'Apple M3 Max' -> 3; None for anything that is not an Apple M-series chip."""
+    m = re.search(r"\bApple M(\d+)\b", brand)
+    return int(m.group(1)) if m else None
+
+
+def apple_gpu_has_bf16(brand: str) -> bool:
+    """Whether the Apple GPU computes bf16 in hardware. M1 and M2 GPUs have no bf16 path (Metal emulates it through
+    fp32 conversions: slower than fp16 and no faster than fp32, as MLX's maintainers measured in mlx-examples #186);
+    from M3 on the GPU has one. Unknown or non-Apple brands answer False, the safe side (fp32)."""
+    generation = apple_generation(brand)
+    return generation is not None and generation >= 3
+
+
 def gpu_cores() -> int | None:
     """GPU core count on macOS (system_profiler); None elsewhere or when it cannot be read."""
     if sys.platform != "darwin":

@@ -32,7 +32,7 @@ from nano_core.generate import generate
 from nano_core.host import keep_freed_memory
 from nano_core.init import init_weights
 from nano_core.instruct import InstructLoader
-from nano_core.metrics import (MetricsLogger, NullLogger, format_count, format_flops, init_wandb, mfu,
+from nano_core.metrics import (ASSUMED_MFU, MetricsLogger, NullLogger, format_count, format_flops, init_wandb, mfu,
                                plot_loss_curve, recheck_peak, unigram_val_loss, val_metrics)
 from nano_core.eval import Scorer, run_tasks, summary_metrics
 from nano_core.run import DEFAULT_EPOCHS, Run, eval_settings, prepare_run, resolve_resume, run_meta
@@ -85,13 +85,12 @@ def summary_line(step: int, last: dict, val_bar: float, run_dir) -> str:
     return (f"done at step {step}: train loss {last.get('train_loss', nan):.4f}, "
             f"val loss {last.get('val_loss', nan):.4f} (unigram on val {val_bar:.4f}), "
             f"bpb {last.get('val_bpb', nan):.4f}, {last.get('tok_per_s', 0):,.0f} tok/s, MFU {last.get('mfu', 0):.1%}, "
-            f"peak memory {last.get('peak_memory_gb', nan):.2f} GB"
+            f"{last.get('memory_label', 'peak memory')} {last.get('peak_memory_gb', nan):.2f} GB"
             + (f", trained {format_count(last['trainable_params'])} of {format_count(last['total_params'])} params"
                if last.get("trainable_params", 0) < last.get("total_params", 0) else "")
             + f"; checkpoint in {run_dir}")
 
 
-ASSUMED_MFU = 0.25  # for the start-up estimate only; the progress bar's ETA is measured
 
 
 def expected_time(steps: int, tokens_per_step: int, flops_per_token: float, peak: float) -> str:
@@ -382,6 +381,7 @@ def train(backend, run: Run, log=print) -> Path:
         bar.close()
         stop.restore()
     t.last["peak_memory_gb"] = backend.peak_memory()[0] / 2**30
+    t.last["memory_label"] = backend.memory_label
     t.last["trainable_params"], t.last["total_params"] = backend.num_params(t.model), backend.num_total_params(t.model)
     if not t.rank0:
         return run.run_dir
@@ -404,7 +404,8 @@ def run_training(backend_class, config: TrainConfig, typed: set[str] = frozenset
                             compile=config.compile)
     rank, world = backend.init_distributed(config.dist_timeout)
     try:
-        run = prepare_run(config, backend.name, backend.device, resume, log, rank, world, backend.barrier, typed)
+        run = prepare_run(config, backend.name, backend.device, resume, log, rank, world, backend.barrier, typed,
+                          peak_flops=lambda: backend.measure_peak_flops()[0])
         try:
             run_dir = train(backend, run, log)
             backend.barrier()  # rank 0 may still be writing its last checkpoint: nobody leaves before it is done

@@ -22,6 +22,10 @@ METRICS_FILE = "metrics.jsonl"
 TASK_PREFIXES = ("hellaswag_", "wikitext2_", "bpb_")  # the --eval-tasks records (nano_core.eval.summary_metrics)
 LOSS_CURVE_FILE = "loss_curve.png"
 
+# What a start-up estimate assumes of the training speed (the expected time, the hub download's size): a typical
+# fraction of the measured matmul peak. The progress bar's ETA and the time budget are measured, not assumed.
+ASSUMED_MFU = 0.25
+
 
 # --- throughput ---------------------------------------------------------------------------------------------
 def mfu(flops_per_token: float, tok_per_s: float, peak_flops: float) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ from nano_core.data import default_data_dir, load_manifest
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
 from nano_core.instruct import encode_rows
 from nano_core.lora import LoraConfig
+from nano_core.metrics import ASSUMED_MFU
 from nano_core.muon import check_muon_args
 from nano_core.pretrained import InitFrom, fit_context, load_init_from, load_lora_base, weights_hash
 from nano_core.prepare import prepare
@@ -33,7 +35,11 @@ from tokenizer.sources import hub_reachable
 # Tests (and impatient people) can shrink the no-argument run without touching the flags' documented defaults.
 MAX_STEPS_ENV = "NANO_DEFAULT_MAX_STEPS"
 DEFAULT_EPOCHS = 3  # the default step budget never goes past this many passes over the training data
-HUB_MAX_DOCS = 20_000  # the no-argument FineWeb-Edu download: ~20k documents (~20M tokens), enough for a first run
+# The no-argument FineWeb-Edu download is sized for one pass over the time budget at the expected speed (hub_documents):
+# a smaller corpus would end the run early at its DEFAULT_EPOCHS passes. Bounds: at least HUB_MIN_DOCS, at most
+# HUB_MAX_DOCS; counts are rounded up to HUB_DOCS_STEP so that runs on one machine share one cache entry.
+HUB_MIN_DOCS, HUB_MAX_DOCS, HUB_DOCS_STEP = 20_000, 500_000, 10_000
+HUB_TOKENS_PER_DOC = 1_050  # the mean FineWeb-Edu document at a vocabulary of 8192 (docs/mac.md: how it was measured)
 BUILTIN_NOTICE = ("notice: the FineWeb-Edu hub is not reachable, so training on the small builtin text; point it at "
                   "real data with --source (text files, dirs, .jsonl, .parquet), e.g. "
                   "--source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --source ../shared/data/gutenberg")
@@ -205,9 +211,33 @@ def _usable_cache(out: Path) -> bool:
         s.get("split") == "train" and s.get("tokens", 0) > 0 for s in manifest.get("shards", []))
 
 
-def resolve_data(config: TrainConfig, log=print, tokenizer=None) -> Path:
+def expected_tokens_per_s(cfg: ModelConfig, peak_flops: float) -> float:
+    """Training speed expected before the first step: the measured matmul peak at ASSUMED_MFU."""
+    return peak_flops * ASSUMED_MFU / cfg.estimate_flops()
+
+
+def hub_documents(budget_s: float | None, tokens_per_s: float | None) -> int:
+    """FineWeb-Edu documents to download for a run of `budget_s` seconds at `tokens_per_s`: one pass of fresh text
+    (so even a rate estimate 3x too low still fills the budget within DEFAULT_EPOCHS passes), within the bounds."""
+    if not budget_s or not tokens_per_s:
+        return HUB_MIN_DOCS
+    docs = math.ceil(budget_s * tokens_per_s / HUB_TOKENS_PER_DOC / HUB_DOCS_STEP) * HUB_DOCS_STEP
+    return int(min(max(docs, HUB_MIN_DOCS), HUB_MAX_DOCS))
+
+
+def hub_download_size(config: TrainConfig, peak_flops) -> int:
+    """hub_documents for this run: its --max-time, and the speed of its model on this machine (`peak_flops`: a
+    callable that measures the matmul peak, called only here, when a download is planned)."""
+    if getattr(config, "max_time", None) is None or peak_flops is None:
+        return HUB_MIN_DOCS
+    cfg = resolve_model_config(config, config.vocab_size)
+    return hub_documents(config.max_time, expected_tokens_per_s(cfg, peak_flops()))
+
+
+def resolve_data(config: TrainConfig, log=print, tokenizer=None, peak_flops=None) -> Path:
     """A shard directory to train on: --data as given, or --source prepared once into a cache directory (with
-    `tokenizer` when the model brings its own, else a new one of --vocab-size)."""
+    `tokenizer` when the model brings its own, else a new one of --vocab-size). The hub source with no --source is
+    sized by hub_download_size (`peak_flops` measures the machine)."""
     if config.data is not None:
         data = Path(config.data)
         if not (data / "manifest.json").is_file():
@@ -219,9 +249,14 @@ def resolve_data(config: TrainConfig, log=print, tokenizer=None) -> Path:
         specs = ["fineweb-edu"] if hub_reachable() else ["builtin"]
         if specs == ["builtin"]:
             log(BUILTIN_NOTICE)
-    max_docs = HUB_MAX_DOCS if specs == ["fineweb-edu"] else None
+    max_docs = None
     key = config.vocab_size if tokenizer is None else f"tok-{tokenizer.hash[:12]}"
     out = _source_cache_dir(specs, key)
+    if specs == ["fineweb-edu"]:  # the download's size is part of the cache key
+        max_docs = hub_download_size(config, peak_flops) if tokenizer is None else HUB_MIN_DOCS
+        out = out.with_name(out.name.replace("fineweb-edu", f"fineweb-edu-{max_docs // 1000}k", 1))
+        log(f"data: {max_docs:,} FineWeb-Edu documents, about {max_docs * HUB_TOKENS_PER_DOC / 1e6:,.0f}M tokens "
+            f"(one pass of the time budget at the expected speed, within {HUB_MIN_DOCS:,}-{HUB_MAX_DOCS:,})")
     if _usable_cache(out):
         log(f"data: cached shards {out}")
         return out
@@ -331,7 +366,7 @@ class RunLock:
 # --- the run -------------------------------------------------------------------------------------------------------
 def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Path | None, dict | None],
                 log=print, rank: int = 0, world_size: int = 1, barrier=lambda: None,
-                typed: set[str] = frozenset()) -> Run:
+                typed: set[str] = frozenset(), peak_flops=None) -> Run:
     """Resolve device-dependent defaults, data, model config and run dir (resume from resolve_resume).
     Under several processes (rank, world_size, and `barrier` waiting for all of them), rank 0 owns the run dir and
     prepares the data while the others wait, then they read what it made."""
@@ -346,11 +381,11 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
     config.out = str(run_dir)
     if rank != 0:  # the run dir and its lock are rank 0's; the data is there once rank 0 has passed the barrier
         barrier()
-        return _prepare(config, device, resume_path, resume_meta, run_dir, None, log, rank, world_size)
+        return _prepare(config, device, resume_path, resume_meta, run_dir, None, log, rank, world_size, peak_flops)
     check_run_dir(run_dir)
     lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
     try:
-        run = _prepare(config, device, resume_path, resume_meta, run_dir, lock, log, rank, world_size)
+        run = _prepare(config, device, resume_path, resume_meta, run_dir, lock, log, rank, world_size, peak_flops)
     except BaseException:
         lock.release()
         raise
@@ -366,7 +401,7 @@ def check_distributed(config: TrainConfig, world_size: int) -> None:
 
 
 def _prepare(config: TrainConfig, device: str, resume_path, resume_meta, run_dir: Path, lock, log, rank: int,
-             world_size: int) -> Run:
+             world_size: int, peak_flops=None) -> Run:
     if rank == 0:
         claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
     init = load_init_from(config.init_from, log) if config.init_from and resume_meta is None else None
@@ -381,7 +416,7 @@ def _prepare(config: TrainConfig, device: str, resume_path, resume_meta, run_dir
         data_dir, rows = resolve_instruct(config, cfg, tok, run_dir, log)
         train_tokens = int(0.9 * sum(len(ids) - 1 for ids, _ in rows))
     else:
-        data_dir = resolve_data(config, log, tokenizer=init.tokenizer if init else None)
+        data_dir = resolve_data(config, log, tokenizer=init.tokenizer if init else None, peak_flops=peak_flops)
         manifest = load_manifest(data_dir)
         if resume_meta is not None:
             check_resume_data(resume_meta, cfg, manifest, data_dir)

@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten, tree_map
 from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
 from nano_core.distributed import Watchdog
-from nano_core.host import OPENBLAS_GLOBS, mapped_libraries
+from nano_core.host import OPENBLAS_GLOBS, apple_gpu_has_bf16, cpu_brand, mapped_libraries
 from nano_core.lora import LoraConfig, init_adapters, mask_weights
 from nano_core.metrics import probe_peak_flops
 from nano_mlx.model import GPT
@@ -48,16 +48,30 @@ def pick_device(name: str) -> str:
     return name
 
 
-def pick_dtype(name: str, device: str) -> tuple[str, str]:
-    """(fp32 | bf16, why). Master weights and optimizer states stay fp32; bf16 is the compute dtype."""
+def pick_dtype(name: str, device: str, brand: str | None = None) -> tuple[str, str]:
+    """(fp32 | bf16, why). Master weights and optimizer states stay fp32; bf16 is the compute dtype. `brand` is the
+    chip's name (nano_core.host.cpu_brand), read only for auto on the GPU."""
     if name == "auto":
-        # bf16 matmuls are fast on Apple GPUs; MLX's CPU backend has no fast bf16 path, so fp32 there
-        return ("bf16", "auto: Metal GPU") if device == "gpu" else ("fp32", "auto: fp32 on the MLX CPU backend")
+        if device != "gpu":  # MLX's CPU backend has no fast bf16 path
+            return "fp32", "auto: fp32 on the MLX CPU backend"
+        brand = cpu_brand() if brand is None else brand
+        # bf16 only where the GPU computes it in hardware (M3 on); nano trains no fp16 (no loss scaling), so M1/M2
+        # train in fp32. benchmarks/compare.py --dtype fp32,bf16 measures both on the owner's chip.
+        if apple_gpu_has_bf16(brand):
+            return "bf16", f"auto: {brand} has bf16 on its GPU"
+        return "fp32", f"auto: no bf16 hardware on the GPU of {brand or 'this chip'} (--dtype bf16 to try it)"
     if name == "fp16":
         raise ValueError("--dtype fp16 is not supported by nano_mlx (no loss scaling); use --dtype bf16 or fp32")
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"--dtype {name} is not one of auto, {', '.join(COMPUTE_DTYPES)}")
     return name, "as asked"
+
+
+def gpu_info() -> dict:
+    """The Metal device's properties: mx.device_info() from MLX 0.30.4, mx.metal.device_info() before (macOS 13
+    installs MLX 0.29.3 at most, which has only the latter)."""
+    info = getattr(mx, "device_info", None) or mx.metal.device_info
+    return info()
 
 
 def pick_attn_impl(name: str, device: str, dtype: str) -> str:
@@ -108,6 +122,7 @@ class Backend:
     name = "mlx"
     rank, world_size = 0, 1  # until init_distributed finds a launcher
     group = None
+    memory_label = "peak memory"  # mx.get_peak_memory is a true peak on the GPU and the CPU
 
     def __init__(self, device: str = "auto", dtype: str = "auto", attn_impl: str = "auto", compile: bool | None = None):
         self.device = pick_device(device)
@@ -125,7 +140,7 @@ class Backend:
     def set_memory_limit(self, gb: float | None) -> str | None:
         if self.device == "gpu":
             # Wire the model's working set (no paging mid-step) and bound the buffer cache, as mlx-lm does.
-            recommended = mx.device_info().get("max_recommended_working_set_size")
+            recommended = gpu_info().get("max_recommended_working_set_size")
             if recommended:
                 mx.set_wired_limit(int(recommended))
                 mx.set_cache_limit(int(recommended) // 4)

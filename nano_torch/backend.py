@@ -28,6 +28,9 @@ from nano_torch.optim import (build_optimizer, clip_grad_norm_, load_optimizer_s
                               set_lr)
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# What peak_memory() measures on MPS, where PyTorch keeps no peak: the driver's allocation (the allocator's cache
+# included) at the moments it was read, the largest of them. Not the true peak, which may fall between two reads.
+MPS_MEMORY = "largest torch.mps.driver_allocated_memory() read (allocator cache included; not a true peak)"
 SYNC = {"cuda": lambda: torch.cuda.synchronize(), "mps": lambda: torch.mps.synchronize(), "cpu": lambda: None}
 
 
@@ -122,6 +125,8 @@ class Backend:
             self._notices.append("notice: torch.compile is a prototype on MPS; running eagerly")
             self.compile = False
         self.torch_device = torch.device(self.device)
+        self._mps_seen = 0  # the largest MPS driver allocation read by peak_memory()
+        self.memory_label = "MPS driver memory" if self.device == "mps" else "peak memory"
 
     # -- the machine --------------------------------------------------------------------------------------------
     def notices(self) -> list[str]:
@@ -154,18 +159,27 @@ class Backend:
     def peak_memory(self) -> tuple[int, str]:
         if self.device == "cuda":
             return torch.cuda.max_memory_allocated(self.torch_device), "torch.cuda.max_memory_allocated"
-        if self.device == "mps":  # PyTorch keeps no MPS peak: the driver's current allocation
-            return torch.mps.driver_allocated_memory(), "torch.mps.driver_allocated_memory"
+        if self.device == "mps":  # PyTorch keeps no MPS peak: the largest driver allocation read so far
+            self._mps_seen = max(self._mps_seen, torch.mps.driver_allocated_memory())
+            return self._mps_seen, MPS_MEMORY
         return peak_rss()
 
     def reset_peak_memory(self) -> None:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats(self.torch_device)
+        elif self.device == "mps":
+            self._mps_seen = 0
         elif self.device == "cpu":
             reset_peak_rss()
 
     def sync(self) -> None:
         SYNC[self.device]()
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A host batch on the training device. Asynchronous only on CUDA: on MPS a non-blocking copy from unpinned
+        numpy memory can read the buffer after it was freed or reused (PyTorch issues 139550, 189690), and the loop
+        runs several steps ahead of the GPU between syncs, so the batch is copied before the call returns."""
+        return torch.from_numpy(array).to(self.torch_device, non_blocking=self.device == "cuda")
 
     # -- several processes ------------------------------------------------------------------------------------------
     def init_distributed(self, timeout: float) -> tuple[int, int]:
@@ -258,9 +272,9 @@ class Backend:
         def step(batch: np.ndarray, lr: float, index: int, mask: np.ndarray | None = None):
             torch.manual_seed(step_seed(seed, index) + rank)  # dropout masks: a function of (seed, step, rank)
             set_lr(optimizer, lr)
-            t = torch.from_numpy(batch).to(self.torch_device, non_blocking=True).long()
+            t = self.to_device(batch).long()
             w = None if mask is None else \
-                torch.from_numpy(mask_weights(mask, batch)).to(self.torch_device).view(grad_accum, -1, t.shape[1] - 1)
+                self.to_device(mask_weights(mask, batch)).view(grad_accum, -1, t.shape[1] - 1)
             total = 0.0
             for i, micro in enumerate(t.view(grad_accum, -1, t.shape[1])):
                 # only the last micro-batch all-reduces: the others accumulate locally
@@ -304,7 +318,7 @@ class Backend:
             model.train(was_training)
 
     def token_losses(self, model, batch: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(batch).to(self.torch_device).long()
+        t = self.to_device(batch).long()
         logits = model(t[:, :-1])
         nats = F.cross_entropy(logits.float().flatten(0, 1), t[:, 1:].flatten(), reduction="none")
         return nats.view(t.shape[0], -1).cpu().numpy()

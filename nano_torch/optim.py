@@ -108,12 +108,12 @@ def _adamw(params: list, lr: float, betas, eps: float, weight_decay: float) -> t
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # fused=True: one kernel for the whole update instead of one per tensor, with the same fp32 state and math (the
-    # parity tests vs MLX hold at 1e-5; benchmarks/step_speed.py measures the step). Devices without a
-    # fused kernel fall back to foreach.
+    # parity tests vs MLX hold at 1e-5; benchmarks/step_speed.py measures the step). A device without a fused kernel
+    # gets PyTorch's own choice (foreach=None): foreach=True would raise where the foreach API is missing.
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=True)
     except RuntimeError:
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, foreach=None)
 
 
 def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
@@ -149,8 +149,11 @@ def clip_grad_norm_(model, max_norm: float):
     """Scale the model's .grad tensors in place so their global L2 norm is at most max_norm; return the norm before
     clipping (a 0-d tensor: .item() only when logging). Coefficient max_norm / (norm + 1e-6), capped at 1, as
     nano_mlx.optim.clip_grad_norm, which returns a clipped copy of the gradient tree instead (MLX arrays are
-    immutable): hence the two names."""
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+    immutable): hence the two names.
+
+    foreach=None, never True: PyTorch then uses its foreach kernels where the device has them (cuda, cpu) and a
+    per-tensor loop elsewhere; foreach=True raises on mps, where the foreach API is not supported."""
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=None)
 
 
 def trainable(model) -> list:

@@ -224,7 +224,9 @@ def test_mlx_dtype_choice():
     from nano_mlx import backend as mb
 
     assert mb.pick_dtype("auto", "cpu")[0] == "fp32"
-    assert mb.pick_dtype("auto", "gpu")[0] == "bf16"
+    assert mb.pick_dtype("auto", "gpu", brand="Apple M3 Max")[0] == "bf16"  # bf16 hardware from M3 on
+    assert mb.pick_dtype("auto", "gpu", brand="Apple M2 Pro")[0] == "fp32"  # emulated on M1/M2
+    assert mb.pick_dtype("auto", "gpu", brand="")[0] == "fp32"  # unknown chip: the safe side
     with pytest.raises(ValueError, match="fp16"):
         mb.pick_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="PyTorch/CUDA kernel"):

@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 @contextlib.contextmanager
@@ -29,13 +35,26 @@ def atomic_path(path, suffix: str = ".tmp"):
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+            sync_fd(f.fileno())
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a normal file follows the user's umask
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def sync_fd(fd: int) -> None:
+    """Flush an open file or directory to stable storage. On macOS fsync(2) only hands the data to the drive, whose
+    write cache may still lose it on power loss (Apple's fsync man page); fcntl F_FULLFSYNC asks the drive to flush
+    that cache too. File systems that refuse F_FULLFSYNC (some network and FAT volumes) get a plain fsync."""
+    if sys.platform == "darwin" and fcntl is not None and hasattr(fcntl, "F_FULLFSYNC"):
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
 
 
 def atomic_write(path, data: str | bytes) -> Path:
