@@ -1,8 +1,8 @@
 """Recipes: a model and the settings that train it best for a budget of wall time, on a kind of machine.
 
 A preset (nano_core/config.py) is a model shape; a recipe is a preset plus the optimizer, learning rates, batch,
-schedule and time budget that go with it. They are chosen by measurement (benchmarks/recipe.py; the results are in docs/training.md,
-what helped and what did not in dev/LOG.md), not by assertion.
+schedule and time budget that go with it. They are chosen by measurement (benchmarks/recipe.py; the results are in
+docs/training.md, what helped and what did not in dev/LOG.md), not by assertion.
 
 How one applies (nano_core/run.py resolve_defaults): `--recipe NAME` picks one; with no model given at all (no
 --preset, --config or --init-from) the device's recipe is the default, so `python -m nano_torch.train` with no
