@@ -103,7 +103,7 @@ def emit(notices, message: str) -> None:
 def code_version() -> dict:
     """Package version and, when run from a git checkout, the commit (plus whether the tree had local edits)."""
     try:
-        pkg = version("nano")
+        pkg = version("nano-train")
     except PackageNotFoundError:
         pkg = "unknown"
     out = {"package": pkg, "git_sha": None, "git_dirty": None}
