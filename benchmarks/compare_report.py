@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import pyplot, save_figure, save_json, save_text
 from nano_core.config import ModelConfig
-from tokenizer.files import atomic_path, atomic_write
 
 PARITY_TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2}
 FLOP_CONVENTION = ("training FLOPs/token = 3 x forward (ModelConfig.estimate_flops); forward = 2*out*in per matmul "
@@ -140,28 +140,13 @@ def write_markdown(report: dict, path: Path) -> None:
     lines += ["", "## Environment", ""]
     lines += [f"- {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in report["env"].items()]
     lines += ["", " ".join(f"![{Path(f).stem}]({f})" for f in report["files"] if f.endswith(".png")), ""]
-    atomic_write(path, "\n".join(lines))
+    save_text(path, "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------- plots
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-
-
 def plot_loss(report: dict, path: Path) -> None:
     """Loss curves of every backend, and below them the relative difference to the reference."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7.5, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     for n, b in report["backends"].items():
         ax.plot(range(1, len(b["loss"]) + 1), b["loss"], marker="o", ms=3, lw=1.2, label=n)
@@ -179,12 +164,12 @@ def plot_loss(report: dict, path: Path) -> None:
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_throughput(report: dict, path: Path) -> None:
     """Median tok/s per backend with the slowest..fastest step as whiskers, MFU on each bar."""
-    plt = _pyplot()
+    plt = pyplot()
     names, run = list(report["backends"]), report["run"]
     toks = [report["backends"][n]["tok_per_s"] for n in names]
     tokens = run["batch_size"] * run["seq_len"]
@@ -201,12 +186,12 @@ def plot_throughput(report: dict, path: Path) -> None:
     ax.set_title(f"training throughput, B={run['batch_size']} T={run['seq_len']} {run['dtype']}")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_attention(report: dict, path: Path) -> None:
     """Grouped bars per attention variant, one bar per backend; forward and forward+backward panels."""
-    plt = _pyplot()
+    plt = pyplot()
     names, rows = list(report["backends"]), report["attention"]["rows"]
     variants = list(dict.fromkeys((r["kind"], r["n_kv_head"], r["window"]) for r in rows))
     labels = [f"{k} kv={kv}\n{'full' if w is None else f'win {w}'}" for k, kv, w in variants]
@@ -223,7 +208,7 @@ def plot_attention(report: dict, path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def write_all(report: dict, out: Path) -> None:
@@ -232,5 +217,5 @@ def write_all(report: dict, out: Path) -> None:
     for name in report["files"]:
         if name in plots:
             plots[name](report, out / name)
-    atomic_write(out / "report.json", json.dumps(report, indent=1))
+    save_json(out / "report.json", report)
     write_markdown(report, out / "report.md")

@@ -1,9 +1,9 @@
 """benchmarks/compare.py's workers: each backend runs in its own process and is driven over a pipe.
 
 Why a process per backend: two frameworks in one process fight over the cores between their turns -- their idle
-thread pools (OpenMP, OpenBLAS, MLX) keep spinning -- and PyTorch's CPU step measured ~1.7x slower next to MLX
-than alone. Workers are spawned (a fresh interpreter: nothing of the other framework is loaded there), and PyTorch
-workers start without an OpenBLAS LD_PRELOAD (meant for MLX, it made PyTorch's fp32 step 3.5x slower; see
+thread pools (OpenMP, OpenBLAS, MLX) keep spinning -- and PyTorch's CPU step measured slower next to MLX than alone
+(docs/benchmarks.md). Workers are spawned (a fresh interpreter: nothing of the other framework is loaded there), and
+PyTorch workers start without an OpenBLAS LD_PRELOAD (meant for MLX, it slows PyTorch's CPU kernels; see
 nano_core/host.py).
 
 A worker builds `nano_<framework>.backend.Backend(device, dtype, attn_impl="auto", compile=None)` -- None is the
@@ -179,7 +179,7 @@ class Worker:
         self.name = name
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=serve, args=(child, name, dtype, cfg, weights, hp), daemon=True)
-        # the OpenBLAS preload is for MLX; inside PyTorch it made the fp32 step 3.5x slower (nano_core/host.py)
+        # the OpenBLAS preload is for MLX; inside PyTorch it slows the CPU step (nano_core/host.py)
         with without_openblas_preload() if name.startswith("torch") else contextlib.nullcontext():
             self.proc.start()
         child.close()

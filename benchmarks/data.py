@@ -10,8 +10,6 @@ ratio is computed against a measured PyTorch tiny-model step when nano_torch is 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -19,10 +17,9 @@ from pathlib import Path
 
 from nano_core.data import ShardLoader
 from nano_core.prepare import prepare
+from harness import ROOT, machine, save_json
 from tokenizer import BPETokenizer
-from tokenizer.files import atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -131,10 +128,10 @@ def main():
     ratio = loads[0]["tok_per_s"] / step if step else None
 
     print_report(files, args.vocab_size, train_secs, preps, loads, step, step_source, ratio)
-    result = {"machine": platform.platform(), "python": platform.python_version(), "files": [str(f) for f in files],
+    result = {"machine": machine(), "files": [str(f) for f in files],
               "vocab_size": args.vocab_size, "tokenizer_train_seconds": train_secs, "prepare": preps,
               "loader": loads, "tiny_step_tok_s": step, "step_source": step_source, "loader_over_step": ratio}
-    out = atomic_write(args.json, json.dumps(result, indent=1))
+    out = save_json(Path(args.json), result)
     print(f"wrote {out}")
 
 

@@ -46,20 +46,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT, child_env, machine, pyplot, read_jsonl, run_child, save_figure, save_json, save_text
+
 BIN = Path(sys.executable).parent  # torchrun and mlx.launch of this environment
 
 BACKENDS = ("torch", "mlx")
-SOURCE = "../shared/data/fineweb_edu/sample-10BT-281docs.jsonl"  # from ROOT, as the README's commands say
+SOURCE = "../shared/data/fineweb_edu/sample-10BT-281docs.jsonl"  # from ROOT, as the documented commands say
 FIXTURE_SOURCE = "tests/fixtures/data/fineweb_edu/sample-10BT-281docs.jsonl"  # the excerpt in a bare clone
 # the --quick model: tests/test_train.py's MICRO (137k parameters) on shards of vocab 512
 MICRO = {"vocab_size": 512, "n_layer": 2, "n_head": 2, "n_embd": 64, "seq_len": 64}
@@ -78,6 +76,8 @@ QUICK_BIG_ELEMENTS = 4 * 2**20  # --quick's bandwidth buffer: 16 MiB of fp32
 # - NVLink 4 on H100 / H200 SXM: 900 GB/s per GPU, both directions together, so 450 GB/s each way (NVIDIA H100 and
 #   H200 product pages / datasheets, "NVLink: 900GB/s"); PCIe Gen5 x16: 128 GB/s both directions, 64 GB/s each way
 #   (same datasheets, "PCIe Gen5: 128GB/s").
+# Signs of a failed rank in a launcher's log: mlx.launch itself exits 0 whatever its ranks did.
+FAILED = ("Traceback", "exited with code")
 LINKS = [  # (name, bytes/s one way per process, processes: 2 machines, or the 8 GPUs of one CUDA node)
     ("Thunderbolt 4 (40 Gb/s)", 40e9 / 8, 2),
     ("Thunderbolt 5 (80 Gb/s)", 80e9 / 8, 2),
@@ -227,60 +227,9 @@ def launcher(backend: str, n: int) -> list[str]:
     return [str(BIN / "mlx.launch"), "-n", str(n), "--starting-port", str(free_port_pair()), "--", sys.executable]
 
 
-def child_env(backend: str, threads: int) -> dict:
-    """The backend's environment (OpenBLAS preloaded for MLX, never for PyTorch: nano_core.host.framework_env) with
-    `threads` threads per process."""
-    from nano_core.host import framework_env
-
-    env = framework_env(backend)
-    env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    env.pop("NANO_REQUIRE_FULL_DATA", None)
-    return env
-
-
-def run_logged(label: str, cmd: list[str], env: dict, log: Path, timeout: float, progress=None) -> None:
-    """Run `cmd` from the repository root with its output in `log`; `progress()` returns a status line, shown on
-    one console line every second. A failure raises with the log's tail."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            while proc.poll() is None:
-                elapsed = time.perf_counter() - t0
-                if elapsed > timeout:
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-                    raise RuntimeError(f"{label}: no result within {timeout:.0f} s; see {log}")
-                status = progress() if progress else ""
-                print(f"\r  {label}: {elapsed:5.0f} s {status}".ljust(78)[:110], end="", flush=True)
-                time.sleep(1)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-    print(f"\r  {label}: {time.perf_counter() - t0:5.0f} s done".ljust(78), flush=True)
-    text = log.read_text(errors="replace")
-    # mlx.launch exits 0 whatever its ranks do: a rank's failure is in its report, "exited with code"
-    if proc.returncode != 0 or "Traceback" in text or "exited with code" in text:
-        tail = "\n".join(text.replace("\r", "\n").splitlines()[-15:])
-        raise RuntimeError(f"{label} failed (exit {proc.returncode}); see {log}:\n{tail}")
-
-
 def train_records(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written
-        if "train_loss" in r and "tok_per_s" in r:  # val records repeat the last tok_per_s: not a new measurement
-            records.append(r)
-    return records
+    """The train records of a run's metrics.jsonl (val records repeat the last tok_per_s: not a new measurement)."""
+    return [r for r in read_jsonl(run / "metrics.jsonl") if "train_loss" in r and "tok_per_s" in r]
 
 
 def measure_training(backend: str, n: int, threads: int, args, data_args: list[str], seq_len: int) -> dict:
@@ -294,11 +243,9 @@ def measure_training(backend: str, n: int, threads: int, args, data_args: list[s
     cmd = ([sys.executable] if n == 1 else launcher(backend, n)) + train
     (run / "metrics.jsonl").unlink(missing_ok=True)  # a previous run's records would show as progress (--overwrite
     # clears them too, but only once the run has started)
-    load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    run_logged(f"train {backend} {n}x{threads}", cmd, child_env(backend, threads),
-               args.out / "logs" / f"train-{backend}-{n}x{threads}.log", args.timeout,
-               progress=lambda: f"step {len(train_records(run))}/{args.steps}")
+    child = run_child(f"train {backend} {n}x{threads}", cmd, args.out / "logs" / f"train-{backend}-{n}x{threads}.log",
+                      child_env(backend, threads), timeout=args.timeout, every=10,
+                      progress=lambda: f"step {len(train_records(run))}/{args.steps}", fail_markers=FAILED)
     records = train_records(run)
     timed = [r["tok_per_s"] for r in records if r["step"] > args.warmup]
     if not timed:
@@ -311,7 +258,8 @@ def measure_training(backend: str, n: int, threads: int, args, data_args: list[s
             "tok_per_s": statistics.median(timed), "tok_per_s_min": min(timed), "tok_per_s_max": max(timed),
             "step_seconds": args.batch_size * seq_len * n / statistics.median(timed),
             "command": " ".join(cmd[:cmd.index("-m") + 2] if n > 1 else ["python", *train[:2]]),
-            "seconds": time.perf_counter() - t0, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+            "seconds": child["seconds"], "loadavg_before": child["loadavg_before"],
+            "loadavg_after": child["loadavg_after"]}
 
 
 def measure_allreduce(backend: str, args, sizes: list[int]) -> dict:
@@ -322,9 +270,8 @@ def measure_allreduce(backend: str, args, sizes: list[int]) -> dict:
                    "--reps", str(args.reps), "--warmup", str(args.reps_warmup), "--model", args.model,
                    "--result", str(result), *(["--ddp-check", GPT2] if backend == "torch" and not args.quick else [])]
     cmd = launcher(backend, 2) + worker_args
-    load_before = os.getloadavg()
-    run_logged(f"all-reduce {backend} x2", cmd, child_env(backend, 1), args.out / "logs" / f"allreduce-{backend}.log",
-               args.timeout)
+    child = run_child(f"all-reduce {backend} x2", cmd, args.out / "logs" / f"allreduce-{backend}.log",
+                      child_env(backend, 1), timeout=args.timeout, every=10, fail_markers=FAILED)
     raw = json.loads(result.read_text())
     rows = []
     for n in sizes:
@@ -335,7 +282,7 @@ def measure_allreduce(backend: str, args, sizes: list[int]) -> dict:
                      "seconds_max": max(times), "reps": len(times), "algbw_GBps": nbytes / sec / 1e9,
                      "busbw_GBps": ring_bytes(nbytes, raw["world_size"]) / sec / 1e9})
     return {"backend": backend, "engine": raw["engine"], "world_size": raw["world_size"], "sizes": rows,
-            "models": raw["models"], "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+            "models": raw["models"], "loadavg_before": child["loadavg_before"], "loadavg_after": child["loadavg_after"]}
 
 
 def prepare_quick_data(args) -> Path:
@@ -369,7 +316,7 @@ def fmt_seconds(s: float) -> str:
 
 
 def tables(report: dict) -> str:
-    lines = [f"Measured {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores), "
+    lines = [f"Measured {report['date']} on {report['machine']['cpu']} ({report['machine']['cpu_count']} cores), "
              f"load average {'/'.join(f'{x:.2f}' for x in report['loadavg_start'])} at the start (a shared "
              f"machine: figures are noisy). Model: {report['model']} ({report['model_params']:,} parameters), "
              f"{report['dtype']}.", "",
@@ -417,11 +364,7 @@ def tables(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     backends = list(dict.fromkeys(r["backend"] for r in report["training"]))
     layouts = list(dict.fromkeys((r["processes"], r["threads_per_process"]) for r in report["training"]))
@@ -435,7 +378,7 @@ def plot(report: dict, path: Path) -> None:
             ax1.text(x, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
     ax1.set_xticks(range(len(backends)), backends)
     ax1.set_ylabel("training tokens/s (global)")
-    ax1.set_title(f"{report['model']}, {report['machine']['cores']} cores")
+    ax1.set_title(f"{report['model']}, {report['machine']['cpu_count']} cores")
     ax1.legend(fontsize=8)
     for a in report["allreduce"]:
         xs = [r["bytes"] for r in a["sizes"]]
@@ -446,8 +389,7 @@ def plot(report: dict, path: Path) -> None:
     ax2.legend(fontsize=8)
     ax2.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> dict:
@@ -496,9 +438,7 @@ def main(argv=None) -> dict:
     params, gpt2_params = cfg.num_params(), gpt2.num_params()
     grad_bytes, gpt2_bytes = 4 * params, 4 * gpt2_params  # fp32 gradients: 4 bytes per trainable parameter
     report = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": q,
-        "machine": {"cpu": cpu_brand(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "date": machine()["date"], "quick": q, "machine": machine(),
         "loadavg_start": os.getloadavg(), "model": args.model, "model_params": params, "dtype": args.dtype,
         "grad_bytes": grad_bytes, "gpt2_params": gpt2_params, "gpt2_grad_bytes": gpt2_bytes,
         "why_no_speedup": ("2 ranks x 1 thread run on the same 2 cores as 1 rank x 2 threads: the compute per token "
@@ -545,8 +485,8 @@ def main(argv=None) -> dict:
 
     text = tables(report)
     print("\n" + text)
-    (args.out / "distributed.json").write_text(json.dumps(report, indent=1))
-    (args.out / "distributed.md").write_text("# Distributed training benchmark\n\n" + text)
+    save_json(args.out / "distributed.json", report)
+    save_text(args.out / "distributed.md", "# Distributed training benchmark\n\n" + text)
     plot(report, args.out / "distributed.png")
     print(f"wrote {args.out / 'distributed.json'}, distributed.md, distributed.png")
     return report
@@ -556,12 +496,6 @@ def write_micro_config(out: Path) -> Path:
     path = out / "micro.json"
     path.write_text(json.dumps({k: v for k, v in MICRO.items() if k != "vocab_size"}))
     return path
-
-
-def cpu_brand() -> str:
-    from nano_core.host import cpu_brand as brand
-
-    return brand()
 
 
 if __name__ == "__main__":

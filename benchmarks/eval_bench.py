@@ -1,13 +1,13 @@
-"""Evaluation benchmark: the README's reference runs scored on both backends; full HellaSwag timed on tiny and small.
+"""Evaluation benchmark: the reference training runs scored on both backends; full HellaSwag timed on tiny and small.
 
     python benchmarks/eval_bench.py                       # train what is missing, evaluate, table + JSON + PNG
     python benchmarks/eval_bench.py --runs torch=runs/a mlx=runs/b small=runs/c   # reuse trained runs
     python benchmarks/eval_bench.py --limit 200 --tiny-steps 20 --small-steps 5    # a quick look, not the figures
-    python benchmarks/eval_bench.py --cross none --tiny-tasks wikitext2,hellaswag  # the README's table, in ~1.5 h
+    python benchmarks/eval_bench.py --cross none --tiny-tasks wikitext2,hellaswag  # docs/evaluation.md's table
 
 What runs, each step in its own subprocess from the repository root (so ../shared/data resolves); MLX processes
 get the OpenBLAS preload (fast matmuls on CPU), PyTorch processes never do (the preload slows them several times):
-1. Training, unless --runs names the run: the README's training bar -- `tiny`, --tiny-steps 300, B=8, T=256,
+1. Training, unless --runs names the run: the training bar (docs/benchmarks.md) -- `tiny`, --tiny-steps 300, B=8, T=256,
    seed 0, FineWeb-edu + the 64 Gutenberg novels, vocab 8192, fp32 on CPU -- once with nano_torch and once with
    nano_mlx; and a `small` model (8 x 512, T=512) for --small-steps (50) with nano_torch fp32, trained only so
    that there is a checkpoint to time: its accuracy is near chance, its speed is what small costs.
@@ -28,19 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from harness import (ROOT, StepError, child_env, fmt_load, machine, pyplot, run_child, save_figure, save_json,
+                     save_text)
 from nano_core.eval import parse_tasks
-from nano_core.host import cpu_brand, framework_env, installed_openblas
-from tokenizer.files import atomic_path, atomic_write
 
-OPENBLAS = installed_openblas() or "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 SOURCES = ["../shared/data/fineweb_edu/sample-10BT-281docs.jsonl", "../shared/data/gutenberg"]  # from ROOT
 BACKENDS = ("torch", "mlx")
 HELLASWAG_ITEMS = 10_042
@@ -48,54 +42,9 @@ TINY_TASKS = "bpb,wikitext2,hellaswag"
 SMALL_TASKS = "hellaswag"
 
 
-class StepError(Exception):
-    """A subprocess of the benchmark failed: one line saying which and where its log is."""
-
-
-# ----------------------------------------------------------------------------- subprocesses
-def child_env(backend: str) -> dict:
-    """The environment of a backend's process: OpenBLAS preloaded for MLX (when present), never for PyTorch."""
-    return framework_env(backend)
-
-
-def last_line(log: Path) -> str:
-    """The last non-empty line of a log, tqdm's carriage-return updates counted as lines."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 4096))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    pieces = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
-    return pieces[-1] if pieces else ""
-
-
-def run_step(label: str, cmd: list[str], backend: str, log: Path, record: list) -> float:
-    """Run one step to completion with its output in `log`; a progress line a minute; seconds taken.
-    The load average before and after goes into `record`; a failure is a StepError naming the log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    load_before, t0 = os.getloadavg(), time.perf_counter()
-    print(f"{label}: {' '.join(cmd[2:])}", flush=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(backend), stdout=out, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                rc = proc.wait(timeout=60)
-                break
-            except subprocess.TimeoutExpired:
-                print(f"  {time.perf_counter() - t0:5.0f} s  {last_line(log)[:110]}", flush=True)
-    seconds = time.perf_counter() - t0
-    record.append({"step": label, "seconds": seconds, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                   "rc": rc})
-    if rc != 0:
-        raise StepError(f"{label} failed (exit {rc}): {last_line(log)[:200]} -- see {log}")
-    print(f"  done in {seconds:.0f} s (load average {fmt_load(load_before)} -> {fmt_load(os.getloadavg())})",
-          flush=True)
-    return seconds
-
-
-def fmt_load(load) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
+def run_step(label: str, cmd: list[str], backend: str, log: Path, record: list) -> None:
+    """One child to its end (benchmarks/harness.py), its record kept for the report."""
+    record.append(run_child(label, cmd, log, child_env(backend)))
 
 
 # ----------------------------------------------------------------------------- training and evaluation
@@ -133,8 +82,8 @@ def ensure_run(name: str, backend: str, preset: str, steps: int, args, record: l
     if not args.fresh and trained_step(run) == steps:
         print(f"{name}: reusing {run} (step {steps})")
         return run
-    run_step(f"train {name}", train_cmd(backend, preset, steps, run), backend, args.out / "logs" / f"train-{name}.log",
-             record)
+    run_step(f"train {name}", train_cmd(backend, preset, steps, run), backend,
+             args.out / "logs" / f"train-{name}.log", record)
     return run
 
 
@@ -203,20 +152,13 @@ def format_table(rows: list[dict]) -> str:
 
 def assemble(rows: list[dict], agreements: dict, record: list, args_dict: dict) -> dict:
     """The JSON written to OUT/eval_bench.json."""
-    machine = {"cpu": cpu_brand(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version()}
-    return {"benchmark": "eval_bench", "machine": machine,
-            "settings": args_dict, "rows": rows, "agreement": agreements, "steps": record,
-            "loadavg_end": os.getloadavg()}
+    return {"benchmark": "eval_bench", "machine": machine(), "settings": args_dict, "rows": rows,
+            "agreement": agreements, "steps": record, "loadavg_end": os.getloadavg()}
 
 
 def plot(rows: list[dict], path: Path) -> None:
     """Two panels, one bar per (run, eval backend): HellaSwag items/s, and acc_norm with its standard error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [f"{r['run']} ({r['step']} steps), on {r['eval_backend']}" for r in rows]
     colors = ["C0" if r["eval_backend"] == "torch" else "C1" for r in rows]
     y = range(len(rows))
@@ -231,9 +173,7 @@ def plot(rows: list[dict], path: Path) -> None:
     b.legend(loc="lower right", fontsize=8)
     fig.suptitle("nano eval: PyTorch (blue) and MLX (orange) on the same checkpoints")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -307,8 +247,8 @@ def main(argv=None) -> dict:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result = assemble(rows, agreements, record, settings)
     text = format_table(rows)
-    atomic_write(args.out / "eval_bench.json", json.dumps(result, indent=1))
-    atomic_write(args.out / "table.md", text + "\n")
+    save_json(args.out / "eval_bench.json", result)
+    save_text(args.out / "table.md", text)
     plot(rows, args.out / "eval_bench.png")
     print(f"\n{result['machine']['cpu']}, {os.cpu_count()} CPUs; load average now {fmt_load(os.getloadavg())}")
     print(text)

@@ -1,6 +1,6 @@
 """Fine-tuning benchmark: LoRA against a full fine-tune of `small`, on both backends, on TinyShakespeare.
 
-    python benchmarks/finetune_bench.py                          # base, 2 probes, 4 fine-tunes: ~20 min, 2 cores
+    python benchmarks/finetune_bench.py                          # base, 2 probes, 4 fine-tunes
     python benchmarks/finetune_bench.py --base runs/my-small     # fine-tune a base you already trained
     python benchmarks/finetune_bench.py --steps 5 --base-steps 5 # a quick look, not the figures
 
@@ -33,20 +33,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import struct
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import (ROOT, StepError, child_env, finished, fmt_load, machine, pyplot, read_jsonl, run_child,
+                     save_figure, save_json, save_text)
 
-from nano_core.host import cpu_brand, framework_env, installed_openblas
-from tokenizer.files import atomic_path, atomic_write
-
-OPENBLAS = installed_openblas() or "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 DATA = "../shared/data"  # from ROOT
 PRETRAIN_SOURCES = [f"{DATA}/fineweb_edu/sample-10BT-281docs.jsonl",  # + Pride and Prejudice, Emma, Persuasion
                     f"{DATA}/gutenberg/1342-0.txt", f"{DATA}/gutenberg/158-0.txt", f"{DATA}/gutenberg/105.txt"]
@@ -61,72 +55,15 @@ CLOSING = re.compile(
     r"checkpoint in (?P<run_dir>.+)$")
 
 
-class StepError(Exception):
-    """A subprocess of the benchmark failed: one line saying which and where its log is."""
-
-
-# ----------------------------------------------------------------------------- subprocesses
-def child_env(backend: str) -> dict:
-    """The environment of a backend's process: OpenBLAS preloaded for MLX (when present), never for PyTorch."""
-    return framework_env(backend)
-
-
-def fmt_load(load) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
-
-
-def last_line(log: Path) -> str:
-    """The last non-empty line of a log, tqdm's carriage-return updates counted as lines."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 4096))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    pieces = [p.strip() for p in tail.replace("\r", "\n").split("\n") if p.strip()]
-    return pieces[-1] if pieces else ""
-
-
-def run_step(label: str, cmd: list[str], backend: str, log: Path) -> dict:
-    """Run one step to completion with its output in `log`, a progress line a minute. Returns its record: seconds,
-    the process's peak RSS (os.wait4: this child alone), the load average before and after. A failure is a
-    StepError naming the log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    load_before, t0 = os.getloadavg(), time.perf_counter()
-    print(f"{label}: {' '.join(cmd[2:])}", flush=True)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(backend), stdout=out, stderr=subprocess.STDOUT)
-        next_note = t0 + 60
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            time.sleep(0.5)
-            if time.perf_counter() >= next_note:
-                print(f"  {time.perf_counter() - t0:5.0f} s  {last_line(log)[:110]}", flush=True)
-                next_note += 60
-    proc.returncode = rc = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # KiB on Linux
-    record = {"step": label, "cmd": cmd[1:], "backend": backend, "seconds": seconds, "peak_rss_bytes": rss,
-              "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "rc": rc}
-    if rc != 0:
-        raise StepError(f"{label} failed (exit {rc}): {last_line(log)[:200]} -- see {log}")
-    print(f"  done in {seconds:.0f} s (load average {fmt_load(load_before)} -> {fmt_load(os.getloadavg())})",
-          flush=True)
-    return record
-
-
 def ensure_step(name: str, label: str, cmd: list[str], backend: str, args) -> dict:
     """Run a step unless --out holds the same command finished (its record in OUT/logs/NAME.json); its record."""
     log, saved = args.out / "logs" / f"{name}.log", args.out / "logs" / f"{name}.json"
-    if not args.fresh and saved.is_file() and log.is_file():
-        record = json.loads(saved.read_text())
-        if record.get("cmd") == cmd[1:] and closing_line(log.read_text(errors="replace")) is not None:
-            print(f"{label}: reusing {args.out / 'runs' / name}")
-            return record
-    record = run_step(label, cmd, backend, log)
-    atomic_write(saved, json.dumps(record, indent=1))
+    record = finished(saved, cmd, args.fresh)
+    if record is not None and log.is_file() and closing_line(log.read_text(errors="replace")) is not None:
+        print(f"{label}: reusing {args.out / 'runs' / name}")
+        return record
+    record = {**run_child(label, cmd, log, child_env(backend)), "backend": backend}
+    save_json(saved, record)
     return record
 
 
@@ -185,10 +122,6 @@ def closing_line(log_text: str) -> dict | None:
     return None
 
 
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def steady_tok_per_s(records: list[dict], tokens_per_step: int) -> float:
     """Tokens per second over the train records after the first (step 1 holds compilation and warm-up): the
     tokens of those intervals over their summed time; NaN when there are none."""
@@ -233,7 +166,7 @@ def run_row(name: str, backend: str, kind: str, lr: float, run_dir: Path, log: P
     close = closing_line(log.read_text(errors="replace"))
     if close is None:
         raise StepError(f"{log} has no closing line ('done at step ...'): the run did not finish")
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_jsonl(run_dir / "metrics.jsonl")
     ckpt = newest_checkpoint(run_dir)
     saved = safetensors_params(ckpt / "model.safetensors")  # LoRA: the adapters alone; full: every weight
     val = last_val(records)
@@ -271,20 +204,14 @@ def format_table(rows: list[dict]) -> str:
 
 def assemble(rows: list[dict], base: dict, probes: dict, record: list, settings: dict) -> dict:
     """The JSON written to OUT/finetune_bench.json."""
-    machine = {"cpu": cpu_brand(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version()}
-    return {"benchmark": "finetune_bench", "machine": machine, "settings": settings, "base": base,
+    return {"benchmark": "finetune_bench", "machine": machine(), "settings": settings, "base": base,
             "base_on_shakespeare": probes, "rows": rows, "steps": record, "loadavg_end": list(os.getloadavg())}
 
 
 def plot(rows: list[dict], path: Path) -> None:
     """Three panels, one bar per fine-tune: peak memory (as reported, and process RSS), tok/s, and the validation
     loss on Shakespeare after tuning, with the base's loss before tuning marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [f"{'LoRA r' + str(r['rank']) if r['kind'] == 'lora' else 'full'}, {r['backend']}" for r in rows]
     colors = ["C0" if r["backend"] == "torch" else "C1" for r in rows]
     y = list(range(len(rows)))
@@ -312,9 +239,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.suptitle(f"nano: LoRA vs full fine-tune of small, {steps} steps on TinyShakespeare "
                  f"(PyTorch blue, MLX orange)")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -387,7 +312,7 @@ def run_all(args, record: list) -> tuple[list[dict], dict, dict]:
         name = f"probe-{backend}"
         record.append(ensure_step(name, f"base on Shakespeare, {backend}",
                                   probe_cmd(backend, base, args, args.out / "runs" / name), backend, args))
-        probes[backend] = last_val(read_metrics(args.out / "runs" / name / "metrics.jsonl"))["val_loss"]
+        probes[backend] = last_val(read_jsonl(args.out / "runs" / name / "metrics.jsonl"))["val_loss"]
     for backend in args.backends:
         for kind in KINDS:
             name = f"{kind}-{backend}"
@@ -416,8 +341,8 @@ def main(argv=None) -> dict:
     settings.update(pretrain_sources=PRETRAIN_SOURCES, finetune_source=SHAKESPEARE, probe_lr=PROBE_LR)
     result = assemble(rows, base, probes, record, settings)
     text = format_table(rows)
-    atomic_write(args.out / "finetune_bench.json", json.dumps(result, indent=1))
-    atomic_write(args.out / "table.md", text + "\n")
+    save_json(args.out / "finetune_bench.json", result)
+    save_text(args.out / "table.md", text)
     plot(rows, args.out / "finetune_bench.png")
     cfg = base["model_config"]
     print(f"\n{result['machine']['cpu']}, {os.cpu_count()} CPUs; load average now {fmt_load(os.getloadavg())}")

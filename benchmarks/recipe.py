@@ -1,6 +1,6 @@
 """Which training recipe gives the lowest validation bits per byte for a fixed budget of wall time?
 
-    python benchmarks/recipe.py                                   # every candidate at 600 s: ~2 h on 2 cores
+    python benchmarks/recipe.py                                   # every candidate at 600 s
     python benchmarks/recipe.py --budget 120 --only modern-muon tiny-adamw   # a screening pass over some of them
     python benchmarks/recipe.py --quick                           # micro models, seconds each: does it run
 
@@ -25,17 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from nano_core.host import cpu_brand, framework_env
-from tokenizer.files import atomic_write
+from harness import (ROOT, child_env, finished, machine, pyplot, read_jsonl, run_child, save_figure, save_json,
+                     save_text)
 
 # The corpus beside the repository; a bare clone has its excerpts (the same names) in tests/fixtures/data, enough for
 # --quick but not for figures.
@@ -113,13 +107,12 @@ def prepare_data(out: Path, quick: bool) -> Path:
         return data
     if DATA != "../shared/data" and not quick:
         print(f"notice: ../shared/data is absent; preparing the excerpts in {DATA} (figures from them are not the "
-              f"README's)", flush=True)
+              f"ones in docs/training.md)", flush=True)
     sources = SOURCES[:1] if quick else SOURCES
     cmd = [sys.executable, "-m", "nano_core.prepare", "--out", str(data), "--vocab-size", "512" if quick else "8192"]
     for s in sources:
         cmd += ["--source", s]
-    print("preparing the shared data:", " ".join(cmd[2:]), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True, env=framework_env("torch"))
+    run_child("preparing the shared data", cmd, out / "logs" / "prepare.log", child_env("torch"))
     return data
 
 
@@ -127,7 +120,7 @@ def command(name: str, spec: tuple, args, data: Path) -> list[str]:
     shape, flags, _ = spec
     config = args.out / "configs" / f"{shape}.json"
     config.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(config, json.dumps(SHAPES[shape], indent=1))
+    save_json(config, SHAPES[shape])
     batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 8
     eval_steps = math.ceil(args.eval_tokens / (batch * SHAPES[shape]["seq_len"]))
     return [sys.executable, "-m", f"nano_{args.backend}.train", "--data", str(data), "--config", str(config),
@@ -140,20 +133,13 @@ def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
     cmd = command(name, spec, args, data)
     run_dir = args.out / "runs" / name
     done = args.out / "results" / f"{name}.json"
-    if done.is_file() and not args.fresh:
-        result = json.loads(done.read_text())
-        if result.get("command") == cmd[1:]:
-            print(f"{name}: reusing {done}", flush=True)
-            return result
+    result = finished(done, cmd, args.fresh)
+    if result is not None:
+        print(f"{name}: reusing {done}", flush=True)
+        return result
     log = args.out / "logs" / f"{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{name}: {spec[2]} ({args.budget:.0f} s)", flush=True)
-    load_before, t0 = os.getloadavg(), time.time()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=framework_env(args.backend))
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {name} failed (exit {proc.returncode}); see {log}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    child = run_child(f"{name}: {spec[2]} ({args.budget:.0f} s)", cmd, log, child_env(args.backend))
+    records = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if "train_loss" in r]
     final = [r for r in records if "val_bpb" in r][-1]
     plan = next((r for r in records if "schedule_steps" in r), {})
@@ -161,18 +147,17 @@ def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
     speeds = sorted(r["tok_per_s"] for r in train[2:]) or [float("nan")]
     result = {
         "name": name, "what": spec[2], "shape": spec[0], "model": SHAPES[spec[0]], "flags": spec[1],
-        "command": cmd[1:], "budget_s": args.budget, "wall_s": time.time() - t0,
+        "command": cmd[1:], "budget_s": args.budget, "wall_s": child["seconds"],
         "val_bpb": final["val_bpb"], "val_loss": final["val_loss"], "steps": final["step"],
         "planned_steps": plan.get("schedule_steps"), "tokens": meta["tokens_seen"],
         "tok_per_s_median": speeds[len(speeds) // 2], "params": None,
         "curve": [(r["step"], r["train_loss"]) for r in train],
-        "load_before": load_before, "load_after": os.getloadavg(),
+        "load_before": child["loadavg_before"], "load_after": child["loadavg_after"],
     }
     startup = next((ln for ln in log.read_text().splitlines() if ln.startswith(f"nano {args.backend} |")), "")
     if "params " in startup:
         result["params"] = startup.split("params ")[1].split(" |")[0]
-    done.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(done, json.dumps(result, indent=1))
+    save_json(done, result)
     print(f"{name}: val bpb {result['val_bpb']:.4f} after {result['steps']:,} steps "
           f"({result['tokens'] / 1e6:.2f}M tokens, {result['tok_per_s_median']:,.0f} tok/s)", flush=True)
     return result
@@ -190,11 +175,7 @@ def table(results: list[dict], baseline: str | None) -> str:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     ordered = sorted(results, key=lambda r: r["val_bpb"])
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5))
     a.barh([r["name"] for r in ordered][::-1], [r["val_bpb"] for r in ordered][::-1], color="tab:blue")
@@ -210,8 +191,7 @@ def plot(results: list[dict], path: Path) -> None:
     b.set_ylabel("train loss (nats/token)")
     b.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> dict:
@@ -237,14 +217,12 @@ def main(argv=None) -> dict:
     data = prepare_data(args.out, args.quick)
     results = [run_candidate(n, candidates[n], args, data) for n in (args.only or candidates)]
     text = table(results, args.baseline)
-    machine = {"cpu": cpu_brand(), "cpus": os.cpu_count(), "platform": platform.platform(),
-               "date": time.strftime("%Y-%m-%d")}
     report = {"budget_s": args.budget, "backend": args.backend, "eval_tokens": args.eval_tokens,
-              "baseline": args.baseline, "machine": machine, "results": results}
-    atomic_write(args.out / "recipe.json", json.dumps(report, indent=1))
-    atomic_write(args.out / "table.md", text + "\n")
+              "baseline": args.baseline, "machine": machine(), "results": results}
+    save_json(args.out / "recipe.json", report)
+    save_text(args.out / "table.md", text)
     plot(results, args.out / "recipe.png")
-    print(f"\n{machine['cpu']}, {machine['cpus']} CPUs, {args.backend}, {args.budget:.0f} s each\n{text}")
+    print(f"\n{report['machine']['cpu']}, {report['machine']['cpu_count']} CPUs, {args.backend}, {args.budget:.0f} s each\n{text}")
     print(f"wrote {args.out / 'recipe.json'}, table.md, recipe.png")
     return report
 

@@ -28,7 +28,6 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,13 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import ROOT, machine, pyplot, save_figure, save_json
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.host import keep_freed_memory, loaded_blas
 from nano_core.init import init_weights
-from tokenizer.files import atomic_path, atomic_write
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPARE_CONFIG = dict(n_layer=6, n_head=6, n_embd=384, seq_len=256, vocab_size=8192, mlp="gelu", norm="layernorm",
                       pos="learned", bias=True, tie_embeddings=True)
 BACKENDS = ("torch", "mlx")
@@ -127,18 +125,13 @@ def run(args) -> dict:
         "step_ms": [1000 * s for s in times], "ms_median": 1000 * med, "ms_min": 1000 * min(times),
         "ms_max": 1000 * max(times), "tok_s": tokens / med, "gflop_s": tokens / med * flops / 1e9,
         "losses": losses, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "python": platform.python_version(),
+        "loadavg_after": os.getloadavg(), "machine": machine(),
     }
 
 
 def plot_steps(r: dict, path: Path) -> None:
     """Per-step time (ms) in run order with the median: drift and outliers show at a glance, a median does not."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.plot(range(1, len(r["step_ms"]) + 1), r["step_ms"], "o-", ms=3, lw=1)
     ax.axhline(r["ms_median"], color="C1", ls="--", lw=1,
@@ -151,9 +144,7 @@ def plot_steps(r: dict, path: Path) -> None:
                  f"{r['flops_per_token'] / 1e6:.1f} MFLOP/token, {r['tokens_per_step']} tokens/step", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def print_result(r: dict) -> None:
@@ -195,9 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.omp_wait != "env":
-        # Measured here: on an idle machine libgomp's default (spin briefly, then sleep) beat PASSIVE by ~12% on the
-        # bf16 step (PASSIVE wakes the threads by futex for every op); with other work on the 2 cores, fully
-        # spinning threads (ACTIVE) made the step up to 8x slower.
+        # For measuring the choice the CLIs leave to libgomp: PASSIVE wakes the threads by futex for every op, and
+        # fully spinning threads (ACTIVE) starve other work on shared cores (the figures: docs/benchmarks.md).
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait.upper()
     try:
         r = run(args)
@@ -206,7 +196,7 @@ def main(argv=None):
     print_result(r)
     compiled = "_compile" if args.compile else ""
     out = Path(args.out or ROOT / "runs" / f"step_speed_{args.backend}_{args.dtype}{compiled}.json")
-    atomic_write(out, json.dumps(r, indent=1))
+    save_json(out, r)
     plot_steps(r, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png').name}")
 

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from harness import ROOT, StepError, last_json, machine, run_child, save_json
 from tokenizer import BPETokenizer, load_tokenizer
-from tokenizer.files import atomic_write
 from tokenizer.patterns import GPT4
 from tokenizer.sources import read_text
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"
 
 
 def build_corpus(target_mb: float, out_dir: Path) -> list[Path]:
@@ -99,34 +96,38 @@ def train_rustbpe(files, vocab, work):
 TRAINERS = {"ours": train_ours, "hf": train_hf, "sentencepiece": train_spm, "rustbpe": train_rustbpe}
 
 
-def run_worker(name, files, vocab, work, heldout, result_path):
+def run_worker(name, files, vocab, work, heldout):
+    """One trainer, in this process; its figures go out as the last line of output (harness.last_json)."""
     t0 = time.perf_counter()
     encode, stats = TRAINERS[name](files, vocab, work)
     seconds = time.perf_counter() - t0
     text = Path(heldout).read_text(encoding="utf-8")
     n_tokens = len(encode(text))
-    Path(result_path).write_text(json.dumps({"seconds": seconds, "bytes_per_token": len(text.encode()) / n_tokens,
-                                             **{k: v for k, v in stats.items()}}))
+    print(json.dumps({"seconds": seconds, "bytes_per_token": len(text.encode()) / n_tokens, **stats}), flush=True)
 
 
 def measure(name, files, vocab, work, heldout) -> dict:
-    """Run one trainer in a subprocess; poll the RSS of its whole process tree for the peak."""
+    """Run one trainer in a child process; poll the RSS of its whole process tree for the peak."""
     import psutil
-    result = work / f"{name}.result.json"
+
     cmd = [sys.executable, __file__, "--worker", name, "--vocab-size", str(vocab), "--work", str(work),
-           "--heldout", str(heldout), "--result", str(result), "--files", *map(str, files)]
-    proc = subprocess.Popen(cmd)
-    ps, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
+           "--heldout", str(heldout), "--files", *map(str, files)]
+    peak = 0
+
+    def tree_rss(pid: int) -> None:
+        nonlocal peak
         try:
-            rss = sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)])
-            peak = max(peak, rss)
+            ps = psutil.Process(pid)
+            peak = max(peak, sum(p.memory_info().rss for p in [ps, *ps.children(recursive=True)]))
         except psutil.Error:
-            pass
-        time.sleep(0.02)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: trainer {name} failed (exit {proc.returncode})")
-    return {**json.loads(result.read_text()), "peak_rss_mb": peak / 1e6}
+            pass  # a process of the tree ended between the listing and the reading
+
+    log = work / f"{name}.log"
+    run_child(f"trainer {name}", cmd, log, None, watch=tree_rss, poll_s=0.02)
+    result = last_json(log.read_text(errors="replace"))
+    if result is None:
+        raise StepError(f"trainer {name} printed no result -- see {log}")
+    return {**result, "peak_rss_mb": peak / 1e6}
 
 
 def encoding_speed(work, heldout) -> dict:
@@ -156,8 +157,8 @@ def encoding_speed(work, heldout) -> dict:
 
 
 def print_tables(rows: dict, same: bool | None, speed: dict) -> None:
-    """The results as markdown tables (what README quotes)."""
-    print(f"\n| trainer | train s | peak RSS MB | held-out bytes/token |\n|---|---:|---:|---:|")
+    """The results as markdown tables (what docs/data.md quotes)."""
+    print("\n| trainer | train s | peak RSS MB | held-out bytes/token |\n|---|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['bytes_per_token']:.3f} |")
     if "ours" in rows:
@@ -181,11 +182,10 @@ def main():
     p.add_argument("--trainers", default="ours,hf,sentencepiece,rustbpe")
     p.add_argument("--out", default="runs/bench_tokenizer.json")
     # internal: one trainer in this process
-    p.add_argument("--worker"), p.add_argument("--work"), p.add_argument("--result"), p.add_argument("--files", nargs="*")
+    p.add_argument("--worker"), p.add_argument("--work"), p.add_argument("--files", nargs="*")
     args = p.parse_args()
     if args.worker:
-        return run_worker(args.worker, [Path(f) for f in args.files], args.vocab_size, Path(args.work),
-                          args.heldout, args.result)
+        return run_worker(args.worker, [Path(f) for f in args.files], args.vocab_size, Path(args.work), args.heldout)
 
     with tempfile.TemporaryDirectory(prefix="bench_tok_") as tmp:
         work = Path(tmp)
@@ -207,8 +207,8 @@ def main():
     print_tables(rows, same, speed)
     result = {"corpus_mb": mb, "files": len(files), "vocab_size": args.vocab_size, "heldout": args.heldout,
               "trainers": rows, "merges_identical_to_rustbpe": same, "encode_mb_per_s": speed,
-              "cpu_count": os.cpu_count()}
-    out = atomic_write(args.out, json.dumps(result, indent=1))
+              "machine": machine()}
+    out = save_json(Path(args.out), result)
     print(f"\nwrote {out}")
 
 

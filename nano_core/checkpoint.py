@@ -19,7 +19,7 @@ path and the fix. Old checkpoints are deleted only after the new one is publishe
 toward `keep`, so retention never deletes the last good checkpoint.
 
 Reading: `verify_checkpoint` checks meta.json (valid JSON holding what a resume needs) and every file against
-checksums.json (sizes first, then sha256; about 0.7 s per 500 MB on one core, and each file is hashed once per
+checksums.json (sizes first, then sha256, which costs time on large checkpoints: each file is hashed once per
 process). Checkpoints written before checksums.json existed load unverified, but their safetensors headers are
 checked against the file sizes (which catches truncation). A bad checkpoint raises CheckpointError, one line;
 `latest_checkpoint` / `resolve_checkpoint` of a run dir skip bad ones, newest first, with one notice per skip.
@@ -103,7 +103,7 @@ def emit(notices, message: str) -> None:
 def code_version() -> dict:
     """Package version and, when run from a git checkout, the commit (plus whether the tree had local edits)."""
     try:
-        pkg = version("nano")
+        pkg = version("nano-train")
     except PackageNotFoundError:
         pkg = "unknown"
     out = {"package": pkg, "git_sha": None, "git_dirty": None}

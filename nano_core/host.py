@@ -1,21 +1,21 @@
 """Tuning of the host process that both training loops share (no framework imported here).
 
-use_openblas_for_mlx(): MLX's Linux CPU wheel (mlx-cpu) multiplies on the reference BLAS it bundles, ~30x slower
-than OpenBLAS (a 1024x1024 fp32 matmul: 0.64 s vs 0.045 s on 2 cores). LD_PRELOAD of an installed OpenBLAS puts it in
+use_openblas_for_mlx(): MLX's Linux CPU wheel (mlx-cpu) multiplies on the reference BLAS it bundles, many times
+slower than OpenBLAS (figures: docs/benchmarks.md, "Host tuning"). LD_PRELOAD of an installed OpenBLAS puts it in
 front, but the loader reads LD_PRELOAD only when a process starts, so the nano_mlx entry points call this first thing
 under `if __name__ == "__main__":` and it runs the same command again, once, with the preload set (os.execv: same
 pid, same stdin/stdout). The re-run process says so in one line, takes the entry back out of LD_PRELOAD (what it
 starts -- git, a PyTorch worker -- does not inherit it) and carries on. NANO_OPENBLAS=0 keeps MLX's own BLAS.
 
 preloaded_openblas() / without_openblas_preload(): the same preload inside a PyTorch process makes PyTorch's CPU
-kernels call it too and its thread pool compete with PyTorch's: the comparison config's fp32 step measured 3.5x
-slower (930 vs 3,260 tok/s). nano_torch never preloads; these keep a preload away from PyTorch child processes.
+kernels call it too and its thread pool compete with PyTorch's, which slows the CPU step several-fold
+(docs/benchmarks.md). nano_torch never preloads; these keep a preload away from PyTorch child processes.
 
 keep_freed_memory(): a training step allocates and frees the same large buffers every step -- logits, attention
 scores, activations, gradients. glibc's malloc serves each block above its mmap threshold (at most 32 MiB) with
 fresh pages from the kernel and hands it back with munmap when it is freed, so the next step page-faults and zeroes
-all of it again. On the comparison config (PyTorch, bf16, 2 cores) that was ~37k minor page faults and ~0.1 s of
-CPU time in the kernel per step; keeping freed memory in the heap made the step 7% faster with the same peak RSS.
+all of it again, in kernel time on every step; keeping freed memory in the heap removes that at the same peak RSS
+(what it saves: docs/benchmarks.md).
 
 peak_rss() / reset_peak_rss(): the process's peak resident memory, the CPU backends' peak-memory figure.
 

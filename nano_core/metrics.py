@@ -54,7 +54,7 @@ def probe_peak_flops(matmul, n: int, seconds: float = 0.5) -> float:
 
 def recheck_peak(peak: float, flops_per_token: float, tok_per_s: float, remeasure):
     """(peak, remeasure) to use from now on. An MFU above 100% normally means the startup probe ran while other
-    work had the cores (seen on a shared 2-core machine: 434 instead of ~880 GFLOP/s), so measure again and keep the
+    work had the cores (it happens on a shared machine: docs/benchmarks.md), so measure again and keep the
     larger value rather than print a flattering MFU for the rest of the run. At most once per run -- `remeasure`
     comes back as None -- so a run that truly beats the probe never pays for a probe at every log line."""
     if remeasure is None or mfu(flops_per_token, tok_per_s, peak) <= 1.0:

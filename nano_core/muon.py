@@ -32,7 +32,7 @@ Conventions chosen, and why:
   2.0315), 5 steps, on X = u / max(||u||_F, eps) (Frobenius normalisation puts every singular value in [0, 1]),
   transposed first when the matrix is tall so A is the smaller Gram matrix. It runs in the training's compute dtype
   on both backends: fp32 runs (the parity tests) agree to 1e-5; bf16 runs use bf16 matmuls as torch.optim.Muon and
-  Keller's reference do (per Keller good enough; what it saves is measured in README "Recipes", on one AMD CPU
+  Keller's reference do (per Keller good enough; what it saves is measured in dev/LOG.md, on one AMD CPU
   only). The normalisation is always taken in fp32. The iteration acts on each singular value s / ||u||_F
   alone through the scalar quintic p(x) = a x + b x^3 + c x^5 applied 5 times (`ns_polynomial`), which maps every
   x >= 0.002 into [0.68, 1.21]; smaller ones (directions the gradient barely has) stay small.

@@ -1,8 +1,8 @@
 """Recipes: a model and the settings that train it best for a budget of wall time, on a kind of machine.
 
 A preset (nano_core/config.py) is a model shape; a recipe is a preset plus the optimizer, learning rates, batch,
-schedule and time budget that go with it. They are chosen by measurement (benchmarks/recipe.py, with the dev log
-of what helped and what did not in the README's "Recipes" section), not by assertion.
+schedule and time budget that go with it. They are chosen by measurement (benchmarks/recipe.py; the results are in
+docs/training.md, what helped and what did not in dev/LOG.md), not by assertion.
 
 How one applies (nano_core/run.py resolve_defaults): `--recipe NAME` picks one; with no model given at all (no
 --preset, --config or --init-from) the device's recipe is the default, so `python -m nano_torch.train` with no
@@ -29,13 +29,13 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    # Measured on 2 cores of an AMD EPYC (Zen 4) only, PyTorch bf16 autocast (benchmarks/recipe.py; README "Recipes").
+    # Measured on 2 cores of an AMD EPYC (Zen 4) only, PyTorch bf16 autocast (benchmarks/recipe.py; docs/training.md).
     "cpu-10min": Recipe(
         name="cpu-10min", preset="modern-3x192", budget_s=600.0,
         train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=32, warmup_steps=50, schedule="cosine",
                    min_lr_frac=0.1),
         why="modern 3 x 192 (RoPE, RMSNorm, QK-norm, ReLU^2, untied head), Muon, batch 32 x 256"),
-    # On paper, for an hour on an M-series Mac (sized from Apple's published GPU throughput: README "Recipes").
+    # On paper, for an hour on an M-series Mac (sized from Apple's published GPU throughput: docs/mac.md).
     "mac-1h": Recipe(
         name="mac-1h", preset="modern-6x384", budget_s=3600.0,
         train=dict(optimizer="muon", lr=3e-3, muon_lr=0.02, batch_size=16, warmup_steps=100, schedule="cosine",

@@ -8,7 +8,7 @@ fuses the step into one graph and there is no CPU path to route around:
 - gelu: the exact (erf) GELU with erf as a rational function, since MLX's CPU backend evaluates mx.erf one element
   at a time while mx.compile vectorises plain arithmetic; the backward is the exact derivative.
 - gelu_tanh: GPT-2's tanh approximation of GELU (nn.gelu_approx, what mlx-lm's gpt2 runs), with tanh as a rational
-  function for the same reason (5x faster than mx.tanh on a Linux CPU); the backward is the formula's derivative.
+  function for the same reason (docs/benchmarks.md gives the speed-up); the backward is the formula's derivative.
 - attention: causal_mask, eager_attention (the GQA broadcast, an fp32 softmax), eager_causal (one masked call),
   mx.fast.scaled_dot_product_attention wrappers (falling back to the eager kernels for dropout, which the fused
   kernel lacks). flash-attn is a CUDA library for PyTorch: flash_available() is False here, so the model refuses

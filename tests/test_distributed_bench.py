@@ -1,7 +1,6 @@
 """benchmarks/distributed.py --quick, once for both backends (through torchrun and mlx.launch, as the full run does):
 the report has its documented fields and values that make sense. No timing thresholds: this machine is shared, so
 only signs and exact identities are checked (bytes = 4 x trainable parameters, the global batch, the ring formula)."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -10,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
 from nano_core.config import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "distributed.py"
-spec = importlib.util.spec_from_file_location("distributed_bench", SCRIPT)  # its constants, without running it
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_benchmark("distributed")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +34,7 @@ def test_the_report_names_the_machine_the_model_and_the_load(report):
     rep, _ = report
     assert rep["quick"] is True and rep["model"] == "micro" and rep["dtype"] == "fp32"
     assert rep["model_params"] == ModelConfig.from_dict(bench.MICRO).num_params() == 136_960
-    assert rep["machine"]["cores"] >= 1 and rep["machine"]["cpu"]
+    assert rep["machine"]["cpu_count"] >= 1 and rep["machine"]["cpu"]
     for key in ("loadavg_start", "loadavg_end"):
         assert len(rep[key]) == 3 and all(x >= 0 for x in rep[key])
     assert "same" in rep["why_no_speedup"] and "all-reduce" in rep["why_no_speedup"]

@@ -1,6 +1,5 @@
 """benchmarks/eval_bench.py, its pure parts: rows, table, agreement, JSON and PNG from fake eval reports (no
 training, no model); the preload rule of its subprocesses; one-line errors."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -9,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "eval_bench.py"
-spec = importlib.util.spec_from_file_location("eval_bench", SCRIPT)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_benchmark("eval_bench")
 
 
 def fake_report(backend, logliks, items_per_s=50.0, tasks=("bpb", "wikitext2", "hellaswag")):
@@ -56,18 +54,12 @@ def test_json_and_png_are_written(tmp_path):
     record = [{"step": "eval", "seconds": 1.0, "loadavg_before": (1, 1, 1), "loadavg_after": (1, 1, 1), "rc": 0}]
     result = bench.assemble(rows, {}, record, {"limit": None})
     path = tmp_path / "r.json"
-    bench.atomic_write(path, json.dumps(result))
+    bench.save_json(path, result)
     assert json.loads(path.read_text())["rows"][1]["eval_backend"] == "mlx"
     assert result["machine"]["cpu"]
     bench.plot(rows, tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-
-def test_openblas_is_preloaded_for_mlx_only(monkeypatch):
-    monkeypatch.setenv("LD_PRELOAD", bench.OPENBLAS)
-    assert "LD_PRELOAD" not in bench.child_env("torch")
-    if Path(bench.OPENBLAS).is_file():
-        assert bench.child_env("mlx")["LD_PRELOAD"] == bench.OPENBLAS
 
 
 def test_train_and_eval_commands_are_the_reference_settings(tmp_path):

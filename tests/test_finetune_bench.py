@@ -1,6 +1,5 @@
 """benchmarks/finetune_bench.py, its pure parts: the commands it runs, reading a run (closing line, metrics.jsonl,
 safetensors headers), the table, JSON and PNG from made-up rows; the preload rule; one-line errors. No training."""
-import importlib.util
 import json
 import math
 import struct
@@ -11,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "finetune_bench.py"
-spec = importlib.util.spec_from_file_location("finetune_bench", SCRIPT)
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_benchmark("finetune_bench")
 
 LORA_CLOSING = ("done at step 40: train loss 5.1234, val loss 5.4321 (unigram on val 6.5865), bpb 2.4680, "
                 "1,234 tok/s, MFU 12.5%, peak memory 0.78 GB, trained 589.82k of 30.07M params; checkpoint in runs/x")
@@ -75,12 +73,6 @@ def test_commands_hold_the_fine_tuning_settings(tmp_path):
     assert base[base.index("--preset") + 1] == "small" and "--init-from" not in base
 
 
-def test_openblas_is_preloaded_for_mlx_only(monkeypatch):
-    monkeypatch.setenv("LD_PRELOAD", bench.OPENBLAS)
-    assert "LD_PRELOAD" not in bench.child_env("torch")
-    if Path(bench.OPENBLAS).is_file():
-        assert bench.child_env("mlx")["LD_PRELOAD"] == bench.OPENBLAS
-
 
 def fake_row(backend, kind):
     lora = kind == "lora"
@@ -100,7 +92,7 @@ def test_table_json_and_png(tmp_path):
     assert lines[3].startswith("| LoRA r8 | torch | 0.002 | 589.8k / 30.07M (2.0%) | 0.40 GB (process peak RSS) |")
     assert "| 7.900 → 6.200 |" in lines[3] and "| 29.48M / 29.48M (100.0%) |" in lines[2]
     result = bench.assemble(rows, {"params": 29_479_936}, {"torch": 7.9}, [], {"steps": 40})
-    path = bench.atomic_write(tmp_path / "r.json", json.dumps(result))
+    path = bench.save_json(tmp_path / "r.json", result)
     assert json.loads(path.read_text())["rows"][3]["name"] == "lora-mlx" and result["machine"]["cpu"]
     bench.plot(rows, tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -265,7 +265,7 @@ def require_tiktoken():
     try:
         import tiktoken
     except ImportError:
-        raise ValueError("tiktoken is not installed (pip install 'nano[bench]')") from None
+        raise ValueError("tiktoken is not installed (pip install 'nano-train[bench]')") from None
     return tiktoken
 
 

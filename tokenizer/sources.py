@@ -247,7 +247,7 @@ def _read_parquet(src: "Source", path: str) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ValueError(f"{path}: reading parquet needs pyarrow (pip install 'nano[data]')") from None
+        raise ValueError(f"{path}: reading parquet needs pyarrow (pip install 'nano-train[data]')") from None
     try:
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
@@ -278,7 +278,7 @@ def _read_hub(src: "Source", config: str) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise ValueError("the fineweb-edu hub source needs `datasets` (pip install 'nano[data]')") from None
+        raise ValueError("the fineweb-edu hub source needs `datasets` (pip install 'nano-train[data]')") from None
     try:
         ds = datasets.load_dataset(HUB_DATASET, name=config, split="train", streaming=True)
         strip = _NulStrip(f"{HUB_DATASET} ({config})")
