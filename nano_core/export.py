@@ -32,6 +32,7 @@ from nano_core.checkpoint import (CKPT_RE, META_FILE, _fsync_dir, _fsync_tree, c
 from nano_core.config import ModelConfig
 from nano_core.hf import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, describe, to_hf
 from nano_core.hf_nanochat import NANOCHAT_HF_FILE, NANOCHAT_MLX_FILE, hf_names, mlx_name
+from nano_core.instruct import CHAT_TEMPLATE
 from tokenizer.base import EOT
 from tokenizer.bpe import BPETokenizer
 from tokenizer.files import _umask
@@ -84,19 +85,23 @@ def check_out(out, force: bool, source=None) -> Path:
     return out
 
 
-def tokenizer_files(tok, seq_len: int) -> tuple[dict, int | None]:
-    """(tokenizer_config.json dict, eos id) for a nano tokenizer."""
+def tokenizer_files(tok, seq_len: int, chat: bool = False) -> tuple[dict, int | None]:
+    """(tokenizer_config.json dict, eos id) for a nano tokenizer; chat=True adds nano's instruct template (only a
+    model fine-tuned on it has one: a base model never saw its role markers, so it gets none)."""
     eos = tok.special_tokens.get(EOT)
     conf = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": seq_len,
             "clean_up_tokenization_spaces": False, "add_prefix_space": False}
     if eos is not None:
         conf.update(eos_token=EOT, bos_token=EOT)  # GPT-2's convention; nothing is prepended (no post-processor)
+    if chat and eos is not None:
+        conf["chat_template"] = CHAT_TEMPLATE
     return conf, eos
 
 
-def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False, notices=None, source=None
-                 ) -> tuple[Path, str, list[str]]:
-    """Write the HF directory OUT for (cfg, weights, tok) atomically; returns (OUT, layout, file names).
+def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False, notices=None, source=None,
+                 chat: bool = False) -> tuple[Path, str, list[str]]:
+    """Write the HF directory OUT for (cfg, weights, tok) atomically; returns (OUT, layout, file names). chat: the
+    model was fine-tuned on nano's instruct template (nano_core/instruct.py), which goes into tokenizer_config.json.
     tok may be None or a character tokenizer (the model is written alone, with a notice). ValueError (one line) for
     a model with no stock form or a refused OUT."""
     out = check_out(out, force, source)
@@ -113,7 +118,7 @@ def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False,
         if tok.vocab_size > cfg.vocab_size:
             raise ValueError(f"the tokenizer has {tok.vocab_size:,} ids but the model only {cfg.vocab_size:,} "
                              f"embedding rows")
-        tok_conf, eos = tokenizer_files(tok, cfg.seq_len)
+        tok_conf, eos = tokenizer_files(tok, cfg.seq_len, chat)
         if eos is None:
             emit(notices, f"the tokenizer has no {EOT}: generation stops only at the length limit")
     config, tensors, layout_notices = to_hf(cfg, weights, eos_id=eos, bos_id=eos)
@@ -194,8 +199,10 @@ def export_checkpoint(spec, out, force: bool = False, notices=None) -> str:
         emit(notices, str(e))
         tok = None
     weights = {k: np.asarray(v) for k, v in weights.items()}
-    out, layout, files = export_model(cfg, weights, tok, out, force, notices, source=ckpt)
-    return (f"exported {ckpt} (step {meta['step']}) as {layout} ({describe(cfg)}, float32) -> {out}: "
+    chat = bool((meta.get("train_config") or {}).get("instruct_data"))  # fine-tuned on nano's chat template
+    out, layout, files = export_model(cfg, weights, tok, out, force, notices, source=ckpt, chat=chat)
+    chat_note = ", with nano's chat template" if chat and tok is not None else ""
+    return (f"exported {ckpt} (step {meta['step']}) as {layout} ({describe(cfg)}, float32{chat_note}) -> {out}: "
             f"{', '.join(files)}")
 
 
