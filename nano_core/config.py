@@ -7,6 +7,7 @@ Canonical parameter names (`param_shapes()` is the single source of truth; Linea
 
     wte.weight                      (V, d)        token embedding (also the head when tie_embeddings)
     wpe.weight                      (T, d)        only for pos="learned"
+    ln_emb.weight / .bias           (d,)          only with emb_norm (a norm of the embedded input, before block 0)
     h.{i}.ln_1.weight / .bias       (d,)          bias only for layernorm with bias=True
     h.{i}.attn.wq.weight / .bias    (H*hd, d)
     h.{i}.attn.wk.weight / .bias    (Hkv*hd, d)
@@ -20,6 +21,9 @@ Canonical parameter names (`param_shapes()` is the single source of truth; Linea
     h.{i}.mlp.proj.weight / .bias   (d, F)        residual projection (scaled init)
     ln_f.weight / .bias             (d,)
     lm_head.weight                  (V, d)        only when tie_embeddings=False
+
+With norm_params=False every norm (ln_emb, ln_1, ln_2, ln_f, q_norm, k_norm) is parameter-free: x / rms(x) (or
+LayerNorm's (x - mean) / std) with no weight or bias tensors at all, as in nanochat's block.
 
 arch="rnn" (Elman RNN baseline) replaces the blocks with `rnn.{i}.w_ih.weight (d, d)`, `rnn.{i}.w_hh.weight (d, d)`,
 `rnn.{i}.bias (d,)`:  h_t = act(W_ih x_t + W_hh h_{t-1} + b), act = tanh or slide(a) = min(1, max(0, a)).
@@ -52,6 +56,8 @@ class ModelConfig:
     mlp_hidden: int | None = None     # None -> 4*d (gelu/gelu_tanh/relu/relu2) or 8/3*d rounded up to 64 (swiglu)
     norm: str = "layernorm"           # layernorm | rmsnorm
     norm_eps: float = 1e-5
+    norm_params: bool = True          # False: every norm is parameter-free (no weight/bias tensors), as nanochat's
+    emb_norm: bool = False            # a norm right after the embedding (and positions), before the first block
     pos: str = "learned"              # learned | sinusoidal | rope | none
     rope_theta: float = 10000.0
     rope_pct: float = 1.0             # partial rotary: rotate the first rope_pct of each head dim
@@ -116,6 +122,9 @@ class ModelConfig:
         need(self.n_head % kv == 0, f"n_head={self.n_head} is not divisible by n_kv_head={kv} (GQA groups must be equal)")
         need(self.mlp_hidden is None or (isinstance(self.mlp_hidden, int) and self.mlp_hidden > 0),
              f"mlp_hidden={self.mlp_hidden!r} must be a positive integer or None")
+        for name in ("norm_params", "emb_norm", "qk_norm", "bias", "tie_embeddings"):
+            v = getattr(self, name)
+            need(isinstance(v, bool), f"{name}={v!r} must be true or false")
         need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
         for name in ("dropout_emb", "dropout_attn", "dropout_resid"):
             v = getattr(self, name)
@@ -192,9 +201,11 @@ class ModelConfig:
         if self.pos == "learned":
             s["wpe.weight"] = (self.seq_len, d)
 
-        def norm(prefix: str, dim: int):
+        def norm(prefix: str, dim: int, bias: bool = True):
+            if not self.norm_params:
+                return
             s[f"{prefix}.weight"] = (dim,)
-            if self.norm == "layernorm" and self.bias:
+            if bias and self.norm == "layernorm" and self.bias:
                 s[f"{prefix}.bias"] = (dim,)
 
         def linear(prefix: str, out: int, inp: int):
@@ -202,6 +213,8 @@ class ModelConfig:
             if self.bias:
                 s[f"{prefix}.bias"] = (out,)
 
+        if self.emb_norm:
+            norm("ln_emb", d)
         for i in range(self.n_layer):
             p = f"rnn.{i}" if self.arch == "rnn" else f"h.{i}"
             if self.arch == "rnn":
@@ -214,8 +227,8 @@ class ModelConfig:
             linear(f"{p}.attn.wk", self.kv_heads * hd, d)
             linear(f"{p}.attn.wv", self.kv_heads * hd, d)
             if self.qk_norm:
-                s[f"{p}.attn.q_norm.weight"] = (hd,)
-                s[f"{p}.attn.k_norm.weight"] = (hd,)
+                norm(f"{p}.attn.q_norm", hd, bias=False)
+                norm(f"{p}.attn.k_norm", hd, bias=False)
             linear(f"{p}.attn.wo", d, self.n_head * hd)
             norm(f"{p}.ln_2", d)
             linear(f"{p}.mlp.fc", F, d)
@@ -280,6 +293,14 @@ PRESETS: dict[str, dict] = {
                          bias=False, tie_embeddings=False, qk_norm=True),
     "modern-6x384": dict(n_layer=6, n_head=6, n_embd=384, seq_len=512, mlp="relu2", norm="rmsnorm", pos="rope",
                          bias=False, tie_embeddings=False, qk_norm=True),
+    # nanochat's block (what the `nanochat` export layout holds): the modern-* shapes with parameter-free RMSNorm,
+    # a norm after the embedding, parameter-free QK-norm, ReLU^2, no biases, untied head, logits soft-capped at 15.
+    "nanochat-3x192": dict(n_layer=3, n_head=3, n_embd=192, seq_len=256, mlp="relu2", norm="rmsnorm", pos="rope",
+                           bias=False, tie_embeddings=False, qk_norm=True, norm_params=False, emb_norm=True,
+                           logit_softcap=15.0),
+    "nanochat-6x384": dict(n_layer=6, n_head=6, n_embd=384, seq_len=512, mlp="relu2", norm="rmsnorm", pos="rope",
+                           bias=False, tie_embeddings=False, qk_norm=True, norm_params=False, emb_norm=True,
+                           logit_softcap=15.0),
     # Llama-style: RoPE, RMSNorm, SwiGLU, GQA, no biases, untied head.
     "modern": dict(n_layer=8, n_head=8, n_kv_head=2, n_embd=512, seq_len=1024, mlp="swiglu", norm="rmsnorm",
                    pos="rope", bias=False, tie_embeddings=False, qk_norm=False),

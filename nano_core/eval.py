@@ -16,10 +16,14 @@ Backend.inference). Everything else is here:
   compare.
 - WikiText-2 (raw test split): token perplexity, word perplexity = exp(nats over the whole text / its
   whitespace-separated word count) -- the figure that compares across tokenizers -- and bits per byte.
-- HellaSwag (validation, 10,042 items): the context is the item's `ctx`; each of the 4 endings is scored as
-  " " + ending (a leading space, as in lm-eval) by the sum of its tokens' log-probabilities given <|endoftext|> +
-  context. acc takes the highest sum, acc_norm the highest sum per UTF-8 byte of the ending. The 4 endings of an
-  item go in one batch; items are sorted by length into batches so padding stays low. An item longer than the
+- HellaSwag (validation, 10,042 items), as lm-evaluation-harness 0.4 `hellaswag` asks it: the context is
+  preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()) and each ending preprocess(ending)
+  (`lm_eval_request`; a file with `ctx` alone takes ctx_b to be its lowercase tail after the last ". "). Each ending
+  is scored as " " + ending (lm-eval's target delimiter) by the sum of its tokens' log-probabilities given
+  <|endoftext|> + context (what `lm_eval --model hf --model_args ...,add_bos_token=True` feeds an export). acc takes
+  the highest sum; acc_norm (lm-eval's) the highest sum per character of the ending, the delimiter excluded;
+  acc_per_byte (what version 1 called acc_norm) the highest sum per UTF-8 byte of " " + ending. llm.c's HellaSwag
+  divides by tokens: a third figure, not computed here. The 4 endings of an item go in one batch; items are sorted by length into batches so padding stays low. An item longer than the
   model's context loses tokens from the left of its context, never from its ending (an ending longer than the
   context itself is scored whole by sliding windows).
 Rows of a batch are right-padded: with causal attention padding after a row's end changes none of its losses.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,7 +49,8 @@ from nano_core.generate import load_model
 from tokenizer.files import atomic_write
 from tokenizer.sources import open_sources, read_text
 
-TASK_VERSIONS = {"bpb": 1, "wikitext2": 1, "hellaswag": 1}
+# hellaswag 2: lm-eval's context and acc_norm; version 1's acc_norm (per byte, ctx alone) is acc_per_byte's kind.
+TASK_VERSIONS = {"bpb": 1, "wikitext2": 1, "hellaswag": 2}
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 DEFAULT_FILES = {"wikitext2": ("wikitext2/wiki.test.raw", "--wikitext2"),
                  "hellaswag": ("hellaswag/hellaswag_val.jsonl", "--hellaswag")}
@@ -165,7 +171,8 @@ def read_hellaswag(path: Path, limit: int | None = None) -> list[dict]:
                 continue
             try:
                 item = json.loads(line)
-                ok = (isinstance(item, dict) and isinstance(item.get("ctx"), str)
+                ok = (isinstance(item, dict) and (isinstance(item.get("ctx"), str) or (
+                    isinstance(item.get("ctx_a"), str) and isinstance(item.get("ctx_b"), str)))
                       and isinstance(item.get("endings"), list) and len(item["endings"]) == 4
                       and all(isinstance(e, str) and e for e in item["endings"]) and item.get("label") in (0, 1, 2, 3))
             except json.JSONDecodeError as e:
@@ -179,10 +186,30 @@ def read_hellaswag(path: Path, limit: int | None = None) -> list[dict]:
     return items
 
 
+def lm_eval_preprocess(text: str) -> str:
+    """lm-eval's hellaswag text clean-up: WikiHow's "[title]" becomes a sentence end, other [markers] go."""
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub("\\[.*?\\]", "", text).replace("  ", " ")
+
+
+def lm_eval_request(item: dict) -> tuple[str, list[str]]:
+    """(context, 4 endings) of an item as lm-eval's hellaswag process_docs makes them. Without ctx_a/ctx_b (a file
+    with the joined `ctx`), ctx_b is taken to be the tail after the last ". " when it starts in lowercase."""
+    if isinstance(item.get("ctx_a"), str) and isinstance(item.get("ctx_b"), str):
+        ctx = item["ctx_a"] + " " + item["ctx_b"].capitalize()
+    else:
+        head, dot, tail = item["ctx"].rpartition(". ")
+        ctx = head + dot + tail.capitalize() if dot and tail[:1].islower() else item["ctx"]
+    label = item.get("activity_label")
+    query = lm_eval_preprocess(f"{label}: {ctx}" if isinstance(label, str) else ctx)
+    return query, [lm_eval_preprocess(e) for e in item["endings"]]
+
+
 def hellaswag_rows(scorer: Scorer, item: dict) -> tuple[list[list[int]], list[int]]:
     """(4 rows, 4 ending lengths in tokens): <|endoftext|> + context + " " + ending, in tokens."""
-    context = [scorer.tok.eot_id] + scorer.tok.encode(item["ctx"])
-    endings = [scorer.tok.encode(" " + e) for e in item["endings"]]
+    query, endings = lm_eval_request(item)
+    context = [scorer.tok.eot_id] + scorer.tok.encode(query)
+    endings = [scorer.tok.encode(" " + e) for e in endings]
     return [context + e for e in endings], [len(e) for e in endings]
 
 
@@ -222,15 +249,20 @@ def task_hellaswag(scorer: Scorer, path: Path, limit: int | None, log=print) -> 
     bar.close()
     seconds = time.perf_counter() - t0
     labels = np.array([item["label"] for item in items])
-    ending_bytes = np.array([[len((" " + e).encode("utf-8")) for e in item["endings"]] for item in items])
+    endings = [lm_eval_request(item)[1] for item in items]
+    ending_chars = np.array([[max(1, len(e)) for e in four] for four in endings])
+    ending_bytes = np.array([[len((" " + e).encode("utf-8")) for e in four] for four in endings])
     acc = (logliks.argmax(1) == labels).astype(np.float64)
-    acc_norm = ((logliks / ending_bytes).argmax(1) == labels).astype(np.float64)
+    acc_norm = ((logliks / ending_chars).argmax(1) == labels).astype(np.float64)
+    acc_per_byte = ((logliks / ending_bytes).argmax(1) == labels).astype(np.float64)
     if truncated:
         log(f"notice: hellaswag: {truncated} of {len(items)} items are longer than the model's context of "
             f"{scorer.context} tokens: their contexts lose tokens on the left, the endings are scored whole"
             + (f" ({len(windowed)} endings longer than the context itself, by sliding windows)" if windowed else ""))
     return {"file": str(path), "items": len(items), "acc": float(acc.mean()), "acc_stderr": stderr(acc),
-            "acc_norm": float(acc_norm.mean()), "acc_norm_stderr": stderr(acc_norm), "truncated_items": truncated,
+            "acc_norm": float(acc_norm.mean()), "acc_norm_stderr": stderr(acc_norm),
+            "acc_per_byte": float(acc_per_byte.mean()), "acc_per_byte_stderr": stderr(acc_per_byte),
+            "truncated_items": truncated,
             "windowed_items": len(windowed), "items_per_s": len(items) / seconds, "seconds": seconds,
             "logliks": logliks.tolist()}
 

@@ -1,4 +1,4 @@
-"""Hugging Face layouts: nano's canonical weights <-> the gpt2 / llama / qwen3 files that transformers and mlx-lm
+"""Hugging Face layouts: nano's canonical weights <-> the gpt2 / llama / qwen3 / nanochat files that transformers and mlx-lm
 load with no custom code. One table per layout serves both directions (export: nano_core/export.py; import:
 `load_pretrained`, what `--init-from DIR` calls). Backend-free (numpy only), like the rest of nano_core.
 
@@ -10,12 +10,14 @@ Which layout a ModelConfig exports to (`export_layout`):
   llama  RoPE (full, unscaled) + RMSNorm + SwiGLU, MHA/GQA/MQA, tied or untied head, biases all on (attention_bias
          and mlp_bias) or all off.
   qwen3  the llama block with qk_norm (an RMSNorm over each head's q and k before RoPE), no biases.
+  nanochat  RoPE + parameter-free RMSNorm (eps 1e-5) + a norm after the embedding + parameter-free QK-norm + ReLU^2,
+         no biases, untied head, logit_softcap 15, MHA/GQA/MQA (--preset nanochat-*); see nano_core/hf_nanochat.py.
 Everything else is a one-line ValueError naming the option and the nearest configuration that exports: nothing is
 written that a loader would run differently, except the activation notices for mlx-lm's gpt2 (it always runs the
 tanh GELU): exact gelu there is a small difference, relu a wrong model; transformers runs both exactly.
 
 Import (`load_pretrained`) reads config.json + model.safetensors (or shards with model.safetensors.index.json, F32,
-F16, BF16 or F64) of model_type gpt2 / llama / qwen3, keys with or without the "transformer." / "model." prefix,
+F16, BF16 or F64) of model_type gpt2 / llama / qwen3 / nanochat, keys with or without the "transformer." / "model." prefix,
 tied or untied; a tokenizer.json beside them is converted by tokenizer.hf.load_hf_tokenizer and the embedding (and
 head) rows are permuted to nano's token ids.
 """
@@ -27,12 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from nano_core.config import ModelConfig
+from nano_core.hf_files import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, read_hf_weights, read_safetensors  # noqa: F401
+from nano_core.hf_nanochat import (NANOCHAT_BLOCK, NANOCHAT_TOP, SOFTCAP, flip_rope_sign, hf_names, nanochat_config,
+                                   nanochat_model_config, nanochat_misfits, nanochat_wanted)
 from nano_core.init import sinusoidal_table
 from tokenizer.hf import load_hf_tokenizer
 
-LAYOUTS = ("gpt2", "llama", "qwen3")
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
-CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE = "config.json", "model.safetensors", "model.safetensors.index.json"
+LAYOUTS = ("gpt2", "llama", "qwen3", "nanochat")
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "nanochat": "NanoChatForCausalLM"}
 
 # nano mlp <-> HF GPT-2 activation_function. Import also takes the other names of the same two functions.
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
@@ -80,8 +85,8 @@ LLAMA_TOP = [
     ("lm_head.weight", "lm_head.weight", None),
 ]
 TABLES = {"gpt2": (GPT2_TOP, GPT2_BLOCK, "h.{i}."), "llama": (LLAMA_TOP, LLAMA_BLOCK, "layers.{i}."),
-          "qwen3": (LLAMA_TOP, LLAMA_BLOCK, "layers.{i}.")}
-PREFIXES = {"gpt2": "transformer.", "llama": "model.", "qwen3": "model."}  # what save_pretrained puts on the body
+          "qwen3": (LLAMA_TOP, LLAMA_BLOCK, "layers.{i}."), "nanochat": (NANOCHAT_TOP, NANOCHAT_BLOCK, "layers.{i}.")}
+PREFIXES = {"gpt2": "transformer.", "llama": "model.", "qwen3": "model.", "nanochat": "model."}  # what save_pretrained puts on the body
 IGNORED_HF = ("attn.bias", "attn.masked_bias", "rotary_emb.inv_freq")  # buffers some writers save; not weights
 
 
@@ -108,17 +113,16 @@ def mapping(cfg: ModelConfig, layout: str) -> list[tuple[tuple[str, ...], str, s
 
 # ---------------------------------------------------------------------------------------------- which layout
 def _refuse(option: str, nearest: str) -> ValueError:
-    return ValueError(f"cannot export {option}: no gpt2/llama/qwen3 form runs it; nearest exportable: {nearest}")
+    return ValueError(f"cannot export {option}: no gpt2/llama/qwen3/nanochat form runs it; nearest exportable: "
+                      f"{nearest}")
 
 
 def export_layout(cfg: ModelConfig) -> str:
-    """"gpt2", "llama" or "qwen3" for `cfg`; a one-line ValueError naming the option no stock type expresses and the
+    """"gpt2", "llama", "qwen3" or "nanochat" for `cfg`; a one-line ValueError naming the option no stock type expresses and the
     nearest configuration that exports."""
     cfg.validate()
     if cfg.arch != "gpt":
         raise _refuse(f"arch={cfg.arch!r} (an RNN)", "arch='gpt' (e.g. --preset tiny: gpt2, or --preset modern: llama)")
-    if cfg.logit_softcap is not None:
-        raise _refuse(f"logit_softcap={cfg.logit_softcap}", "the same model with logit_softcap=None")
     if cfg.window is not None:
         raise _refuse(f"window={cfg.window} (sliding-window attention)", "the same model with window=None")
     if cfg.pos == "none":
@@ -126,6 +130,12 @@ def export_layout(cfg: ModelConfig) -> str:
                       "and mlp='swiglu' (llama)")
     if cfg.pos in ("learned", "sinusoidal"):
         gpt2 = "pos='learned', norm='layernorm', mlp='gelu_tanh', bias=True, tie_embeddings=True, n_kv_head=None (gpt2)"
+        if cfg.logit_softcap is not None:
+            raise _refuse(f"logit_softcap={cfg.logit_softcap} in a GPT-2 block", f"logit_softcap=None; or "
+                          f"--preset nanochat-3x192's block (nanochat, soft cap {SOFTCAP})")
+        if not cfg.norm_params or cfg.emb_norm:
+            raise _refuse("norm_params=False / emb_norm=True in a GPT-2 block", f"{gpt2}; or pos='rope' with "
+                          f"--preset nanochat-3x192's block (nanochat)")
         if cfg.norm != "layernorm":
             raise _refuse(f"norm={cfg.norm!r} with pos={cfg.pos!r}",
                           f"{gpt2}, or pos='rope' with norm='rmsnorm' and mlp='swiglu' (llama)")
@@ -149,6 +159,15 @@ def export_layout(cfg: ModelConfig) -> str:
         raise _refuse(f"rope_pct={cfg.rope_pct} (partial RoPE)", f"rope_pct=1.0 with {llama}")
     if cfg.rope_scaling is not None:
         raise _refuse(f"rope_scaling={cfg.rope_scaling}", f"rope_scaling=None with {llama}")
+    if nanochat_wanted(cfg):
+        wrong = nanochat_misfits(cfg)
+        if not wrong:
+            return "nanochat"
+        if cfg.mlp != "swiglu" or cfg.logit_softcap is not None or not cfg.norm_params or cfg.emb_norm:
+            lead = "mlp='relu2' with pos='rope' and " if cfg.mlp == "relu2" else ""
+            raise _refuse(f"{lead}{', '.join(o for o, _ in wrong)} (llama/qwen3 blocks are SwiGLU; nanochat's has "
+                          f"ReLU^2, parameter-free norms, an embedding norm and soft cap {SOFTCAP})",
+                          f"{', '.join(f for _, f in wrong)} (nanochat; --preset nanochat-3x192 is modern-3x192 so)")
     if cfg.norm != "rmsnorm":
         raise _refuse(f"norm={cfg.norm!r} with pos='rope'", llama)
     if cfg.mlp != "swiglu":
@@ -192,6 +211,8 @@ def hf_config(cfg: ModelConfig, layout: str, eos_id: int | None = None, bos_id: 
     common = {"architectures": [ARCHITECTURES[layout]], "model_type": layout, "vocab_size": cfg.vocab_size,
               "bos_token_id": bos_id, "eos_token_id": eos_id, "tie_word_embeddings": cfg.tie_embeddings,
               "initializer_range": 0.02, "use_cache": True, "dtype": "float32"}
+    if layout == "nanochat":
+        return nanochat_config(cfg, common)
     if layout == "gpt2":
         return {**common, "n_positions": cfg.seq_len, "n_ctx": cfg.seq_len, "n_embd": cfg.n_embd,
                 "n_layer": cfg.n_layer, "n_head": cfg.n_head,
@@ -230,7 +251,7 @@ def to_hf(cfg: ModelConfig, weights: dict, eos_id: int | None = None, bos_id: in
     if layout == "gpt2" and cfg.pos == "sinusoidal":
         src["wpe.weight"] = sinusoidal_table(cfg.seq_len, cfg.n_embd)
     tensors, used = {}, set()
-    body = "" if layout == "gpt2" else "model."  # gpt2: no prefix (mlx-lm needs that); llama/qwen3 as saved
+    body = "" if layout == "gpt2" else "model."  # gpt2: no prefix (mlx-lm needs that); the others as saved
     for names, hf, how in mapping(cfg, layout):
         arrays = [src[n] for n in names]
         used.update(names)
@@ -240,6 +261,8 @@ def to_hf(cfg: ModelConfig, weights: dict, eos_id: int | None = None, bos_id: in
             a = arrays[0].T
         elif how == "catT":
             a = np.concatenate(arrays, axis=0).T
+        elif how == "flip":
+            a = flip_rope_sign(arrays[0], cfg.head_dim)
         else:  # "cat"
             a = np.concatenate(arrays, axis=0)
         tensors[hf if hf == "lm_head.weight" else body + hf] = np.ascontiguousarray(a, dtype=np.float32)
@@ -281,6 +304,8 @@ def config_from_hf(c: dict) -> tuple[ModelConfig, str, list[str]]:
     if mt not in LAYOUTS:
         raise ValueError(f"model_type {mt!r} is not one nano imports ({', '.join(LAYOUTS)})")
     notes: list[str] = []
+    if mt == "nanochat":
+        return nanochat_model_config(c, _rope_theta(c)), mt, notes
     if mt == "gpt2":
         act = c.get("activation_function", "gelu_new")
         if act not in GPT2_ACTIVATIONS_IN:
@@ -341,6 +366,8 @@ def from_hf(c: dict, tensors: dict[str, np.ndarray]) -> tuple[ModelConfig, dict[
     cfg, layout, notes = config_from_hf(c)
     body = PREFIXES[layout]
     plain = {}
+    if layout == "nanochat":  # transformers' or mlx-lm's (nanochat's own) names
+        tensors = hf_names(tensors)
     for k, v in tensors.items():
         k2 = k[len(body):] if k.startswith(body) else k
         if k2 in plain:
@@ -367,6 +394,8 @@ def from_hf(c: dict, tensors: dict[str, np.ndarray]) -> tuple[ModelConfig, dict[
         a = np.asarray(plain[hf], dtype=np.float32)
         if how in ("T", "catT"):
             a = a.T
+        elif how == "flip":
+            a = flip_rope_sign(a, cfg.head_dim)
         parts = np.split(a, np.cumsum([shapes[n][0] for n in names])[:-1], axis=0) if len(names) > 1 else [a]
         for n, p in zip(names, parts):
             if tuple(p.shape) != tuple(shapes[n]):
@@ -376,61 +405,8 @@ def from_hf(c: dict, tensors: dict[str, np.ndarray]) -> tuple[ModelConfig, dict[
 
 
 # ---------------------------------------------------------------------------------------------- files
-_ST_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
-
-
-def read_safetensors(path) -> dict[str, np.ndarray]:
-    """A safetensors file as float32 numpy arrays (F32, F16, BF16, F64; bf16 widened exactly). Written here so
-    nano_core needs no torch: safetensors.numpy cannot read bf16, the dtype most Hub models are stored in."""
-    path = Path(path)
-    out = {}
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-            for name, info in header.items():
-                if name == "__metadata__":
-                    continue
-                dt = info["dtype"]
-                if dt not in _ST_DTYPES:
-                    raise ValueError(f"{path}: tensor {name} is {dt}; nano imports float weights (F32, F16, BF16, "
-                                     f"F64), not quantized ones")
-                start, end = info["data_offsets"]
-                f.seek(8 + n + start)
-                buf = f.read(end - start)
-                if len(buf) != end - start:
-                    raise ValueError(f"{path} is truncated (tensor {name} runs past the end of the file)")
-                a = np.frombuffer(buf, dtype=_ST_DTYPES[dt]).reshape(info["shape"])
-                out[name] = (a.astype(np.uint32) << 16).view(np.float32) if dt == "BF16" else a.astype(np.float32)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a safetensors file ({type(e).__name__}: {e})") from None
-    return out
-
-
-def read_hf_weights(directory) -> dict[str, np.ndarray]:
-    """All tensors of an HF model directory: model.safetensors, or the shards its model.safetensors.index.json
-    names. FileNotFoundError (one line) when there are none (a pytorch_model.bin-only model included)."""
-    directory = Path(directory)
-    if (directory / INDEX_FILE).is_file():
-        index = json.loads((directory / INDEX_FILE).read_text(encoding="utf-8"))
-        files = sorted(set((index.get("weight_map") or {}).values()))
-        if not files:
-            raise ValueError(f"{directory / INDEX_FILE} names no shard files")
-        out = {}
-        for name in files:
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} is missing (named in {INDEX_FILE})")
-            out.update(read_safetensors(directory / name))
-        return out
-    if (directory / WEIGHTS_FILE).is_file():
-        return read_safetensors(directory / WEIGHTS_FILE)
-    bins = [p.name for p in directory.glob("*.bin")]
-    hint = (f" (it has {bins[0]}: re-save it with save_pretrained(..., safe_serialization=True))" if bins else "")
-    raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE} or {INDEX_FILE}{hint}")
-
-
 def load_pretrained(directory, tokenizer: bool = True):
-    """An HF-layout gpt2 / llama / qwen3 directory -> (ModelConfig, weights in nano names, tokenizer or None, notes).
+    """An HF-layout gpt2 / llama / qwen3 / nanochat directory -> (ModelConfig, weights in nano names, tokenizer or None, notes).
 
     The config comes from config.json (vocab, layers, heads, kv heads, hidden, intermediate, eps, rope_theta,
     n_positions / max_position_embeddings -> seq_len, activation, tying). With tokenizer=True and a tokenizer.json

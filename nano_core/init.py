@@ -30,7 +30,7 @@ def init_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     for name, shape in cfg.param_shapes().items():
         if name.endswith(".bias"):
             w = np.zeros(shape, np.float32)
-        elif len(shape) == 1:  # norm weights (ln_*, ln_f, q_norm, k_norm)
+        elif len(shape) == 1:  # norm weights (ln_emb, ln_*, ln_f, q_norm, k_norm)
             w = np.ones(shape, np.float32)
         else:
             std = STD

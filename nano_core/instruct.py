@@ -74,6 +74,25 @@ _PREFIX = {"system": "System: ", "user": "User: "}
 _SUFFIX = "\n\n"
 _ASSISTANT = "Assistant:"
 
+# TEMPLATE as Jinja, for an exported chat model's tokenizer_config.json (nano_core/export.py): what transformers'
+# apply_chat_template and mlx-lm's tokenizer render, then encode as one string. <|endoftext|> in it is the special
+# token (HF tokenizers split special-token strings out of the text); add_generation_prompt ends with "Assistant:",
+# the prefix nano's generate feeds. The ids equal encode_row's except for an assistant content that starts with a
+# newline: nano encodes "Assistant:" and the content apart, a loader the whole string, whose pre-tokenizer keeps
+# ":\n" together (the GPT-4 pattern's punctuation-then-newlines run).
+CHAT_TEMPLATE = (
+    "{{- '<|endoftext|>' -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- 'Assistant:' + ('' if message['content'][:1].isspace() else ' ') + message['content'] + '<|endoftext|>' -}}"
+    "{%- elif message['role'] == 'system' -%}{{- 'System: ' + message['content'] + '\\n\\n' -}}"
+    "{%- elif message['role'] == 'user' -%}{{- 'User: ' + message['content'] + '\\n\\n' -}}"
+    "{%- else -%}{{- raise_exception('nano chat roles are system, user and assistant, not ' + message['role']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}"
+)
+
 
 class BadRow(ValueError):
     """A row that does not fit the format; `kind` names the check (for the skip notice), str() the reason."""

@@ -60,27 +60,32 @@ class Embedding(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, bias: bool):
+    def __init__(self, dim: int, eps: float, bias: bool, params: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = _param(dim)
-        self.bias = _param(dim) if bias else None
+        self.weight = _param(dim) if params else None
+        self.bias = _param(dim) if bias and params else None
 
     def __call__(self, x):
         return mx.fast.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, bias: bool = False):
+    def __init__(self, dim: int, eps: float, bias: bool = False, params: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = _param(dim)
+        self.weight = _param(dim) if params else None
 
     def __call__(self, x):
         return mx.fast.rms_norm(x, self.weight, self.eps)
 
 
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+def model_norm(cfg: ModelConfig):
+    """A norm over the model width as the config asks: its kind, eps, bias, and whether it has parameters."""
+    return NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias, cfg.norm_params)
 
 ACTIVATIONS = {
     "gelu": gelu,                        # exact (erf) GELU in both backends (see kernels.py)
@@ -173,8 +178,8 @@ class Attention(nn.Module):
         self.wq = Linear(d, cfg.n_head * hd, cfg.bias, lora if "wq" in targets else None)
         self.wk = Linear(d, cfg.kv_heads * hd, cfg.bias, lora if "wk" in targets else None)
         self.wv = Linear(d, cfg.kv_heads * hd, cfg.bias, lora if "wv" in targets else None)
-        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(hd, cfg.norm_eps, params=cfg.norm_params) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps, params=cfg.norm_params) if cfg.qk_norm else None
         self.wo = Linear(cfg.n_head * hd, d, cfg.bias, lora if "wo" in targets else None)
         self.qkv_adapted = bool(targets & {"wq", "wk", "wv"})
         self.window = window
@@ -244,9 +249,9 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str, lora: LoraConfig | None = None,
                  targets: frozenset[str] = frozenset()):
         super().__init__()
-        self.ln_1 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.ln_1 = model_norm(cfg)
         self.attn = Attention(cfg, window, attn_impl, lora, targets)
-        self.ln_2 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.ln_2 = model_norm(cfg)
         self.mlp = MLP(cfg, lora, targets)
 
     def __call__(self, x, rope=None, cache=None, layer=0):
@@ -293,13 +298,14 @@ class GPT(nn.Module):
         d = cfg.n_embd
         self.wte = Embedding(cfg.vocab_size, d)
         self.wpe = Embedding(cfg.seq_len, d) if cfg.pos == "learned" else None
+        self.ln_emb = model_norm(cfg) if cfg.emb_norm else None
         self.drop_emb = nn.Dropout(cfg.dropout_emb)
         if cfg.arch == "rnn":
             self.rnn = [ElmanLayer(cfg) for _ in range(cfg.n_layer)]
         else:
             self.h = [Block(cfg, w, attn_impl, lora, layer_targets(cfg, lora, i))
                       for i, w in enumerate(cfg.layer_windows())]
-        self.ln_f = NORMS[cfg.norm](d, cfg.norm_eps, cfg.bias)
+        self.ln_f = model_norm(cfg)
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, bias=False)
         self._build_tables(cfg.seq_len)
         if lora is not None:  # LoRA: the base is frozen, only the adapters train
@@ -373,6 +379,8 @@ class GPT(nn.Module):
             x = x + self.wpe.weight[p:p + T]
         if self.cfg.pos == "sinusoidal":
             x = x + self._pos_table[p:p + T]
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
         x = self.drop_emb(x)
         if self.cfg.arch == "rnn":
             for i, layer in enumerate(self.rnn):

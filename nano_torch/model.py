@@ -62,21 +62,21 @@ class Embedding(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, bias: bool):
+    def __init__(self, dim: int, eps: float, bias: bool, params: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = _param(dim)
-        self.bias = _param(dim) if bias else None
+        self.weight = _param(dim) if params else None
+        self.bias = _param(dim) if bias and params else None
 
     def forward(self, x):
         return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, bias: bool = False):
+    def __init__(self, dim: int, eps: float, bias: bool = False, params: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = _param(dim)
+        self.weight = _param(dim) if params else None
 
     def forward(self, x):
         # fp32 statistics even under bf16 autocast (and the fused kernel needs matching dtypes)
@@ -84,6 +84,11 @@ class RMSNorm(nn.Module):
 
 
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+def model_norm(cfg: ModelConfig):
+    """A norm over the model width as the config asks: its kind, eps, bias, and whether it has parameters."""
+    return NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias, cfg.norm_params)
 
 ACTIVATIONS = {
     "gelu": gelu,                        # exact (erf) GELU in both backends (see kernels.py)
@@ -176,8 +181,8 @@ class Attention(nn.Module):
         self.wq = Linear(d, cfg.n_head * hd, cfg.bias, lora if "wq" in targets else None)
         self.wk = Linear(d, cfg.kv_heads * hd, cfg.bias, lora if "wk" in targets else None)
         self.wv = Linear(d, cfg.kv_heads * hd, cfg.bias, lora if "wv" in targets else None)
-        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = RMSNorm(hd, cfg.norm_eps, params=cfg.norm_params) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps, params=cfg.norm_params) if cfg.qk_norm else None
         self.wo = Linear(cfg.n_head * hd, d, cfg.bias, lora if "wo" in targets else None)
         self.qkv_adapted = bool(targets & {"wq", "wk", "wv"})
         self.window = window
@@ -247,9 +252,9 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, window: int | None, attn_impl: str, lora: LoraConfig | None = None,
                  targets: frozenset[str] = frozenset()):
         super().__init__()
-        self.ln_1 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.ln_1 = model_norm(cfg)
         self.attn = Attention(cfg, window, attn_impl, lora, targets)
-        self.ln_2 = NORMS[cfg.norm](cfg.n_embd, cfg.norm_eps, cfg.bias)
+        self.ln_2 = model_norm(cfg)
         self.mlp = MLP(cfg, lora, targets)
 
     def forward(self, x, rope=None, cache=None, layer=0):
@@ -296,13 +301,14 @@ class GPT(nn.Module):
         d = cfg.n_embd
         self.wte = Embedding(cfg.vocab_size, d)
         self.wpe = Embedding(cfg.seq_len, d) if cfg.pos == "learned" else None
+        self.ln_emb = model_norm(cfg) if cfg.emb_norm else None
         self.drop_emb = nn.Dropout(cfg.dropout_emb)
         if cfg.arch == "rnn":
             self.rnn = nn.ModuleList([ElmanLayer(cfg) for _ in range(cfg.n_layer)])
         else:
             self.h = nn.ModuleList([Block(cfg, w, attn_impl, lora, layer_targets(cfg, lora, i))
                                     for i, w in enumerate(cfg.layer_windows())])
-        self.ln_f = NORMS[cfg.norm](d, cfg.norm_eps, cfg.bias)
+        self.ln_f = model_norm(cfg)
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, bias=False)
         self._build_tables(cfg.seq_len, torch.device("cpu"))
         if lora is not None:  # LoRA: the base is frozen, only the adapters train
@@ -375,6 +381,8 @@ class GPT(nn.Module):
             x = x + self.wpe.weight[p:p + T]
         if self.cfg.pos == "sinusoidal":
             x = x + self.pos_table[p:p + T]
+        if self.ln_emb is not None:
+            x = self.ln_emb(x)
         x = self.drop_emb(x)
         if self.cfg.arch == "rnn":
             for i, layer in enumerate(self.rnn):

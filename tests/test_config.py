@@ -103,6 +103,8 @@ VARIANTS = {
                    qk_norm=True),
     "sinusoidal-relu2-mqa": dict(pos="sinusoidal", mlp="relu2", n_kv_head=1),
     "rnn": dict(arch="rnn", pos="none"),
+    "nanochat": dict(mlp="relu2", norm="rmsnorm", pos="rope", bias=False, tie_embeddings=False, qk_norm=True,
+                     norm_params=False, emb_norm=True, logit_softcap=15.0),
 }
 
 
@@ -116,7 +118,7 @@ def test_num_params_matches_torch_and_mlx_models(name):
     assert n_torch == n_mlx == cfg.num_params() == sum(w.size for w in init_weights(cfg, 0).values())
 
 
-@pytest.mark.parametrize("name", ["gpt2", "modern", "sinusoidal-relu2-mqa"])
+@pytest.mark.parametrize("name", ["gpt2", "modern", "sinusoidal-relu2-mqa", "nanochat"])
 def test_estimate_flops_matches_a_brute_force_count(name):
     """Count every matmul FLOP of one forward+backward of the eager PyTorch model (full attention)."""
     from nano_torch.model import GPT as TorchGPT
@@ -176,3 +178,28 @@ def test_rope_scaling_frequencies_follow_their_formulas():
     assert cos.dtype == np.float32 and cos.shape == (5, base.rope_dim // 2)
     pe = sinusoidal_table(3, 8)
     np.testing.assert_allclose(pe[1, 0::2], np.sin(1 / 10000 ** (np.arange(0, 8, 2) / 8)), rtol=1e-6)
+
+
+def test_a_config_dict_without_the_norm_keys_loads_as_before():
+    """Checkpoints written before norm_params / emb_norm existed: the same model, with the same weight names."""
+    old = ModelConfig.from_preset("modern-3x192").to_dict()
+    del old["norm_params"], old["emb_norm"]
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.norm_params and not cfg.emb_norm
+    assert "h.0.attn.q_norm.weight" in cfg.param_shapes() and "ln_emb.weight" not in cfg.param_shapes()
+
+
+def test_nanochat_presets_have_no_norm_tensors_and_an_embedding_norm():
+    for name in ("nanochat-3x192", "nanochat-6x384"):
+        cfg = ModelConfig.from_preset(name)
+        modern = ModelConfig.from_preset(name.replace("nanochat", "modern"))
+        assert not [k for k in cfg.param_shapes() if "ln" in k or "norm" in k]
+        assert set(cfg.param_shapes()) < set(modern.param_shapes())
+        assert cfg.estimate_flops() == modern.estimate_flops()  # norms carry no matmuls
+    with_weights = ModelConfig.from_preset("nanochat-3x192", norm_params=True).param_shapes()
+    assert with_weights["ln_emb.weight"] == (192,) and with_weights["h.0.attn.k_norm.weight"] == (64,)
+
+
+def test_norm_flags_must_be_booleans():
+    with pytest.raises(ValueError, match="norm_params='no' must be true or false"):
+        ModelConfig(norm_params="no").validate()

@@ -103,7 +103,30 @@ def test_hellaswag_scores_match_hand_computed_log_likelihoods(tmp_path):
     np.testing.assert_allclose(r["logliks"][0], want, rtol=1e-6)
     assert int(np.argmax(want)) == 0 and r["acc"] == 0.0  # " a" has the likeliest sum; the label is " aaa"
     per_byte = [w / (len(e) + 1) for w, e in zip(want, item["endings"])]
-    assert int(np.argmax(per_byte)) == 2 and r["acc_norm"] == 1.0  # " aaa" is the likeliest per byte
+    assert int(np.argmax(per_byte)) == 2 and r["acc_per_byte"] == 1.0  # " aaa" is the likeliest per byte
+
+
+def test_hellaswag_acc_norm_divides_by_the_endings_characters_not_bytes(tmp_path):
+    """lm-eval's acc_norm: summed log-likelihood / characters of the ending (no delimiter). "é" is one character
+    and two bytes: per byte it beats "aa", per character it loses."""
+    probs = np.full(257, 1e-3)
+    probs[[ord(" "), ord("a"), 0xC3, 0xA9]] = [math.exp(-3.0), math.exp(-1.0), math.exp(-0.75), math.exp(-0.75)]
+    model = type("M", (), {"cfg": ModelConfig(vocab_size=257, n_layer=1, n_head=1, n_embd=8, seq_len=64)})()
+    scorer = ev.Scorer(KnownModel(probs), model, ByteTokenizer(), batch_size=8, progress=False)
+    path = tmp_path / "hs.jsonl"
+    path.write_text(json.dumps({"ctx": "xyz", "endings": ["é", "aa", "zzzz", "zzzz"], "label": 1}) + "\n")
+    r = ev.task_hellaswag(scorer, path, None)
+    np.testing.assert_allclose(r["logliks"][0][:2], [-4.5, -5.0], rtol=1e-6)
+    assert (r["acc"], r["acc_per_byte"], r["acc_norm"]) == (0.0, 0.0, 1.0)  # -4.5/1 < -5/2; -4.5/3 > -5/3
+
+
+def test_hellaswag_context_is_lm_evals():
+    item = {"activity_label": "High jump", "ctx": "A boy is running down a track. the boy", "endings": ["a"] * 4}
+    assert ev.lm_eval_request(item)[0] == "High jump: A boy is running down a track. The boy"
+    split = {"activity_label": "Home", "ctx_a": "[header] How to paint [title] Buy  paint.", "ctx_b": "then PAINT",
+             "endings": [" [step] Brush it. ", "b", "c", "d"]}
+    # lm-eval strips before removing markers: the ending keeps the space after "[step]"
+    assert ev.lm_eval_request(split) == ("Home: How to paint. Buy paint. Then paint", [" Brush it.", "b", "c", "d"])
 
 
 def test_hellaswag_log_likelihood_equals_a_plain_pytorch_loop(shared_data):
@@ -116,7 +139,8 @@ def test_hellaswag_log_likelihood_equals_a_plain_pytorch_loop(shared_data):
     tok, model = scorer.tok, scorer.model
     want = []
     for ending in item["endings"]:
-        ctx, end = [tok.eot_id] + tok.encode(item["ctx"]), tok.encode(" " + ending)
+        query = "High jump: A boy is running down a track. The boy"  # lm-eval's: label, ctx_b capitalised
+        ctx, end = [tok.eot_id] + tok.encode(query), tok.encode(" " + ending)
         ids = torch.tensor([ctx + end])
         with torch.no_grad():
             logp = F.log_softmax(model(ids[:, :-1]).double(), dim=-1)[0]
@@ -181,7 +205,7 @@ def test_eval_cli_prints_a_table_and_writes_every_figure_with_its_settings(name,
     assert report["step"] == 8 and report["tokens_seen"] == 8 * 4 * 64 and report["backend"] == name
     assert report["limit"] == 12 and report["context"] == 64 and report["seconds"] > 0
     tasks = report["tasks"]
-    assert set(tasks) == {"bpb", "wikitext2", "hellaswag"} and all(t["version"] == 1 for t in tasks.values())
+    assert set(tasks) == {"bpb", "wikitext2", "hellaswag"} and all(t["version"] == ev.TASK_VERSIONS[k] for k, t in tasks.items())
     assert tasks["hellaswag"]["items"] == 12 and len(tasks["hellaswag"]["logliks"]) == 12
     assert tasks["hellaswag"]["items_per_s"] > 0 and 0 <= tasks["hellaswag"]["acc"] <= 1
     wt = tasks["wikitext2"]

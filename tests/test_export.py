@@ -99,8 +99,8 @@ def test_exported_model_gives_nanos_logits_in_transformers_and_mlx_lm(name, tok,
     w = random_weights(cfg)
     notices = export(cfg, w, tok, tmp_path / "out")
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert files == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                     "tokenizer_config.json"]
+    assert files == ["config.json", "generation_config.json", "model.safetensors", "nano_export.json",
+                     "tokenizer.json", "tokenizer_config.json"]
     conf = json.loads((tmp_path / "out" / "config.json").read_text())
     assert conf["model_type"] == layout and conf["eos_token_id"] == tok.eot_id
     ids = tok.encode(PROMPT)[:cfg.seq_len]
@@ -383,7 +383,7 @@ def make_run(tmp_path, tok, spec=GPT2):
     return tmp_path / "run"
 
 
-def test_cli_exports_a_run_and_refuses_a_non_empty_dir_unless_force(tok, tmp_path, capsys):
+def test_cli_exports_a_run_and_replaces_only_a_previous_export_with_force(tok, tmp_path, capsys):
     run = make_run(tmp_path, tok)
     out = tmp_path / "exported"
     res = subprocess.run([sys.executable, "-m", "nano_core.export", "--ckpt", str(run), "--out", str(out)],
@@ -393,15 +393,19 @@ def test_cli_exports_a_run_and_refuses_a_non_empty_dir_unless_force(tok, tmp_pat
     assert len(lines) == 1 and "gpt2" in lines[0] and "ckpt_0000007" in lines[0] and str(out) in lines[0]
     before = (out / "model.safetensors").read_bytes()
 
-    (out / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as e:
         export_main(["--ckpt", str(run), "--out", str(out)])
-    assert "--force" in str(e.value.code) and "\n" not in str(e.value.code)
+    assert "previous export; add --force" in str(e.value.code) and "\n" not in str(e.value.code)
+    (out / "keep.txt").write_text("mine")  # a file no export wrote: --force refuses too
+    with pytest.raises(SystemExit) as e:
+        export_main(["--ckpt", str(run), "--out", str(out), "--force"])
+    assert "'keep.txt', which no export wrote" in str(e.value.code) and "\n" not in str(e.value.code)
     assert (out / "keep.txt").read_text() == "mine"  # refused: untouched
+    (out / "keep.txt").unlink()
 
     export_main(["--ckpt", str(run / "ckpt_0000007"), "--out", str(out), "--force"])
     assert capsys.readouterr().out.count("\n") == 1
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").read_bytes() == before
+    assert (out / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dirs left
 
     with pytest.raises(SystemExit) as e:  # --force never replaces a run dir
@@ -417,7 +421,8 @@ def test_a_character_tokenizer_exports_the_model_alone_with_a_notice(shared_data
     ctok = CharTokenizer.train([str(shared_data / "tinyshakespeare" / "input.txt")])
     cfg = ModelConfig(**{**TINY, "vocab_size": ctok.vocab_size}, **GPT2)
     notices = export(cfg, random_weights(cfg), ctok, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors",
+                                                                    "nano_export.json"]
     assert len(notices) == 1 and "CharTokenizer" in notices[0]
 
 

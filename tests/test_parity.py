@@ -40,6 +40,9 @@ VARIANTS = {
     "rope-ntk": dict(pos="rope", rope_scaling={"type": "ntk", "factor": 2.0}),
     "rope-yarn": dict(pos="rope", rope_scaling={"type": "yarn", "factor": 4.0, "original_max_len": 16}),
     "softcap": dict(logit_softcap=3.0),
+    "nanochat-paramfree-embnorm": dict(pos="rope", mlp="relu2", norm="rmsnorm", qk_norm=True, norm_params=False,
+                                       emb_norm=True, bias=False, tie_embeddings=False, logit_softcap=15.0),
+    "embnorm-weighted-layernorm": dict(emb_norm=True),
     "rnn-tanh": dict(arch="rnn", pos="none"),
     "rnn-slide": dict(arch="rnn", pos="none", rnn_act="slide"),
 }

@@ -13,6 +13,9 @@ VARIANTS = {
     "rope-ntk": dict(pos="rope", rope_scaling={"type": "ntk", "factor": 2.0}),
     "nopos-relu2-softcap": dict(pos="none", mlp="relu2", logit_softcap=5.0),
     "sliding-SL-rope-gqa": dict(pos="rope", window=5, window_pattern="SL", n_kv_head=2),
+    "nanochat-block": dict(pos="rope", mlp="relu2", norm="rmsnorm", qk_norm=True, norm_params=False, emb_norm=True,
+                           bias=False, tie_embeddings=False, logit_softcap=15.0),
+    "layernorm-paramfree-embnorm": dict(norm_params=False, emb_norm=True),
     "rnn-tanh": dict(arch="rnn", pos="none"),
     "rnn-slide": dict(arch="rnn", pos="none", rnn_act="slide"),
 }
