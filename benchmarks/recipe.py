@@ -51,6 +51,14 @@ SHAPES = {
     "modern-4x256-t128": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=128),
     "modern-4x256-softcap": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256, logit_softcap=15.0),
     "micro": dict(MODERN, n_layer=2, n_head=2, n_embd=64, seq_len=64),
+    # blocks a stock Hugging Face / mlx-lm layout holds (issue 21: the default recipe must export)
+    "nanochat-3x192": dict(MODERN, n_layer=3, n_head=3, n_embd=192, seq_len=256, norm_params=False, emb_norm=True,
+                           logit_softcap=15.0),  # = the nanochat-3x192 preset: transformers and mlx-lm `nanochat`
+    "nanochat-3x192-nocap": dict(MODERN, n_layer=3, n_head=3, n_embd=192, seq_len=256, norm_params=False,
+                                 emb_norm=True),  # transformers' nanochat only: mlx-lm always caps at 15
+    "nanochat-4x256": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256, norm_params=False, emb_norm=True,
+                           logit_softcap=15.0),
+    "qwen3-3x192": dict(MODERN, n_layer=3, n_head=3, n_embd=192, seq_len=256, mlp="swiglu"),  # the `qwen3` layout
 }
 ADAMW = ["--optimizer", "adamw"]
 MUON = ["--optimizer", "muon"]
@@ -95,6 +103,16 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "b16-3x192-adamw": ("modern-3x192", ADAMW + ["--lr", "3e-3", "--batch-size", "16"],
                         "3 x 192, batch 16, with AdamW instead of Muon"),
     "b32-3x192": ("modern-3x192", MUON + ["--lr", "3e-3", "--batch-size", "32"], "3 x 192, batch 32"),
+    # third round (2026-12-07): the recipe's settings on blocks that export (nanochat, qwen3 layouts)
+    "nc-3x192": ("nanochat-3x192", MUON + ["--lr", "3e-3", "--batch-size", "32"],
+                 "cpu-10min's settings on nanochat's block (parameter-free norms, embedding norm, softcap 15)"),
+    "nc-3x192-nocap": ("nanochat-3x192-nocap", MUON + ["--lr", "3e-3", "--batch-size", "32"],
+                       "... without the soft cap"),
+    "nc-3x192-hi": ("nanochat-3x192", MUON + ["--lr", "6e-3", "--muon-lr", "0.03", "--batch-size", "32"],
+                    "... higher learning rates"),
+    "nc-4x256": ("nanochat-4x256", MUON + ["--lr", "3e-3", "--batch-size", "32"], "... 4 x 256"),
+    "qwen3-3x192": ("qwen3-3x192", MUON + ["--lr", "3e-3", "--batch-size", "32"],
+                    "cpu-10min's settings on a SwiGLU block with weighted norms (the qwen3 layout)"),
 }
 QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
          "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}
