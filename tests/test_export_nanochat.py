@@ -173,3 +173,22 @@ def test_what_nanochat_cannot_hold_is_refused_in_one_line(name, tok, tmp_path):
 def test_the_nanochat_presets_export():
     for name in ("nanochat-3x192", "nanochat-6x384"):
         assert hf.export_layout(ModelConfig.from_preset(name)) == "nanochat"
+
+
+def test_force_replaces_a_previous_export_and_never_another_directory(tok, tmp_path):
+    cfg = ModelConfig(**NANOCHAT).validate()
+    export(cfg, weights(cfg), tok, tmp_path / "out")
+    export_model(cfg, weights(cfg, seed=1), tok, tmp_path / "out", force=True)  # a previous export: replaced
+    mine = tmp_path / "Documents"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    (mine / "config.json").write_text("{}")
+    (mine / "model.safetensors").write_text("not ours")
+    with pytest.raises(ValueError, match="'thesis.txt', which no export wrote") as e:
+        export_model(cfg, weights(cfg), tok, mine, force=True)
+    assert "\n" not in str(e.value) and (mine / "thesis.txt").read_text() == "years of work"
+    (mine / "nano_export.json").write_text(json.dumps({"files": ["../thesis.txt", "config.json"]}))
+    with pytest.raises(ValueError, match="is not a nano export"):  # a marker naming paths outside is no marker
+        export_model(cfg, weights(cfg), tok, mine, force=True)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "model.safetensors", "nano_export.json",
+                                                       "thesis.txt"]
