@@ -174,13 +174,14 @@ def read_hellaswag(path: Path, limit: int | None = None) -> list[dict]:
                 ok = (isinstance(item, dict) and (isinstance(item.get("ctx"), str) or (
                     isinstance(item.get("ctx_a"), str) and isinstance(item.get("ctx_b"), str)))
                       and isinstance(item.get("endings"), list) and len(item["endings"]) == 4
-                      and all(isinstance(e, str) and e for e in item["endings"]) and item.get("label") in (0, 1, 2, 3))
+                      and all(isinstance(e, str) and e for e in item["endings"])
+                      and item.get("label") in (0, 1, 2, 3, "0", "1", "2", "3"))  # Rowan/hellaswag: "0".."3"
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
             if not ok:
                 raise ValueError(f"{path}:{lineno}: not a HellaSwag item (needs ctx: str, endings: 4 non-empty "
                                  f"strings, label: 0-3)")
-            items.append(item)
+            items.append({**item, "label": int(item["label"])})
     if not items:
         raise ValueError(f"{path} holds no HellaSwag items")
     return items
