@@ -18,7 +18,7 @@ from nano_mlx.model import GPT, apply_rope, banded_attention
 
 mx.set_default_device(mx.cpu)
 
-from variants import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
+from helpers import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
 
 
 def make(name, attn_impl="sdpa", seed=0, **extra):

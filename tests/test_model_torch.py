@@ -13,7 +13,7 @@ from nano_torch.model import GPT, apply_rope, banded_attention
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
-from variants import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
+from helpers import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
 
 
 def make(name, attn_impl="sdpa", seed=0, **extra):

@@ -10,7 +10,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from test_backend import CFG, backend_class, real_batch
+from helpers import BACKEND_CFG as CFG
+from helpers import backend_class, real_batch
 
 import nano_mlx.optim as mlx_optim
 import nano_torch.optim as torch_optim

@@ -157,6 +157,7 @@ def run_cli(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.e2e
 def test_cli_trains_tokenizer_and_writes_loadable_shards(jsonl, docs, tmp_path):
     out = tmp_path / "fw"
     r = run_cli("--source", jsonl, "--out", out, "--vocab-size", 512, "--shard-tokens", 100_000,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "step_speed.py"
 SMALL = '{"n_layer": 1, "n_head": 2, "n_embd": 32, "seq_len": 16, "vocab_size": 64}'
