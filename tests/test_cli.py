@@ -62,7 +62,6 @@ def test_explicit_flags_tells_typed_from_default():
 
 
 def test_resume_takes_checkpoint_settings_unless_typed():
-    p = cli.build_parser("torch")
     args, typed = cli.parse_train_args("torch", ["--resume", "latest", "--max-steps", "50"])
     saved = {"lr": 0.01, "max_steps": 20, "seed": 3, "log_every": 1, "out": "elsewhere", "device": "mps",
              "a_flag_of_an_older_version": 1}

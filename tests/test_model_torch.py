@@ -105,7 +105,9 @@ def test_rope_scores_depend_only_on_relative_position(name):
     q, k = torch.randn(1, 1, 1, model.cfg.head_dim, generator=g), torch.randn(1, 1, 1, model.cfg.head_dim, generator=g)
 
     def score(m, n):
-        cs = lambda p: (model.rope_cos[p:p + 1], model.rope_sin[p:p + 1])
+        def cs(p):
+            return model.rope_cos[p:p + 1], model.rope_sin[p:p + 1]
+
         return (apply_rope(q, *cs(m)) * apply_rope(k, *cs(n))).sum()
 
     for shift in (1, 5, 11):

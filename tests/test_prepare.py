@@ -192,7 +192,7 @@ def test_cli_bad_input_is_a_one_line_error(jsonl, tok_dir, tmp_path):
     for message, args in cases.items():
         r = run_cli(*args)
         assert r.returncode != 0
-        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith("error:") and message in lines[-1], (message, r.stderr)
         assert "Traceback" not in r.stderr
 
