@@ -1,13 +1,146 @@
 """Helpers shared by test modules (not a test module: pytest collects nothing here). Fixtures live in conftest.py;
-plain functions and constants that several test modules use live here, so that no test module imports another."""
+the plain functions and constants several test modules use live here, so that no test module imports another
+(tests/test_layout.py checks it).
+
+- the model variants both backends test (one table: a variant added here is checked in MLX and in PyTorch alike);
+- the backend contract's tiny model and real-text batches;
+- shard directories made by hand;
+- short training runs end to end on real shards, memoized so that each backend's reference run happens once per
+  session;
+- a child's environment without nano's preload and CI's settings; benchmark scripts loaded as modules.
+"""
 from __future__ import annotations
 
+import atexit
+import importlib
 import importlib.util
+import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
+
+from nano_core import host, metrics
+from nano_core.data import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
+
+# ----------------------------------------------------------------------------- model variants (test_model_*.py)
+SMALL = dict(vocab_size=97, n_layer=2, n_head=4, n_embd=32, seq_len=24)
+VARIANTS = {
+    "learned-gelu": {},
+    "learned-gelu-tanh": dict(mlp="gelu_tanh"),
+    "sinusoidal-relu-mqa": dict(pos="sinusoidal", mlp="relu", n_kv_head=1),
+    "rope-swiglu-gqa": dict(pos="rope", mlp="swiglu", norm="rmsnorm", n_kv_head=2, bias=False,
+                            tie_embeddings=False, qk_norm=True),
+    "rope-partial-yarn": dict(pos="rope", rope_pct=0.5, rope_scaling={"type": "yarn", "factor": 4.0,
+                                                                     "original_max_len": 12}),
+    "rope-ntk": dict(pos="rope", rope_scaling={"type": "ntk", "factor": 2.0}),
+    "nopos-relu2-softcap": dict(pos="none", mlp="relu2", logit_softcap=5.0),
+    "sliding-SL-rope-gqa": dict(pos="rope", window=5, window_pattern="SL", n_kv_head=2),
+    "nanochat-block": dict(pos="rope", mlp="relu2", norm="rmsnorm", qk_norm=True, norm_params=False, emb_norm=True,
+                           bias=False, tie_embeddings=False, logit_softcap=15.0),
+    "layernorm-paramfree-embnorm": dict(norm_params=False, emb_norm=True),
+    "rnn-tanh": dict(arch="rnn", pos="none"),
+    "rnn-slide": dict(arch="rnn", pos="none", rnn_act="slide"),
+}
+GPT_VARIANTS = [k for k in VARIANTS if not k.startswith("rnn")]
+
+# ----------------------------------------------------------------------------- the backend contract (test_backend.py)
+BACKEND_CFG = dict(vocab_size=256, n_layer=2, n_head=4, n_embd=32, seq_len=32)
+
+
+def backend_class(name: str):
+    return importlib.import_module(f"nano_{name}.backend").Backend
+
+
+def real_batch(shared_data, rows=4, T=32, offset=0) -> np.ndarray:
+    """(rows, T+1) int32 windows of TinyShakespeare bytes (ids < 256)."""
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[offset:offset + rows * (T + 1)]
+    return np.frombuffer(text, dtype=np.uint8).astype(np.int32).reshape(rows, T + 1)
+
+
+# ----------------------------------------------------------------------------- shard directories (test_data.py)
+def make_dir(tmp_path, shards, vocab_size=None, dtype=None):
+    """A prepared-looking directory: shard_00000 (val), shard_00001.. (train), manifest.json when vocab_size."""
+    for i, toks in enumerate(shards):
+        write_shard(tmp_path / f"shard_{i:05d}.bin", toks, dtype=dtype)
+    if vocab_size is not None:
+        manifest = {"vocab_size": vocab_size, "complete": True,
+                    "shards": [{"file": f"shard_{i:05d}.bin", "split": "val" if i == 0 else "train",
+                                "tokens": len(t)} for i, t in enumerate(shards)]}
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def unique_shards(lengths):
+    """Shards whose token at global position p is p (uint32): a window's first token names its start."""
+    out, base = [], 0
+    for n in lengths:
+        out.append(np.arange(base, base + n, dtype=np.uint32))
+        base += n
+    return out
+
+
+# ----------------------------------------------------------------------------- training runs (test_train.py and others)
+MICRO = {"n_layer": 2, "n_head": 2, "n_embd": 64, "seq_len": 64}
+_RUNS: dict = {}
+
+
+def micro_setup(shared_data: Path) -> tuple[Path, Path]:
+    """(shard dir, model config file): FineWeb-Edu jsonl at vocab 512, prepared once per session."""
+    if "setup" not in _RUNS:
+        from nano_core.prepare import prepare
+
+        root = Path(tempfile.mkdtemp(prefix="nano-train-tests-"))
+        atexit.register(shutil.rmtree, root, True)
+        prepare([str(shared_data / "fineweb_edu" / "sample-10BT-281docs.jsonl")], root / "shards", vocab_size=512,
+                val_tokens=32768, progress=False)
+        (root / "micro.json").write_text(json.dumps(MICRO))
+        _RUNS["setup"] = (root / "shards", root / "micro.json")
+    return _RUNS["setup"]
+
+
+def train_args(data: Path, config: Path, out: Path, **over) -> list[str]:
+    opts = {"data": data, "config": config, "out": out, "batch-size": 4, "max-steps": 8, "log-every": 1,
+            "eval-every": 4, "eval-steps": 2, "sample-every": 4, "sample-tokens": 8, "ckpt-every": 4, "keep": 5,
+            "dtype": "fp32", "warmup-steps": 2, "lr": 3e-3, **over}
+    return [x for k, v in opts.items() if v is not None for x in (f"--{k}", str(v))]
+
+
+def train_main(backend: str):
+    if backend == "torch":
+        from nano_torch.train import main
+    else:
+        from nano_mlx.train import main
+    return main
+
+
+def reference_run(backend: str, shared_data: Path) -> Path:
+    """An uninterrupted 8-step run (checkpoints at 4 and 8), once per session and backend."""
+    key = ("run", backend)
+    if key not in _RUNS:
+        data, config = micro_setup(shared_data)
+        out = Path(tempfile.mkdtemp(prefix=f"nano-{backend}-ref-")) / "run"
+        atexit.register(shutil.rmtree, out.parent, True)
+        train_main(backend)(train_args(data, config, out))
+        _RUNS[key] = out
+    return _RUNS[key]
+
+
+def losses(run_dir: Path, key: str = "train_loss") -> dict[int, float]:
+    return {r["step"]: r[key] for r in metrics.read_metrics(run_dir) if key in r}
+
+
+# ----------------------------------------------------------------------------- children and scripts
+def plain_env(**extra) -> dict:
+    """This environment without LD_PRELOAD, nano's re-run marker and CI's demand for ../shared, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", host.OPENBLAS_ENV, "NANO_REQUIRE_FULL_DATA")}
+    return {**env, **extra}
 
 
 def load_benchmark(name: str):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from nano_core.config import ModelConfig
+from nano_mlx import model as mlx_model
 from nano_torch import model as torch_model
 from nano_torch.model import GPT
 
@@ -22,6 +23,5 @@ def test_flash_off_cuda_is_a_clear_error(monkeypatch):
 
 
 def test_flash_with_mlx_is_a_clear_error():
-    mlx_model = pytest.importorskip("nano_mlx.model")
     with pytest.raises(ValueError, match="flash_attn package.*PyTorch on CUDA.*attn_impl='sdpa'"):
         mlx_model.GPT(ModelConfig.from_preset("tiny", n_layer=1), attn_impl="flash")

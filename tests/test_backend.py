@@ -1,7 +1,6 @@
 """The backend interface (nano_core/backend.py): one contract suite that both nano_torch.backend.Backend and
 nano_mlx.backend.Backend must pass, the two taking the same steps, and what each backend chooses on its own
 (dtype, attention kernel, BLAS notices). CPU, fp32, tiny models, real text."""
-import importlib
 import os
 
 os.environ.setdefault("MLX_ENABLE_TF32", "0")  # before mlx is imported (irrelevant on CPU, but parity is the point)
@@ -13,22 +12,12 @@ from nano_core.backend import step_seed
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
 
-CFG = dict(vocab_size=256, n_layer=2, n_head=4, n_embd=32, seq_len=32)
-
-
-def backend_class(name: str):
-    return importlib.import_module(f"nano_{name}.backend").Backend
-
+from helpers import BACKEND_CFG as CFG
+from helpers import backend_class, real_batch
 
 @pytest.fixture(params=["torch", "mlx"])
 def backend(request):
     return backend_class(request.param)(device="cpu", dtype="fp32")
-
-
-def real_batch(shared_data, rows=4, T=32, offset=0) -> np.ndarray:
-    """(rows, T+1) int32 windows of TinyShakespeare bytes (ids < 256)."""
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[offset:offset + rows * (T + 1)]
-    return np.frombuffer(text, dtype=np.uint8).astype(np.int32).reshape(rows, T + 1)
 
 
 def fresh(backend, cfg=None, seed=0):

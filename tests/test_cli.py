@@ -1,4 +1,7 @@
 """One CLI for both backends: the train and generate parsers agree on every flag and default but --device."""
+import importlib
+import re
+
 import pytest
 
 from nano_core import cli
@@ -11,16 +14,24 @@ def options(parser):
             for a in parser._actions}
 
 
+@pytest.mark.parametrize("command", ["train", "generate"])
+def test_both_entry_points_take_the_same_flags(command, capsys):
+    """python -m nano_mlx.X and python -m nano_torch.X, as a user reaches them: the same flags in their --help."""
+    flags = {}
+    for backend in ("mlx", "torch"):
+        main = importlib.import_module(f"nano_{backend}.{command}").main
+        with pytest.raises(SystemExit) as stop:
+            main(["--help"])
+        assert stop.value.code == 0
+        flags[backend] = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", capsys.readouterr().out))
+    assert flags["mlx"] == flags["torch"] and {"--device", "--help"} <= flags["mlx"]
+
+
 @pytest.mark.parametrize("build", [cli.build_parser, cli.build_generate_parser])
-def test_parsers_identical_across_backends_except_device_choices(build):
-    mlx, torch = options(build("mlx")), options(build("torch"))
-    assert mlx.keys() == torch.keys()
-    for dest in mlx:
-        if dest == "device":
-            assert mlx[dest][2] == ("auto", "gpu", "cpu") and torch[dest][2] == ("auto", "mps", "cuda", "cpu")
-            assert mlx[dest][1] == torch[dest][1] == "auto"
-        else:
-            assert mlx[dest] == torch[dest], dest
+def test_device_choices_are_each_backends_own(build):
+    mlx, torch = options(build("mlx"))["device"], options(build("torch"))["device"]
+    assert mlx[2] == ("auto", "gpu", "cpu") and torch[2] == ("auto", "mps", "cuda", "cpu")
+    assert mlx[1] == torch[1] == "auto"
 
 
 def test_train_parser_has_every_documented_flag_in_kebab_case():
@@ -51,7 +62,6 @@ def test_explicit_flags_tells_typed_from_default():
 
 
 def test_resume_takes_checkpoint_settings_unless_typed():
-    p = cli.build_parser("torch")
     args, typed = cli.parse_train_args("torch", ["--resume", "latest", "--max-steps", "50"])
     saved = {"lr": 0.01, "max_steps": 20, "seed": 3, "log_every": 1, "out": "elsewhere", "device": "mps",
              "a_flag_of_an_older_version": 1}

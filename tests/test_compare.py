@@ -12,6 +12,8 @@ import pytest
 
 from nano_core.config import ModelConfig
 
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "compare.py"
 

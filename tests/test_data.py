@@ -11,31 +11,12 @@ import pytest
 from nano_core.data import (HEADER_BYTES, MAGIC, ShardLoader, default_data_dir, load_manifest, read_header,
                             read_shard, unigram_entropy, write_shard)
 
+from helpers import make_dir, unique_shards
+
 
 @pytest.fixture(scope="module")
 def text_bytes(shared_data):
     return np.frombuffer((shared_data / "fineweb_edu" / "sample-10BT-281docs.txt").read_bytes(), dtype=np.uint8)
-
-
-def make_dir(tmp_path, shards, vocab_size=None, dtype=None):
-    """A prepared-looking directory: shard_00000 (val), shard_00001.. (train), manifest.json when vocab_size."""
-    for i, toks in enumerate(shards):
-        write_shard(tmp_path / f"shard_{i:05d}.bin", toks, dtype=dtype)
-    if vocab_size is not None:
-        manifest = {"vocab_size": vocab_size, "complete": True,
-                    "shards": [{"file": f"shard_{i:05d}.bin", "split": "val" if i == 0 else "train",
-                                "tokens": len(t)} for i, t in enumerate(shards)]}
-        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    return tmp_path
-
-
-def unique_shards(lengths):
-    """Shards whose token at global position p is p (uint32): a window's first token names its start."""
-    out, base = [], 0
-    for n in lengths:
-        out.append(np.arange(base, base + n, dtype=np.uint32))
-        base += n
-    return out
 
 
 def one_epoch(loader):

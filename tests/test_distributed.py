@@ -32,9 +32,11 @@ from nano_core.cli import TrainConfig
 from nano_core.data import ShardLoader
 from nano_core.distributed import lost_peer_cause
 from nano_core.run import check_distributed, grad_accum_steps
-from tests.test_data import make_dir, unique_shards
-from tests.test_first_hour import plain_env
-from tests.test_train import micro_setup, train_args, train_main
+from helpers import make_dir, unique_shards
+from helpers import plain_env
+from helpers import micro_setup, train_args, train_main
+
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

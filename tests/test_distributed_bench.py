@@ -12,6 +12,8 @@ import pytest
 from helpers import load_benchmark
 from nano_core.config import ModelConfig
 
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "distributed.py"
 bench = load_benchmark("distributed")

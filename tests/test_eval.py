@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from nano_core import eval as ev
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
-from test_train import MICRO, micro_setup, reference_run, train_args, train_main
+from helpers import MICRO, micro_setup, reference_run, train_args, train_main
 from tokenizer import load_tokenizer
 
 
@@ -47,6 +47,7 @@ def test_sliding_windows_score_every_target_exactly_once(n, context, stride):
         assert all(w2[0] == w1[1] - 1 for w1, w2 in zip(windows, windows[1:]))
 
 
+@pytest.mark.e2e
 def test_stride_equal_to_context_is_the_non_overlapping_figure(shared_data):
     scorer = scorer_for("torch", reference_run("torch", shared_data))
     ids = [scorer.tok.eot_id] + scorer.tok.encode((shared_data / "wikitext2" / "wiki.valid.raw").read_text()[:20000])
@@ -129,6 +130,7 @@ def test_hellaswag_context_is_lm_evals():
     assert ev.lm_eval_request(split) == ("Home: How to paint. Buy paint. Then paint", [" Brush it.", "b", "c", "d"])
 
 
+@pytest.mark.e2e
 def test_hellaswag_log_likelihood_equals_a_plain_pytorch_loop(shared_data):
     """Ten readable lines of plain PyTorch on the same weights and item give the same four numbers."""
     run = reference_run("torch", shared_data)
@@ -155,6 +157,7 @@ def _one_item_file(item: dict, where: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the two backends agree
+@pytest.mark.e2e
 def test_both_backends_give_the_same_item_log_likelihoods_and_perplexities(shared_data):
     run = reference_run("torch", shared_data)
     settings = ev.EvalSettings(["hellaswag", "wikitext2", "bpb"], limit=24)
@@ -170,6 +173,7 @@ def test_both_backends_give_the_same_item_log_likelihoods_and_perplexities(share
 
 
 # ----------------------------------------------------------------------------- chance level
+@pytest.mark.e2e
 def test_hellaswag_of_a_random_model_is_chance_and_of_a_trained_one_not_worse(shared_data, tmp_path):
     """500 items: a random init scores 25% within 3 standard errors; the test-trained model is not below that."""
     data, config = micro_setup(shared_data)
@@ -192,6 +196,7 @@ def test_hellaswag_of_a_random_model_is_chance_and_of_a_trained_one_not_worse(sh
 
 
 # ----------------------------------------------------------------------------- the commands
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", ["torch", "mlx"])
 def test_eval_cli_prints_a_table_and_writes_every_figure_with_its_settings(name, shared_data, tmp_path, capsys):
     run = reference_run(name, shared_data)
@@ -213,6 +218,7 @@ def test_eval_cli_prints_a_table_and_writes_every_figure_with_its_settings(name,
     assert tasks["bpb"]["source"] == ["val"] and 0 < tasks["bpb"]["bpb"] < 10
 
 
+@pytest.mark.e2e
 def test_eval_tasks_during_training_are_logged_and_plotted(shared_data, tmp_path):
     data, config = micro_setup(shared_data)
     out = tmp_path / "run"
@@ -229,6 +235,7 @@ def test_eval_tasks_during_training_are_logged_and_plotted(shared_data, tmp_path
 
 
 # ----------------------------------------------------------------------------- bad input
+@pytest.mark.e2e
 def test_bad_eval_input_is_one_line(shared_data, tmp_path, capsys):
     run = reference_run("torch", shared_data)
     mod = __import__("nano_torch.eval", fromlist=["main"])
@@ -252,6 +259,7 @@ def test_bad_eval_input_is_one_line(shared_data, tmp_path, capsys):
     assert "unknown eval task hellaswg" in e.value.code
 
 
+@pytest.mark.e2e
 def test_items_longer_than_the_context_lose_context_on_the_left_never_ending_tokens(shared_data, capsys):
     run = reference_run("torch", shared_data)
     scorer = scorer_for("torch", run, seq_len=24)  # shorter than most items

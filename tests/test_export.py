@@ -261,7 +261,6 @@ def test_export_import_export_is_identity(name, tok, tmp_path):
 
 
 def test_import_with_the_tokenizer_keeps_ids_when_the_vocab_is_nanos(tok, tmp_path):
-    pytest.importorskip("tokenizer.hf", reason="tokenizer.hf (load_hf_tokenizer) is written by another change")
     cfg = ModelConfig(**TINY, **EXPORTS["llama-gqa-untied"][0]).validate()
     w = random_weights(cfg)
     export(cfg, w, tok, tmp_path / "a")
@@ -273,7 +272,6 @@ def test_import_with_the_tokenizer_keeps_ids_when_the_vocab_is_nanos(tok, tmp_pa
 def test_foreign_model_with_its_own_token_ids_imports_with_rows_permuted(tok, tmp_path):
     """A gpt2 whose tokenizer.json numbers the tokens differently from nano (here: in reverse): nano's logit for its
     token i is HF's logit for order[i], and the prompt's logits match once both sides encode the same text."""
-    pytest.importorskip("tokenizer.hf", reason="tokenizer.hf (load_hf_tokenizer) is written by another change")
     from tokenizer.io import to_hf_dict
     model = foreign_gpt2(tmp_path / "hf", tie_word_embeddings=False)
     d = to_hf_dict(tok)

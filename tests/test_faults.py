@@ -18,7 +18,9 @@ import pytest
 
 from nano_core import checkpoint as ck
 from nano_core import metrics
-from test_train import MICRO, REPO, losses, micro_setup, reference_run, train_args, train_main
+from helpers import REPO, losses, micro_setup, reference_run, train_args, train_main
+
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
 
 QUICK = {"eval-every": 0, "sample-every": 0, "eval-steps": 1, "sample-tokens": 1}
 

@@ -198,6 +198,7 @@ def assert_interrupted(rc, err, out):
     assert lines == [f"interrupted: finished shards in {out} are kept; rerun the same command to continue"], err
 
 
+@pytest.mark.e2e
 @pytest.mark.full_data("the whole 2.4 MB of WikiText-2 (its size sets the automatic --val-tokens)")
 def test_cli_ctrl_c_in_tokenizer_training_then_rerun_with_default_val_on_a_2mb_source(shared_data, tmp_path):
     wiki = sorted((shared_data / "wikitext2").glob("*.raw"))  # two single-document files, 2.4 MB
@@ -215,6 +216,7 @@ def test_cli_ctrl_c_in_tokenizer_training_then_rerun_with_default_val_on_a_2mb_s
     assert shard_bytes(out) == shard_bytes(tmp_path / "ref") and m["shards"] == reference["shards"]
 
 
+@pytest.mark.e2e
 def test_cli_ctrl_c_while_encoding_is_one_line_and_exit_130(shared_data, ts_ref, tmp_path):
     out = tmp_path / "novels"
     args = ["--source", shared_data / "gutenberg", "--out", out, "--tokenizer", ts_ref / "tokenizer",

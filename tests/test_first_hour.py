@@ -24,15 +24,13 @@ from tokenizer import BPETokenizer, CharTokenizer, export_hf, load_tokenizer
 from tokenizer.base import HF_TOKENIZER_FILE, LEGACY_TOKENIZER_FILE, TOKENIZER_FILE
 from tokenizer.files import atomic_write, follow_umask, umask
 
+from helpers import plain_env
+
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NOTICE = "notice: MLX's CPU backend uses OpenBLAS ("
-
-
-def plain_env(**extra) -> dict:
-    """This environment without LD_PRELOAD, nano's re-run marker and CI's demand for ../shared, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", host.OPENBLAS_ENV, "NANO_REQUIRE_FULL_DATA")}
-    return {**env, **extra}
 
 
 def needs_openblas_preload():
@@ -182,7 +180,8 @@ def test_the_test_command_passes_in_a_bare_clone(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- 3. file names
 def test_nanos_own_file_and_the_hf_export_never_share_a_name(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers  # the bench extra's HF tokenizers, which [all] installs
+
     assert TOKENIZER_FILE == "nano_tokenizer.json" and HF_TOKENIZER_FILE == "tokenizer.json" != TOKENIZER_FILE
     tok = BPETokenizer.train(["builtin"], vocab_size=300, progress=False, num_workers=1)
     path = tok.save(tmp_path / "tok")

@@ -3,7 +3,9 @@ after the switch is the loss the original backend computes on that same batch (f
 import pytest
 
 from nano_core import checkpoint as ck
-from test_train import losses, reference_run, train_main
+from helpers import losses, reference_run, train_main
+
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
 
 
 @pytest.mark.parametrize("src, dst", [("torch", "mlx"), ("mlx", "torch")])

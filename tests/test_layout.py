@@ -124,3 +124,21 @@ def test_the_checks_see_imports():
     """Guard against a vacuous pass: the known edges of the graph are found."""
     edges = {(pkg, _top(module)) for pkg, _, _, module, _ in IMPORTS}
     assert {("nano_core", "tokenizer"), ("tokenizer", "tokenizer")} <= edges
+
+
+def test_no_test_module_imports_another():
+    """(f) A test module reads on its own: what several share is a fixture in conftest.py or a helper in
+    tests/helpers.py, never a name imported from another test module (which would also run that module's
+    module-level code twice, under two names, when imported as both `test_x` and `tests.test_x`)."""
+    def is_test_module(module: str) -> bool:
+        last = module.split(".")[-1]
+        return last.startswith("test_") or last == "conftest"
+
+    rows = _imports(("tests",))
+    bad = [f"{rel}:{line}: imports the test module {module}; move what it needs to tests/helpers.py or a fixture"
+           for _, rel, line, module, _ in rows if is_test_module(module)]
+    helpers = ast.parse((REPO / "tests" / "helpers.py").read_text(encoding="utf-8"))
+    bad += [f"tests/helpers.py:{node.lineno}: defines {node.name}, which pytest would collect: tests go in test_*.py"
+            for node in helpers.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            and node.name.lower().startswith("test")]
+    assert not bad, "\n".join(bad)

@@ -18,7 +18,7 @@ from nano_mlx.model import GPT, apply_rope, banded_attention
 
 mx.set_default_device(mx.cpu)
 
-from variants import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
+from helpers import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
 
 
 def make(name, attn_impl="sdpa", seed=0, **extra):
@@ -90,7 +90,9 @@ def test_rope_scores_depend_only_on_relative_position(name):
     q, k = mx.random.normal((1, 1, 1, model.cfg.head_dim), key=k1), mx.random.normal((1, 1, 1, model.cfg.head_dim), key=k2)
 
     def score(m, n):
-        cs = lambda p: (model._rope_cos[p:p + 1], model._rope_sin[p:p + 1])
+        def cs(p):
+            return model._rope_cos[p:p + 1], model._rope_sin[p:p + 1]
+
         return (apply_rope(q, *cs(m)) * apply_rope(k, *cs(n))).sum().item()
 
     for shift in (1, 5, 11):

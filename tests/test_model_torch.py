@@ -13,7 +13,7 @@ from nano_torch.model import GPT, apply_rope, banded_attention
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 
-from variants import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
+from helpers import GPT_VARIANTS, SMALL, VARIANTS  # noqa: E402  (one table for both backends)
 
 
 def make(name, attn_impl="sdpa", seed=0, **extra):
@@ -105,7 +105,9 @@ def test_rope_scores_depend_only_on_relative_position(name):
     q, k = torch.randn(1, 1, 1, model.cfg.head_dim, generator=g), torch.randn(1, 1, 1, model.cfg.head_dim, generator=g)
 
     def score(m, n):
-        cs = lambda p: (model.rope_cos[p:p + 1], model.rope_sin[p:p + 1])
+        def cs(p):
+            return model.rope_cos[p:p + 1], model.rope_sin[p:p + 1]
+
         return (apply_rope(q, *cs(m)) * apply_rope(k, *cs(n))).sum()
 
     for shift in (1, 5, 11):

@@ -10,7 +10,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
-from test_backend import CFG, backend_class, real_batch
+from helpers import BACKEND_CFG as CFG
+from helpers import backend_class, real_batch
 
 import nano_mlx.optim as mlx_optim
 import nano_torch.optim as torch_optim
@@ -325,7 +326,6 @@ def test_muon_state_goes_torch_to_numpy_to_mlx_and_back_and_the_run_continues(sh
     the load must write into the state the trace holds) that takes step 3 as torch does; MLX's state then starts a
     torch run that takes step 4 as MLX does."""
     tb, mb = backend("torch"), backend("mlx")
-    cfg = ModelConfig.from_dict(CFG)
     a, a_opt = fresh(tb)
     a_step = tb.make_train_step(a, a_opt, 2, 0.5, seed=0)
     run_steps(tb, a, a_opt, shared_data, 3, step=a_step)

@@ -157,6 +157,7 @@ def run_cli(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.e2e
 def test_cli_trains_tokenizer_and_writes_loadable_shards(jsonl, docs, tmp_path):
     out = tmp_path / "fw"
     r = run_cli("--source", jsonl, "--out", out, "--vocab-size", 512, "--shard-tokens", 100_000,
@@ -191,7 +192,7 @@ def test_cli_bad_input_is_a_one_line_error(jsonl, tok_dir, tmp_path):
     for message, args in cases.items():
         r = run_cli(*args)
         assert r.returncode != 0
-        lines = [l for l in r.stderr.splitlines() if l.strip()]
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith("error:") and message in lines[-1], (message, r.stderr)
         assert "Traceback" not in r.stderr
 

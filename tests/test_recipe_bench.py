@@ -6,9 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from nano_core.cli import TrainConfig
 from nano_core.config import PRESETS, ModelConfig
 from nano_core.recipes import DEFAULT_RECIPE, RECIPES
+
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,5 @@
 """tokenizer.sources on the real files in ../shared/data: encodings, formats, errors, splitting."""
 import json
-import os
 import pickle
 
 import pyarrow as pa

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "step_speed.py"
 SMALL = '{"n_layer": 1, "n_head": 2, "n_embd": 32, "seq_len": 16, "vocab_size": 64}'
@@ -29,7 +31,7 @@ def test_step_speed_writes_a_consistent_record_with_the_cli_attention_choice(tmp
     assert r["tokens_per_step"] == 2 * 16
     assert r["tok_s"] == pytest.approx(r["tokens_per_step"] / (r["ms_median"] / 1000))
     assert r["gflop_s"] == pytest.approx(r["tok_s"] * r["flops_per_token"] / 1e9)
-    assert all(l == l and 0 < l < 10 for l in r["losses"])  # finite, about ln(64) = 4.2 at init
+    assert all(loss == loss and 0 < loss < 10 for loss in r["losses"])  # finite, about ln(64) = 4.2 at init
     assert f"{r['tok_s']:.0f}" in stdout
     png = tmp_path / "r.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the per-step plot beside the JSON

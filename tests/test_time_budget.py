@@ -9,7 +9,9 @@ import pytest
 
 from nano_core import metrics
 from nano_core.schedule import TimeBudget, lr_at
-from tests.test_train import micro_setup, train_args, train_main
+from helpers import micro_setup, train_args, train_main
+
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
 
 
 def budget_args(shared_data, out, seconds: float, **over) -> list[str]:

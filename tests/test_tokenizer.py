@@ -162,6 +162,7 @@ def test_inputs_as_texts_list_iterator_and_caps(shared_data):
     assert stats["chars"] <= 10_000
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end(shared_data, tmp_path):
     out = tmp_path / "tok"
     cmd = [sys.executable, "-m", "tokenizer.train", "--input", str(shared_data / "tinyshakespeare" / "input.txt"),

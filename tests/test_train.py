@@ -1,14 +1,11 @@
 """nano_torch.train and nano_mlx.train end to end on real shards (CPU, a micro model): metrics, checkpoints, samples, exact resume,
-Ctrl-C, the no-argument pipeline, generation. The helpers at the top are shared with the MLX-only and interchange tests
-(memoized, so each backend's reference run happens once per session)."""
-import atexit
+Ctrl-C, the no-argument pipeline, generation. The run helpers (tests/helpers.py) are memoized, so each backend's
+reference run happens once per session."""
 import json
 import math
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,54 +18,11 @@ from nano_core.config import ModelConfig
 from nano_core.recipes import RECIPES
 from nano_core.run import MAX_STEPS_ENV
 
-REPO = Path(__file__).resolve().parents[1]
-MICRO = {"n_layer": 2, "n_head": 2, "n_embd": 64, "seq_len": 64}
-_CACHE: dict = {}
+from helpers import MICRO, REPO, losses, micro_setup, reference_run, train_args, train_main
 
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
 
-def micro_setup(shared_data: Path) -> tuple[Path, Path]:
-    """(shard dir, model config file): FineWeb-Edu jsonl at vocab 512, prepared once per session."""
-    if "setup" not in _CACHE:
-        from nano_core.prepare import prepare
-
-        root = Path(tempfile.mkdtemp(prefix="nano-train-tests-"))
-        atexit.register(shutil.rmtree, root, True)
-        prepare([str(shared_data / "fineweb_edu" / "sample-10BT-281docs.jsonl")], root / "shards", vocab_size=512,
-                val_tokens=32768, progress=False)
-        (root / "micro.json").write_text(json.dumps(MICRO))
-        _CACHE["setup"] = (root / "shards", root / "micro.json")
-    return _CACHE["setup"]
-
-
-def train_args(data: Path, config: Path, out: Path, **over) -> list[str]:
-    opts = {"data": data, "config": config, "out": out, "batch-size": 4, "max-steps": 8, "log-every": 1,
-            "eval-every": 4, "eval-steps": 2, "sample-every": 4, "sample-tokens": 8, "ckpt-every": 4, "keep": 5,
-            "dtype": "fp32", "warmup-steps": 2, "lr": 3e-3, **over}
-    return [x for k, v in opts.items() if v is not None for x in (f"--{k}", str(v))]
-
-
-def train_main(backend: str):
-    if backend == "torch":
-        from nano_torch.train import main
-    else:
-        from nano_mlx.train import main
-    return main
-
-
-def reference_run(backend: str, shared_data: Path) -> Path:
-    """An uninterrupted 8-step run (checkpoints at 4 and 8), once per session and backend."""
-    key = ("run", backend)
-    if key not in _CACHE:
-        data, config = micro_setup(shared_data)
-        out = Path(tempfile.mkdtemp(prefix=f"nano-{backend}-ref-")) / "run"
-        atexit.register(shutil.rmtree, out.parent, True)
-        train_main(backend)(train_args(data, config, out))
-        _CACHE[key] = out
-    return _CACHE[key]
-
-
-def losses(run_dir: Path, key: str = "train_loss") -> dict[int, float]:
-    return {r["step"]: r[key] for r in metrics.read_metrics(run_dir) if key in r}
+_CACHE: dict = {}  # the no-argument runs' data cache, one per session
 
 
 def check_short_run(run: Path, backend: str):

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 
 from nano_core import checkpoint as ck
-from test_train import losses, micro_setup, reference_run, train_args, train_main
+from helpers import losses, micro_setup, reference_run, train_args, train_main
+
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
+
 
 def test_bf16_trains_with_fp32_masters_close_to_fp32(shared_data, tmp_path):
     data, config = micro_setup(shared_data)
