@@ -152,3 +152,26 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+EXPORT_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
+
+
+def shakespeare_tokenizer(shared_data: Path, vocab_size: int):
+    """A small BPE trained on TinyShakespeare's first 200k characters: the export tests' tokenizer."""
+    from tokenizer import BPETokenizer
+
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000]
+    return BPETokenizer.train([text], vocab_size=vocab_size, progress=False, num_workers=1)
+
+
+def torch_logits(cfg, weights, ids) -> np.ndarray:
+    """nano's PyTorch logits (fp32, CPU) for one row of token ids: the reference the export tests compare with."""
+    import torch
+
+    from nano_torch.backend import Backend
+
+    be = Backend(device="cpu", dtype="fp32")
+    model = be.build_model(cfg, weights)
+    with be.inference(model):
+        return model(torch.tensor([ids])).float().numpy()[0]

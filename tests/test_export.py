@@ -12,6 +12,7 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import EXPORT_PROMPT, shakespeare_tokenizer, torch_logits as nano_logits  # noqa: E402
 import torch  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
@@ -22,7 +23,6 @@ from nano_core.export import export_model, main as export_main  # noqa: E402
 from nano_core.generate import generate  # noqa: E402
 from nano_core.init import init_weights  # noqa: E402
 from nano_torch.backend import Backend  # noqa: E402
-from tokenizer import BPETokenizer  # noqa: E402
 
 mx.set_default_device(mx.cpu)
 
@@ -40,13 +40,12 @@ EXPORTS = {  # name -> (config, layout, mlx-lm runs it exactly)
     "llama-mqa-bias": ({**LLAMA, "n_kv_head": 1, "bias": True}, "llama", True),
     "qwen3-qk_norm": ({**LLAMA, "n_kv_head": 2, "qk_norm": True, "tie_embeddings": False}, "qwen3", True),
 }
-PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
+PROMPT = EXPORT_PROMPT
 
 
 @pytest.fixture(scope="module")
 def tok(shared_data):
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000]
-    return BPETokenizer.train([text], vocab_size=V, progress=False, num_workers=1)
+    return shakespeare_tokenizer(shared_data, V)
 
 
 def random_weights(cfg, seed=0, scale=1.0):
@@ -59,13 +58,6 @@ def random_weights(cfg, seed=0, scale=1.0):
         else:
             w[k] = (a * scale).astype(np.float32)
     return w
-
-
-def nano_logits(cfg, w, ids):
-    be = Backend(device="cpu", dtype="fp32")
-    model = be.build_model(cfg, w)
-    with be.inference(model):
-        return model(torch.tensor([ids])).float().numpy()[0]
 
 
 def hf_model(path):

@@ -10,6 +10,7 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import EXPORT_PROMPT, shakespeare_tokenizer, torch_logits as nano_logits  # noqa: E402
 import torch  # noqa: E402
 
 from nano_core import hf  # noqa: E402
@@ -20,7 +21,6 @@ from nano_core.hf_nanochat import NANOCHAT_MLX_FILE  # noqa: E402
 from nano_core.init import init_weights  # noqa: E402
 from nano_core.pretrained import load_init_from  # noqa: E402
 from nano_torch.backend import Backend  # noqa: E402
-from tokenizer import BPETokenizer  # noqa: E402
 
 mx.set_default_device(mx.cpu)
 
@@ -28,13 +28,12 @@ V = 300
 NANOCHAT = dict(vocab_size=V, n_layer=2, n_head=4, n_embd=32, seq_len=32, mlp="relu2", norm="rmsnorm", pos="rope",
                 bias=False, tie_embeddings=False, qk_norm=True, norm_params=False, emb_norm=True, logit_softcap=15.0)
 SHAPES = {"mha": {}, "gqa-theta": dict(n_kv_head=2, rope_theta=500.0, mlp_hidden=48), "mqa": dict(n_kv_head=1)}
-PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
+PROMPT = EXPORT_PROMPT
 
 
 @pytest.fixture(scope="module")
 def tok(shared_data):
-    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000]
-    return BPETokenizer.train([text], vocab_size=V, progress=False, num_workers=1)
+    return shakespeare_tokenizer(shared_data, V)
 
 
 def weights(cfg, seed=0, scale=4.0):
@@ -43,13 +42,6 @@ def weights(cfg, seed=0, scale=4.0):
     w = {k: (a * scale).astype(np.float32) for k, a in init_weights(cfg, seed).items()}
     w["lm_head.weight"] *= 10
     return w
-
-
-def nano_logits(cfg, w, ids):
-    be = Backend(device="cpu", dtype="fp32")
-    model = be.build_model(cfg, w)
-    with be.inference(model):
-        return model(torch.tensor([ids])).float().numpy()[0]
 
 
 def export(cfg, w, tok, out):
