@@ -90,7 +90,7 @@ def autocast(device: str, dtype: str):
 
 def blas_notice() -> str | None:
     """An OpenBLAS preloaded for nano_mlx (LD_PRELOAD) reaches PyTorch's CPU kernels too, and its thread pool
-    competes with PyTorch's on the same cores (see the README's step-speed section). This only prints."""
+    competes with PyTorch's on the same cores (see docs/benchmarks.md). This only prints."""
     lib = preloaded_openblas()
     if lib is None:
         return None

@@ -18,6 +18,8 @@ from nano_core.generate import generate  # noqa: E402
 from nano_torch.backend import Backend  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
+
 mx.set_default_device(mx.cpu)
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 

@@ -243,6 +243,7 @@ def test_install_markers_give_each_kind_of_machine_only_what_has_wheels_there():
     assert cpu and cpu[0].marker.evaluate({"sys_platform": "linux", "platform_machine": "x86_64"})
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("package, framework", [("nano_torch", "torch"), ("nano_mlx", "mlx")])
 def test_a_backend_without_its_framework_says_so_in_one_line(tmp_path, package, framework):
     """An Intel Mac installs neither framework: the training command must say so, not print a traceback."""
@@ -265,6 +266,7 @@ def test_the_missing_framework_line_on_an_intel_mac_names_the_way_out():
 
 
 # ----------------------------------------------------------------------------- the self-check
+@pytest.mark.e2e
 def test_the_mac_self_check_runs_on_this_cpu(tmp_path):
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "mac_check.py"), "--quick", "--out", str(out)],
