@@ -12,8 +12,6 @@ import pytest
 
 pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
 
-lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is in the dev extra: pip install -e '.[dev]'")
-
 ITEMS = 32
 
 
