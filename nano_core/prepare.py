@@ -29,8 +29,10 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -441,7 +443,15 @@ def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_
 
 def _open_out_dir(out: Path) -> dict | None:
     """Create OUT, clear what a killed run left half-written, and return the manifest of a previous run (or None)."""
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():  # mkdir would raise FileExistsError, a traceback in the CLI
+        raise ValueError(f"--out {out} is a file, not a directory; pass a new or existing directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a parent of OUT is a file
+        raise ValueError(f"--out {out}: a part of that path is a file, not a directory; pass another --out") from None
+    except PermissionError:
+        raise ValueError(f"--out {out} cannot be created (permission denied); pass a directory you can write") \
+            from None
     prior = load_manifest(out) if (out / "manifest.json").exists() else None
     for stale in out.glob(".*.tmp"):  # atomic_path temp files (.NAME.XXXX.tmp) of a run killed mid-write
         stale.unlink()
@@ -594,6 +604,10 @@ def main(argv=None):
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="auto", help="tiktoken (fast) or python (same ids)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     args = p.parse_args(argv)
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt here, whatever this process inherited: a command started in the
+    # background by a script (`cmd &`) inherits SIGINT ignored, and Python then leaves it ignored, so a Ctrl-C or
+    # `kill -INT` went unheard and the run finished and exited 0. SIGTERM's default would end it with no word.
+    restore = _interrupt_on_signals()
     try:
         prepare(args.source, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                 shard_tokens=args.shard_tokens, val_tokens=args.val_tokens, num_workers=args.workers,
@@ -604,6 +618,21 @@ def main(argv=None):
         print(f"interrupted: finished shards in {args.out} are kept; rerun the same command to continue",
               file=sys.stderr, flush=True)
         sys.exit(130)
+    finally:
+        restore()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_signals():
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt in this (main) thread; return a function restoring the
+    previous handlers (main(argv) is also called in-process, by tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
 if __name__ == "__main__":
