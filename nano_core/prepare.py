@@ -47,7 +47,7 @@ from tokenizer.base import EOT
 from tokenizer.bpe import check_vocab_size
 from tokenizer.files import _umask, atomic_write
 from tokenizer.pool import worker_pool
-from tokenizer.sources import notice, notices_once, open_sources
+from tokenizer.sources import changed_files, notice, notices_once, open_sources, source_files
 
 MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
 DEFAULT_VOCAB = 8192
@@ -474,6 +474,12 @@ def _check_resumable(prior: dict, out: Path, tok, options: dict) -> None:
     # The tokenizer in OUT was trained on the sources: those must match. The shard sizes must match only while
     # there are usable shards to continue (none yet, or a finished run without training tokens, are redone).
     redo = not prior["shards"] or (prior.get("complete") and _train_tokens(prior) == 0)
+    if not redo and prior.get("source_files") is not None:  # shards of the files as they were: not to be mixed
+        changed = changed_files(prior["source_files"], source_files(options["sources"]))
+        if changed:
+            raise ValueError(f"{out} was prepared from the sources as they were: {len(changed)} of their files "
+                             f"changed since (added, removed or edited; first {changed[0]}); delete {out} to "
+                             "prepare again, or use another --out")
     keys = ("sources", "max_docs") if redo else ("sources", "max_docs", "shard_tokens", "val_tokens")
     changed = [k for k in keys if prior["options"].get(k) != options[k]]
     if changed:
@@ -491,6 +497,7 @@ def _start(out: Path, tok, specs: list[str], src, options: dict) -> dict:
         "shard_version": {"uint16": 1, "uint32": 2}[dtype], "dtype": dtype,
         "tokenizer_hash": tok.hash, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
         "sources": specs, "source_names": [x.name for x in src],
+        "source_files": source_files(specs),  # read before the text: an edit during the run shows as a change
         "options": options, "shards": [], "resume": {"next_doc": 0, "next_offset": 0},
         "total_tokens": 0, "total_documents": 0, "text_bytes": 0, "complete": False,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -507,6 +514,7 @@ def _reset(out: Path, manifest: dict, options: dict) -> dict:
     for key in ("completed", "val_cut"):
         manifest.pop(key, None)
     manifest.update(format_version=MANIFEST_FORMAT, options=options, shards=[], complete=False, total_tokens=0,
+                    source_files=source_files(options["sources"]),
                     total_documents=0, text_bytes=0, resume={"next_doc": 0, "next_offset": 0})
     _write_json(out / "manifest.json", manifest)
     return manifest

@@ -110,3 +110,74 @@ def test_signal_during_prepare_once_shards_exist_is_one_line_and_exit_130(small_
     assert err.strip() == f"interrupted: finished shards in {out} are kept; rerun the same command to continue"
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"] and len(manifest["shards"]) == 3
+
+
+# -- item 1: --source DIR shards are keyed on the files' contents, not only on the path -----------------------------
+
+@pytest.fixture
+def novel_dir(small_text, tmp_path) -> Path:
+    d = tmp_path / "novels"
+    d.mkdir()
+    text = small_text.read_text()
+    (d / "a.txt").write_text(text[:60_000])
+    (d / "b.txt").write_text(text[60_000:])
+    return d
+
+
+def test_editing_adding_or_touching_a_source_file_prepares_the_cache_again(novel_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    from nano_core import run as run_mod
+    from nano_core.cli import TrainConfig
+    from nano_core.data import load_manifest
+
+    monkeypatch.setenv("NANO_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(source=[str(novel_dir)], vocab_size=260)
+    lines: list[str] = []
+
+    def resolve():  # the lines it logs or prints, prepare's own summary aside
+        lines.clear()
+        capsys.readouterr()
+        logged: list[str] = []
+        out = run_mod.resolve_data(config, log=logged.append)
+        lines.extend(line for line in capsys.readouterr().out.splitlines() + logged if line.startswith("data:"))
+        return out, load_manifest(out)["total_tokens"]
+
+    out, tokens = resolve()
+    assert resolve() == (out, tokens) and lines == [f"data: cached shards {out}"]
+    with open(novel_dir / "b.txt", "a") as f:  # an edit: the old code trained on the cached, stale shards
+        f.write("\n\nA NEW SCENE, added after the cache was made.\n" * 50)
+    out2, edited = resolve()
+    assert out2 == out and edited > tokens
+    assert lines[0] == f"data: {novel_dir} changed since the cache was made (1 file): preparing again"
+    (novel_dir / "c.txt").write_text("Another file, and more text in it. " * 200)
+    (novel_dir / "skipped.bin").write_bytes(b"\0" * 100)  # not a file a directory source reads: no change
+    assert resolve()[1] > edited and "(1 file)" in lines[0]
+    assert resolve()[1] > edited and lines == [f"data: cached shards {out}"]
+    os.utime(novel_dir / "a.txt", ns=(1, 1))  # same bytes, another mtime: rebuilt (size and mtime are the key)
+    resolve()
+    assert lines[0].endswith("changed since the cache was made (1 file): preparing again")
+
+
+def test_a_cache_made_before_files_were_recorded_is_prepared_again(novel_dir, tmp_path, monkeypatch):
+    from nano_core.data import drop_stale_cache
+    from nano_core.prepare import prepare
+
+    out = tmp_path / "cache"
+    prepare([novel_dir], out, vocab_size=260, num_workers=1, progress=False)
+    said: list[str] = []
+    assert not drop_stale_cache(out, said.append) and said == [] and out.is_dir()
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["source_files"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert drop_stale_cache(out, said.append) and not out.exists()
+    assert said == [f"data: {out} was made before nano recorded its source files' sizes and times: preparing again"]
+
+
+def test_prepare_refuses_to_continue_or_reuse_shards_of_files_changed_since(novel_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--source", str(novel_dir), "--out", str(out), "--vocab-size", "260", "--workers", "1", "--quiet"]
+    prepare_main(args)
+    capsys.readouterr()
+    (novel_dir / "a.txt").write_text("rewritten")
+    exits_with_one_line(capsys, lambda: prepare_main(args), out, "changed since", novel_dir / "a.txt",
+                        f"delete {out}")
