@@ -2,6 +2,7 @@
 shards, prepare's --out FILE traceback, a Ctrl-C that prepare did not hear, errors naming neither file nor flag,
 and crafted checkpoints that made nano read outside them. Small text, tiny vocabularies, CPU only."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -181,3 +182,183 @@ def test_prepare_refuses_to_continue_or_reuse_shards_of_files_changed_since(nove
     (novel_dir / "a.txt").write_text("rewritten")
     exits_with_one_line(capsys, lambda: prepare_main(args), out, "changed since", novel_dir / "a.txt",
                         f"delete {out}")
+
+
+# -- a tiny checkpoint (nano's init, not trained): enough for generate, eval and crafted-checkpoint tests ----------
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tok260, tmp_path_factory) -> Path:
+    from nano_core import checkpoint as ck
+    from nano_core.config import ModelConfig
+    from nano_core.init import init_weights
+
+    cfg = ModelConfig(vocab_size=260, n_layer=1, n_head=2, n_embd=32, seq_len=32).validate()
+    meta = {"model_config": cfg.to_dict(), "train_config": {}, "loader_state": {}, "backend": "torch"}
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    return ck.save_checkpoint(run, 1, init_weights(cfg, 0), {}, meta, tokenizer_dir=tok260)
+
+
+def generate_main(argv):
+    from nano_torch.generate import main
+    return main(argv)
+
+
+def eval_main(argv):
+    from nano_torch.eval import main
+    return main(argv)
+
+
+# -- item 3: generate streams, says what happens past the context, reports tokens/s, bounds --max-new-tokens ----
+
+def test_generate_streams_each_token_as_it_is_sampled(tiny_ckpt, monkeypatch, capsys):
+    from nano_torch.backend import Backend
+
+    events = []
+    next_logits = Backend.next_logits
+    monkeypatch.setattr(Backend, "next_logits", lambda *a, **k: (events.append("model"), next_logits(*a, **k))[1])
+
+    class Out:
+        def write(self, text):
+            events.append("text")
+        def flush(self):
+            pass
+    monkeypatch.setattr(sys, "stdout", Out())
+    generate_main(["--ckpt", str(tiny_ckpt), "--prompt", "To be", "--max-new-tokens", "12", "--temperature", "1",
+                   "--top-k", "0", "--device", "cpu"])
+    # the old command printed the whole text once, after the last model call
+    assert "text" in events[:events.index("model", 2)], events
+
+
+def test_generate_text_is_the_decoded_sample_past_the_context_with_a_notice_and_a_speed(tiny_ckpt, capsys):
+    from nano_core.generate import generate, load_model
+    from nano_torch.backend import Backend
+
+    argv = ["--ckpt", str(tiny_ckpt), "--prompt", "To be", "--max-new-tokens", "40", "--seed", "3",
+            "--temperature", "1", "--top-k", "0", "--device", "cpu"]
+    generate_main(argv)
+    out, err = capsys.readouterr()
+    backend = Backend(device="cpu", dtype="fp32")
+    model, tok, _ = load_model(backend, tiny_ckpt)
+    ids = generate(backend, model, tok.encode("To be"), 40, 1.0, 0, 1.0, 3, stop_id=tok.eot_id)
+    assert out == "To be" + tok.decode(ids) + "\n"  # streamed piece by piece, the same text as decoded at once
+    lines = err.splitlines()
+    assert any(line.startswith("notice: prompt (") and "exceed the model's context of 32 tokens" in line
+               and "the window slides" in line for line in lines), err
+    assert re.fullmatch(rf"\[{len(ids)} tokens in \d+\.\ds, \d+\.\d tokens/s\]", lines[-1]), err
+    generate_main([*argv[:4], "--max-new-tokens", "8", *argv[6:]])
+    assert "notice" not in capsys.readouterr().err  # within the context: nothing to say
+
+
+@pytest.mark.parametrize("flag,value", [("--max-new-tokens", "1000000000000"), ("--max-new-tokens", "-1"),
+                                        ("--seed", "-1")])
+def test_generate_absurd_numbers_are_one_line_naming_the_flag(tiny_ckpt, capsys, flag, value):
+    exits_with_one_line(capsys, lambda: generate_main(["--ckpt", str(tiny_ckpt), flag, value, "--device", "cpu"]),
+                        flag, value)
+
+
+# -- item 6: errors that name the file or the flag ------------------------------------------------------------------
+
+def test_eval_with_an_empty_wikitext2_names_the_file(tiny_ckpt, tmp_path, capsys):
+    empty = tmp_path / "wiki.test.raw"
+    empty.write_text("\n \n")
+    exits_with_one_line(capsys, lambda: eval_main(["--ckpt", str(tiny_ckpt), "--tasks", "wikitext2", "--wikitext2",
+                                                   str(empty), "--device", "cpu", "--out", str(tmp_path / "r.json")]),
+                        "--wikitext2", empty, "holds no text")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_with_a_binary_hellaswag_names_the_file(tiny_ckpt, tmp_path, capsys):
+    binary = tmp_path / "hellaswag_val.jsonl"
+    binary.write_bytes(bytes(range(128, 256)) * 64)
+    exits_with_one_line(capsys, lambda: eval_main(["--ckpt", str(tiny_ckpt), "--tasks", "hellaswag", "--hellaswag",
+                                                   str(binary), "--device", "cpu", "--out", str(tmp_path / "r.json")]),
+                        "--hellaswag", binary, "not UTF-8")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1e-3"])
+def test_a_learning_rate_that_is_not_a_positive_finite_number_is_refused_naming_the_flag(value):
+    from nano_core.checks import check_train_numbers
+    from nano_core.cli import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"^--lr must be a finite number > 0, got {re.escape(repr(float(value)))}"):
+        check_train_numbers(TrainConfig(lr=float(value)))
+    check_train_numbers(TrainConfig())  # every default passes
+
+
+# -- item 10: crafted checkpoints never make nano read outside them -------------------------------------------------
+
+@pytest.fixture
+def crafted(tiny_ckpt, tmp_path) -> Path:
+    import shutil
+
+    copy = tmp_path / "run" / tiny_ckpt.name
+    shutil.copytree(tiny_ckpt, copy, symlinks=True)
+    (tmp_path / "secret").write_text("not nano's to read")
+    return copy
+
+
+def rewrite_checksums(ckpt: Path, **names):
+    manifest = json.loads((ckpt / "checksums.json").read_text())
+    manifest["files"].update(names)
+    (ckpt / "checksums.json").write_text(json.dumps(manifest))
+
+
+def refused_without_reading_the_secret(ckpt: Path, monkeypatch, *words, tokenizer=True):
+    """Every way in (verify, load and, with `tokenizer`, the tokenizer lookup generate and eval use) refuses in one
+    line; the secret is never opened."""
+    from nano_core import checkpoint as ck
+
+    secret = (ckpt.parent.parent / "secret").resolve()
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(Path(f).resolve() if isinstance(
+        f, (str, os.PathLike)) else f), real_open(f, *a, **k))[1])
+    ck._DIGESTS.clear()
+    for fn in (ck.verify_checkpoint, ck.load_checkpoint) + ((ck.checkpoint_tokenizer_dir,) if tokenizer else ()):
+        with pytest.raises(ck.CheckpointError) as info:
+            fn(ckpt)
+        message = str(info.value)
+        assert "\n" not in message and "refused" in message and all(w in message for w in words), message
+    assert secret not in opened
+
+
+def test_a_checksums_name_that_climbs_out_of_the_checkpoint_is_refused(crafted, monkeypatch):
+    rewrite_checksums(crafted, **{"../../secret": {"size": 18, "sha256": "0" * 64}})
+    refused_without_reading_the_secret(crafted, monkeypatch, "checksums.json names ../../secret",
+                                       "leads outside the checkpoint", tokenizer=False)
+
+
+def test_an_absolute_checksums_name_is_refused(crafted, monkeypatch):
+    rewrite_checksums(crafted, **{str(crafted.parent.parent / "secret"): {"size": 18, "sha256": "0" * 64}})
+    refused_without_reading_the_secret(crafted, monkeypatch, "is not a relative path inside the checkpoint",
+                                       tokenizer=False)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer", "tokenizer/nano_tokenizer.json"])
+def test_a_symlink_out_of_the_checkpoint_is_refused(crafted, monkeypatch, name):
+    target = crafted / name
+    if target.is_dir():
+        import shutil
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    target.symlink_to(crafted.parent.parent / "secret")
+    refused_without_reading_the_secret(crafted, monkeypatch, name, "leads outside the checkpoint")
+
+
+def test_meta_tokenizer_dir_is_never_followed(crafted, tmp_path, tok260, capsys):
+    import shutil
+
+    from nano_core import checkpoint as ck
+
+    shutil.rmtree(crafted / "tokenizer")
+    meta = json.loads((crafted / "meta.json").read_text())
+    meta["tokenizer_dir"] = str(tok260)  # a real tokenizer, outside the checkpoint: the old code loaded it
+    (crafted / "meta.json").write_text(json.dumps(meta))
+    ck._write_manifest(crafted)
+    ck.verify_checkpoint(crafted)  # the checkpoint itself is whole
+    with pytest.raises(ck.CheckpointError, match=rf"carries no tokenizer/ \(meta.json names {re.escape(str(tok260))}"
+                                                 r", outside it, which nano does not read\); copy the tokenizer/"):
+        ck.checkpoint_tokenizer_dir(crafted)
+    exits_with_one_line(capsys, lambda: generate_main(["--ckpt", str(crafted), "--device", "cpu"]),
+                        crafted, "carries no tokenizer/")
