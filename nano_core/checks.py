@@ -39,8 +39,8 @@ def check_number(flag: str, value, low=None, high=None, low_open: bool = False, 
         raise ValueError(f"{flag} must be {must}, got {value!r}" + (f"; {hint}" if hint else ""))
 
 
-# The train command's numeric flags (TrainConfig field -> check_number's range). Integer flags are bounded by
-# argparse's int() already except for sign, which check_config tests; the floats are all here.
+# The train command's numeric flags that check_config does not test yet (TrainConfig field -> check_number's range):
+# every float, the seed and the context length (ModelConfig's own error named `seq_len=0`, not the flag).
 TRAIN_RANGES: dict[str, dict] = {
     "lr": dict(low=0, low_open=True, hint="e.g. --lr 1e-3"),
     "min_lr_frac": dict(low=0, high=1),
@@ -58,6 +58,7 @@ TRAIN_RANGES: dict[str, dict] = {
     "memory_limit": dict(low=0, low_open=True, hint="GB"),
     "dist_timeout": dict(low=0, low_open=True, hint="seconds"),
     "seed": dict(low=0, integer=True),
+    "seq_len": dict(low=1, integer=True, hint="the context length in tokens"),
 }
 
 

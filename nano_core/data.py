@@ -135,9 +135,15 @@ def load_manifest(data_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python -m nano_core.prepare --source ... --out {data_dir}`")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not text (overwritten or damaged); delete it and re-run prepare") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); delete it and re-run prepare") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: holds a {type(manifest).__name__}, not a shard manifest; delete it and re-run "
+                         "prepare")
+    return manifest
 
 
 def default_data_dir(source_name: str, vocab_size: int) -> Path:

@@ -54,6 +54,7 @@ DEFAULT_VOCAB = 8192
 DEFAULT_SHARD_TOKENS = 50_000_000   # 100 MB per uint16 shard: many shards to shuffle, few files to open
 # --val-tokens when not given (auto_val_tokens): 10% of the corpus at ~3.5 bytes/token, within these bounds
 VAL_TOKENS_MIN, VAL_TOKENS_MAX = 16_384, 1_000_000
+MAX_WORKERS = 512                   # --workers above this is a typing slip (each one is a process)
 CHUNK_CHARS = 1 << 20               # text per task sent to a worker: big enough to amortise pickling
 
 
@@ -369,9 +370,27 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
     """
     specs = _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs, vocab_size)
     out = Path(out_dir).expanduser()
-    with notices_once():  # a file read by the tokenizer trainer and again by the encoder is reported once
-        return _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress, max_docs,
-                        encoder, on_shard)
+    made = _first_missing(out)
+    try:
+        with notices_once():  # a file read by the tokenizer trainer and again by the encoder is reported once
+            return _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress,
+                            max_docs, encoder, on_shard)
+    except (ValueError, OSError):
+        # A refusal (a bad --tokenizer, a source that turns out unreadable) leaves no OUT this call created and
+        # never filled: nothing half-made behind a one-line error. Once a manifest exists OUT is kept, as it is
+        # after Ctrl-C: it holds the trained tokenizer that a rerun continues with.
+        if made is not None and out.is_dir() and not (out / "manifest.json").exists():
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory that creating `path` (with its parents) would make, or None if it exists."""
+    if os.path.lexists(path):
+        return None
+    while path.parent != path and not os.path.lexists(path.parent):
+        path = path.parent
+    return path
 
 
 def _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress, max_docs,
@@ -421,23 +440,26 @@ def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_
     specs = [_source_spec(s) for s in sources]
     if not specs:
         raise ValueError("no sources given; pass --source PATH (file, directory, .jsonl, .parquet, builtin, fineweb-edu)")
-    named = {"shard_tokens": shard_tokens, "num_workers": num_workers}
+    named = {"shard_tokens": shard_tokens, "workers": num_workers}
     if val_tokens is not None:
         named["val_tokens"] = val_tokens
     for name, v in named.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
     if shard_tokens >= 2**31:
-        raise ValueError(f"shard-tokens {shard_tokens} exceeds the format's int32 token count; use at most 2**31-1")
+        raise ValueError(f"--shard-tokens {shard_tokens} exceeds the format's int32 token count; use at most 2**31-1")
     if val_tokens is not None and val_tokens >= 2**30:
-        raise ValueError(f"val-tokens {val_tokens} is too big for one shard (val may grow to twice it and a shard "
+        raise ValueError(f"--val-tokens {val_tokens} is too big for one shard (val may grow to twice it and a shard "
                          "holds under 2**31 tokens); use at most 2**30-1")
     if vocab_size is not None:
         check_vocab_size(vocab_size)
     if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
+        raise ValueError(f"--encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
+    if num_workers > MAX_WORKERS:  # a typing slip would fork that many processes
+        raise ValueError(f"--workers {num_workers} is more processes than any machine runs usefully; use at most "
+                         f"{MAX_WORKERS} (default: the number of CPU cores)")
     if max_docs is not None and max_docs < 1:
-        raise ValueError(f"max-docs must be a positive integer, got {max_docs!r}")
+        raise ValueError(f"--max-docs must be a positive integer, got {max_docs!r}")
     return specs
 
 

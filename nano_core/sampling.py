@@ -22,7 +22,7 @@ def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens:
     if not (0 < top_p <= 1):  # also false for NaN
         raise ValueError(f"--top-p must be in (0, 1] (1: off), got {top_p}")
     if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise ValueError(f"--max-new-tokens must be in [0, {MAX_NEW_TOKENS:,}], got {max_new_tokens}")
+        raise ValueError(f"--max-new-tokens must be >= 0 and at most {MAX_NEW_TOKENS:,}, got {max_new_tokens}")
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
