@@ -9,6 +9,7 @@ few subprocess runs prove the real entry points say the same. `-m slow` runs man
 argparse's own refusals (a value of the wrong type) print its usage block before the error line: the usage lines
 are allowed, the error line must still be the only one and name the flag."""
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -141,44 +142,15 @@ def check_refused(main, argv, names, where: Path, mentions=(), may_leave=frozens
 
 
 # -- the commands: their main, a good argv, and their flags with the invalid values they must refuse -------------
-def prepare_main(argv):
-    from nano_core.prepare import main
-    return main(argv)
+def entry(module: str):
+    """The main(argv) of `python -m module`, imported when first called (the backends load only if fuzzed)."""
+    return lambda argv: importlib.import_module(module).main(argv)
 
 
-def tokenizer_main(argv):
-    from tokenizer.train import main
-    return main(argv)
-
-
-def torch_train(argv):
-    from nano_torch.train import main
-    return main(argv)
-
-
-def mlx_train(argv):
-    from nano_mlx.train import main
-    return main(argv)
-
-
-def generate_main(argv):
-    from nano_torch.generate import main
-    return main(argv)
-
-
-def eval_main(argv):
-    from nano_torch.eval import main
-    return main(argv)
-
-
-def export_main(argv):
-    from nano_core.export import main
-    return main(argv)
-
-
-def fuse_main(argv):
-    from nano_core.fuse import main
-    return main(argv)
+prepare_main, tokenizer_main = entry("nano_core.prepare"), entry("tokenizer.train")
+torch_train, mlx_train = entry("nano_torch.train"), entry("nano_mlx.train")
+generate_main, eval_main = entry("nano_torch.generate"), entry("nano_torch.eval")
+export_main, fuse_main = entry("nano_core.export"), entry("nano_core.fuse")
 
 
 PREPARE_FLAGS = {"--vocab-size": bad("pos_int", huge=2**32), "--shard-tokens": bad("pos_int", huge=2**31),
