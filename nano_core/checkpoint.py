@@ -23,6 +23,9 @@ checksums.json (sizes first, then sha256, which costs time on large checkpoints:
 process). Checkpoints written before checksums.json existed load unverified, but their safetensors headers are
 checked against the file sizes (which catches truncation). A bad checkpoint raises CheckpointError, one line;
 `latest_checkpoint` / `resolve_checkpoint` of a run dir skip bad ones, newest first, with one notice per skip.
+Every path read from a checkpoint stays inside it: checksums.json's names, the fixed file names and the entries of
+tokenizer/ must resolve (symlinks followed) under the checkpoint dir, or it is refused; meta.json's tokenizer_dir
+is never followed (a checkpoint without its own tokenizer/ is refused, saying how to give it one).
 
 Notices: functions that may skip or remove something take `notices`: a list (notices are appended), a callable
 (called with each one-line notice, e.g. the loop's `log`), or None (printed to stderr).
@@ -339,7 +342,36 @@ def _sha256(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def _inside(ckpt: Path, rel, what: str) -> Path:
+    """ckpt/rel once it is checked to stay inside the checkpoint: `rel` a relative path whose resolved location
+    (symlinks followed) is the checkpoint dir or under it. A checkpoint is a directory anyone may hand over, and
+    a name in it such as "../../etc/hostname", or a symlink out of it, would make nano open files elsewhere: such
+    a checkpoint is refused (CheckpointError). `what` says where the name came from, for the message."""
+    if not isinstance(rel, str) or not rel or "\0" in rel or Path(rel).is_absolute():
+        raise CheckpointError(ckpt, f"{what} {rel!r} is not a relative path inside the checkpoint; refused "
+                                    f"(a crafted or damaged checkpoint)")
+    root, target = ckpt.resolve(), (ckpt / rel).resolve()
+    if target != root and root not in target.parents:
+        raise CheckpointError(ckpt, f"{what} {rel} leads outside the checkpoint (to {target}); refused (a "
+                                    f"crafted or damaged checkpoint)")
+    return ckpt / rel
+
+
+def _check_contained(ckpt: Path) -> None:
+    """Every fixed name of a checkpoint, and every entry of its tokenizer/ (the tokenizer loader reads them), stays
+    inside it: a symlink out of it refuses the checkpoint."""
+    for name in (META_FILE, MANIFEST_FILE, MODEL_FILE, OPTIM_FILE, TOKENIZER_DIR):
+        if os.path.lexists(ckpt / name):
+            _inside(ckpt, name, name)
+    if (ckpt / TOKENIZER_DIR).is_dir():
+        for dirpath, dirnames, filenames in os.walk(ckpt / TOKENIZER_DIR):  # symlinked dirs are listed, not entered
+            for name in dirnames + filenames:
+                rel = Path(dirpath, name).relative_to(ckpt).as_posix()
+                _inside(ckpt, rel, rel)
+
+
 def _read_json(ckpt: Path, name: str):
+    _inside(ckpt, name, name)
     try:
         return json.loads((ckpt / name).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -379,7 +411,8 @@ def verify_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(path, "is not a directory")
-    manifest = _read_json(path, MANIFEST_FILE) if (path / MANIFEST_FILE).exists() else None
+    _check_contained(path)
+    manifest = _read_json(path, MANIFEST_FILE) if os.path.lexists(path / MANIFEST_FILE) else None
     meta = read_meta(path)
     if manifest is None:
         for name in (MODEL_FILE, OPTIM_FILE):
@@ -391,6 +424,10 @@ def verify_checkpoint(path) -> dict:
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or manifest.get("algorithm") != "sha256" or MODEL_FILE not in files:
         raise CheckpointError(path, f"{MANIFEST_FILE} is not a checksum list this version reads")
+    for rel, want in files.items():  # every name checked before any file is opened
+        _inside(path, rel, f"{MANIFEST_FILE} names")
+        if not isinstance(want, dict):
+            raise CheckpointError(path, f"{MANIFEST_FILE} is not a checksum list this version reads")
     try:
         for rel, want in files.items():
             f = path / rel
@@ -489,7 +526,7 @@ def load_checkpoint(path, notices=None) -> tuple[dict, dict, dict]:
     if it cannot be used."""
     path = resolve_checkpoint(path, notices=notices)
     meta = read_meta(path)
-    try:
+    try:  # resolve_checkpoint verified that both names stay inside the checkpoint
         weights = load_file(str(path / MODEL_FILE))
         optim_state = load_file(str(path / OPTIM_FILE)) if (path / OPTIM_FILE).is_file() else {}
     except (SafetensorError, OSError) as e:
@@ -501,11 +538,15 @@ def load_checkpoint(path, notices=None) -> tuple[dict, dict, dict]:
 
 
 def checkpoint_tokenizer_dir(path) -> Path:
-    """Where the tokenizer of a checkpoint lives: its own copy, else the data dir recorded at training time."""
+    """Where the tokenizer of a checkpoint lives: its own copy, tokenizer/ (checked to stay inside it, symlinks
+    included). meta.json's `tokenizer_dir` (the data's tokenizer when it was trained) is never followed: it is a
+    path out of the checkpoint that anyone who hands one over could point anywhere. A checkpoint without its own
+    copy is refused in one line that says how to give it one."""
     path = Path(path)
+    _check_contained(path)
     if (path / TOKENIZER_DIR).is_dir():
         return path / TOKENIZER_DIR
     recorded = read_meta(path).get("tokenizer_dir")
-    if recorded and Path(recorded).is_dir():
-        return Path(recorded)
-    raise FileNotFoundError(f"checkpoint {path} carries no tokenizer/ and the recorded one ({recorded}) is gone")
+    also = f" (meta.json names {recorded}, outside it, which nano does not read)" if recorded else ""
+    raise CheckpointError(path, f"carries no {TOKENIZER_DIR}/{also}; copy the tokenizer/ directory of the data it "
+                                f"was trained on into it")

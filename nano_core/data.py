@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from tokenizer import load_tokenizer
 from tokenizer.files import atomic_path
+from tokenizer.sources import changed_files, source_files
 
 MAGIC = 20240520
 HEADER_INTS = 256
@@ -133,9 +135,15 @@ def load_manifest(data_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `python -m nano_core.prepare --source ... --out {data_dir}`")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not text (overwritten or damaged); delete it and re-run prepare") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); delete it and re-run prepare") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: holds a {type(manifest).__name__}, not a shard manifest; delete it and re-run "
+                         "prepare")
+    return manifest
 
 
 def default_data_dir(source_name: str, vocab_size: int) -> Path:
@@ -143,6 +151,34 @@ def default_data_dir(source_name: str, vocab_size: int) -> Path:
     root = Path(os.environ.get("NANO_CACHE") or Path.home() / ".cache" / "nano").expanduser()
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(source_name)).strip("-.") or "data"
     return root / "data" / f"{name}-v{vocab_size}"
+
+
+def drop_stale_cache(out, log=print) -> bool:
+    """For a cache of --source shards (a directory nano made, never a --data directory: this deletes it): when the
+    files of its sources changed since it was made (added, removed, or another size or mtime than manifest.json
+    records), say so in one line and remove the cache so that it is prepared again; return whether it did. A cache
+    made before manifests recorded the files is prepared again too (its data cannot be vouched for)."""
+    out = Path(out)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):  # none, or unreadable: the caller prepares or reports it as before
+        return False
+    specs = [str(s) for s in manifest.get("sources", [])]
+    now = source_files(specs)
+    recorded = manifest.get("source_files")
+    if recorded is None:
+        if not now:  # named sources only (builtin, the hub): nothing on disk to compare
+            return False
+        log(f"data: {out} was made before nano recorded its source files' sizes and times: preparing again")
+    else:
+        changed = changed_files(recorded, now)
+        if not changed:
+            return False
+        where = [s for s in specs if any(f == s or f.startswith(s.rstrip(os.sep) + os.sep) for f in changed)]
+        log(f"data: {' + '.join(where or specs)} changed since the cache was made ({len(changed)} "
+            f"file{'s' * (len(changed) != 1)}): preparing again")
+    shutil.rmtree(out)
+    return True
 
 
 def _split_files(data_dir: Path, manifest: dict | None) -> dict[str, list[Path]]:

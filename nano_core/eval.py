@@ -151,6 +151,8 @@ def task_bpb(scorer: Scorer, specs: list[str], data_dir: str | None, stride: int
 def task_wikitext2(scorer: Scorer, path: Path, stride: int, limit: int | None) -> dict:
     """WikiText-2 raw test: token and word perplexity and bits per byte over the whole text as one stream."""
     text = read_text(path)
+    if not text.strip():  # nothing to score: np.concatenate of no windows was the error
+        raise ValueError(f"--wikitext2 {path} holds no text; pass the wiki.test.raw file")
     ids = [scorer.tok.eot_id] + scorer.tok.encode(text)
     nats, targets = score_stream(scorer, ids, stride, limit, desc="wikitext2" if scorer.progress else None)
     figures = stream_figures(scorer, nats, targets)
@@ -164,7 +166,7 @@ def read_hellaswag(path: Path, limit: int | None = None) -> list[dict]:
     """The items of a HellaSwag jsonl (idx, ctx, endings[4], label), checked: a bad line is a one-line error."""
     items = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(_utf8_lines(f, path), 1):
             if limit is not None and len(items) >= limit:
                 break
             if not line.strip():
@@ -185,6 +187,15 @@ def read_hellaswag(path: Path, limit: int | None = None) -> list[dict]:
     if not items:
         raise ValueError(f"{path} holds no HellaSwag items")
     return items
+
+
+def _utf8_lines(f, path: Path):
+    """The lines of a text file; a file that is not UTF-8 (a binary one) is a one-line error naming it."""
+    try:
+        yield from f
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--hellaswag {path} is not UTF-8 text (byte {e.start} of a read); pass the "
+                         "hellaswag_val.jsonl file") from None
 
 
 def lm_eval_preprocess(text: str) -> str:

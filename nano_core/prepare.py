@@ -29,8 +29,10 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -45,13 +47,14 @@ from tokenizer.base import EOT
 from tokenizer.bpe import check_vocab_size
 from tokenizer.files import _umask, atomic_write
 from tokenizer.pool import worker_pool
-from tokenizer.sources import notice, notices_once, open_sources
+from tokenizer.sources import changed_files, notice, notices_once, open_sources, source_files
 
 MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
 DEFAULT_VOCAB = 8192
 DEFAULT_SHARD_TOKENS = 50_000_000   # 100 MB per uint16 shard: many shards to shuffle, few files to open
 # --val-tokens when not given (auto_val_tokens): 10% of the corpus at ~3.5 bytes/token, within these bounds
 VAL_TOKENS_MIN, VAL_TOKENS_MAX = 16_384, 1_000_000
+MAX_WORKERS = 512                   # --workers above this is a typing slip (each one is a process)
 CHUNK_CHARS = 1 << 20               # text per task sent to a worker: big enough to amortise pickling
 
 
@@ -367,9 +370,27 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
     """
     specs = _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs, vocab_size)
     out = Path(out_dir).expanduser()
-    with notices_once():  # a file read by the tokenizer trainer and again by the encoder is reported once
-        return _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress, max_docs,
-                        encoder, on_shard)
+    made = _first_missing(out)
+    try:
+        with notices_once():  # a file read by the tokenizer trainer and again by the encoder is reported once
+            return _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress,
+                            max_docs, encoder, on_shard)
+    except (ValueError, OSError):
+        # A refusal (a bad --tokenizer, a source that turns out unreadable) leaves no OUT this call created and
+        # never filled: nothing half-made behind a one-line error. Once a manifest exists OUT is kept, as it is
+        # after Ctrl-C: it holds the trained tokenizer that a rerun continues with.
+        if made is not None and out.is_dir() and not (out / "manifest.json").exists():
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory that creating `path` (with its parents) would make, or None if it exists."""
+    if os.path.lexists(path):
+        return None
+    while path.parent != path and not os.path.lexists(path.parent):
+        path = path.parent
+    return path
 
 
 def _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_workers, progress, max_docs,
@@ -419,29 +440,40 @@ def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_
     specs = [_source_spec(s) for s in sources]
     if not specs:
         raise ValueError("no sources given; pass --source PATH (file, directory, .jsonl, .parquet, builtin, fineweb-edu)")
-    named = {"shard_tokens": shard_tokens, "num_workers": num_workers}
+    named = {"shard_tokens": shard_tokens, "workers": num_workers}
     if val_tokens is not None:
         named["val_tokens"] = val_tokens
     for name, v in named.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
     if shard_tokens >= 2**31:
-        raise ValueError(f"shard-tokens {shard_tokens} exceeds the format's int32 token count; use at most 2**31-1")
+        raise ValueError(f"--shard-tokens {shard_tokens} exceeds the format's int32 token count; use at most 2**31-1")
     if val_tokens is not None and val_tokens >= 2**30:
-        raise ValueError(f"val-tokens {val_tokens} is too big for one shard (val may grow to twice it and a shard "
+        raise ValueError(f"--val-tokens {val_tokens} is too big for one shard (val may grow to twice it and a shard "
                          "holds under 2**31 tokens); use at most 2**30-1")
     if vocab_size is not None:
         check_vocab_size(vocab_size)
     if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
+        raise ValueError(f"--encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
+    if num_workers > MAX_WORKERS:  # a typing slip would fork that many processes
+        raise ValueError(f"--workers {num_workers} is more processes than any machine runs usefully; use at most "
+                         f"{MAX_WORKERS} (default: the number of CPU cores)")
     if max_docs is not None and max_docs < 1:
-        raise ValueError(f"max-docs must be a positive integer, got {max_docs!r}")
+        raise ValueError(f"--max-docs must be a positive integer, got {max_docs!r}")
     return specs
 
 
 def _open_out_dir(out: Path) -> dict | None:
     """Create OUT, clear what a killed run left half-written, and return the manifest of a previous run (or None)."""
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():  # mkdir would raise FileExistsError, a traceback in the CLI
+        raise ValueError(f"--out {out} is a file, not a directory; pass a new or existing directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a parent of OUT is a file
+        raise ValueError(f"--out {out}: a part of that path is a file, not a directory; pass another --out") from None
+    except PermissionError:
+        raise ValueError(f"--out {out} cannot be created (permission denied); pass a directory you can write") \
+            from None
     prior = load_manifest(out) if (out / "manifest.json").exists() else None
     for stale in out.glob(".*.tmp"):  # atomic_path temp files (.NAME.XXXX.tmp) of a run killed mid-write
         stale.unlink()
@@ -464,6 +496,12 @@ def _check_resumable(prior: dict, out: Path, tok, options: dict) -> None:
     # The tokenizer in OUT was trained on the sources: those must match. The shard sizes must match only while
     # there are usable shards to continue (none yet, or a finished run without training tokens, are redone).
     redo = not prior["shards"] or (prior.get("complete") and _train_tokens(prior) == 0)
+    if not redo and prior.get("source_files") is not None:  # shards of the files as they were: not to be mixed
+        changed = changed_files(prior["source_files"], source_files(options["sources"]))
+        if changed:
+            raise ValueError(f"{out} was prepared from the sources as they were: {len(changed)} of their files "
+                             f"changed since (added, removed or edited; first {changed[0]}); delete {out} to "
+                             "prepare again, or use another --out")
     keys = ("sources", "max_docs") if redo else ("sources", "max_docs", "shard_tokens", "val_tokens")
     changed = [k for k in keys if prior["options"].get(k) != options[k]]
     if changed:
@@ -481,6 +519,7 @@ def _start(out: Path, tok, specs: list[str], src, options: dict) -> dict:
         "shard_version": {"uint16": 1, "uint32": 2}[dtype], "dtype": dtype,
         "tokenizer_hash": tok.hash, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
         "sources": specs, "source_names": [x.name for x in src],
+        "source_files": source_files(specs),  # read before the text: an edit during the run shows as a change
         "options": options, "shards": [], "resume": {"next_doc": 0, "next_offset": 0},
         "total_tokens": 0, "total_documents": 0, "text_bytes": 0, "complete": False,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -497,6 +536,7 @@ def _reset(out: Path, manifest: dict, options: dict) -> dict:
     for key in ("completed", "val_cut"):
         manifest.pop(key, None)
     manifest.update(format_version=MANIFEST_FORMAT, options=options, shards=[], complete=False, total_tokens=0,
+                    source_files=source_files(options["sources"]),
                     total_documents=0, text_bytes=0, resume={"next_doc": 0, "next_offset": 0})
     _write_json(out / "manifest.json", manifest)
     return manifest
@@ -594,6 +634,10 @@ def main(argv=None):
     p.add_argument("--encoder", choices=sorted(ENCODERS), default="auto", help="tiktoken (fast) or python (same ids)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     args = p.parse_args(argv)
+    # Ctrl-C and SIGTERM raise KeyboardInterrupt here, whatever this process inherited: a command started in the
+    # background by a script (`cmd &`) inherits SIGINT ignored, and Python then leaves it ignored, so a Ctrl-C or
+    # `kill -INT` went unheard and the run finished and exited 0. SIGTERM's default would end it with no word.
+    restore = _interrupt_on_signals()
     try:
         prepare(args.source, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                 shard_tokens=args.shard_tokens, val_tokens=args.val_tokens, num_workers=args.workers,
@@ -604,6 +648,21 @@ def main(argv=None):
         print(f"interrupted: finished shards in {args.out} are kept; rerun the same command to continue",
               file=sys.stderr, flush=True)
         sys.exit(130)
+    finally:
+        restore()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_signals():
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt in this (main) thread; return a function restoring the
+    previous handlers (main(argv) is also called in-process, by tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
 if __name__ == "__main__":

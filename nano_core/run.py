@@ -18,7 +18,7 @@ from pathlib import Path
 from nano_core.checkpoint import checkpoint_tokenizer_dir, code_version, list_checkpoints, read_meta, resolve_checkpoint
 from nano_core.cli import DEFAULT_MAX_STEPS, DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
-from nano_core.data import default_data_dir, load_manifest
+from nano_core.data import default_data_dir, drop_stale_cache, load_manifest
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
 from nano_core.instruct import encode_rows
 from nano_core.lora import LoraConfig
@@ -203,8 +203,8 @@ def _source_cache_dir(specs: list[str], vocab_size: int) -> Path:
 
 def _usable_cache(out: Path) -> bool:
     """A cache entry that prepare finished and that holds training tokens (older versions could mark a single-
-    document corpus complete with none: such an entry is prepared again)."""
-    if not (out / "manifest.json").is_file():
+    document corpus complete with none: such an entry is prepared again), made from its source files as they are."""
+    if drop_stale_cache(out) or not (out / "manifest.json").is_file():
         return False
     manifest = json.loads((out / "manifest.json").read_text())
     return bool(manifest.get("complete", True)) and any(

@@ -9,6 +9,9 @@ import math
 
 import numpy as np
 
+# --max-new-tokens above this is a typing slip, not a sample anyone reads (and it would run for days on a laptop)
+MAX_NEW_TOKENS = 1_000_000
+
 
 def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:
     """One-line errors for settings that would sample nonsense (or silently sample something else)."""
@@ -18,8 +21,8 @@ def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens:
         raise ValueError(f"--top-k must be >= 0 (0: off), got {top_k}")
     if not (0 < top_p <= 1):  # also false for NaN
         raise ValueError(f"--top-p must be in (0, 1] (1: off), got {top_p}")
-    if max_new_tokens < 0:
-        raise ValueError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise ValueError(f"--max-new-tokens must be >= 0 and at most {MAX_NEW_TOKENS:,}, got {max_new_tokens}")
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:

@@ -370,6 +370,26 @@ def _files_in(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_KINDS)
 
 
+def source_files(specs) -> dict[str, list[int]]:
+    """{file: [size in bytes, mtime in ns]} for every file the path specs would read (a directory: its .txt, .md,
+    .jsonl and .parquet files, recursively; a file: itself). Named sources (builtin, the hub) and missing paths have
+    none. What a cache of prepared shards is keyed on: a file edited, added or removed changes it."""
+    files: dict[str, list[int]] = {}
+    for spec in [specs] if isinstance(specs, (str, Path)) else specs:
+        path = Path(str(spec))
+        if not path.exists():
+            continue
+        for f in _files_in(path) if path.is_dir() else [path]:
+            st = f.stat()
+            files[str(f)] = [st.st_size, st.st_mtime_ns]
+    return files
+
+
+def changed_files(recorded: dict, now: dict) -> list[str]:
+    """The files of two source_files() results that differ: added, removed, or of another size or mtime."""
+    return sorted(f for f in recorded.keys() | now.keys() if recorded.get(f) != now.get(f))
+
+
 def open_source(spec: str | Path, max_docs: int | None = None, doc_separator: str | None = None,
                 text_field: str = "text") -> list[Source]:
     """One spec -> its sources (a directory gives one source per file kind found in it)."""

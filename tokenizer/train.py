@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokenizer.sources import open_sources
 from tokenizer.base import EOT
-from tokenizer.bpe import BPETokenizer
+from tokenizer.bpe import BPETokenizer, check_vocab_size
 from tokenizer.char import CharTokenizer
 from tokenizer.io import export_hf, export_tiktoken
 from tokenizer.patterns import PATTERNS
@@ -51,6 +51,32 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+MAX_WORKERS = 512  # --workers above this is a typing slip (each one is a process)
+
+
+def check_args(args) -> None:
+    """One-line errors naming the flag, before any text is read or anything is written: numbers that mean nothing,
+    an --out that is a file, and --input/--val sources that cannot be read (--val was read only after training and
+    saving, so a bad one left a saved tokenizer behind an error)."""
+    for flag, value in (("--max-chars", args.max_chars), ("--max-chars-per-doc", args.max_chars_per_doc),
+                        ("--workers", args.workers)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value}")
+    if args.workers > MAX_WORKERS:
+        raise ValueError(f"--workers {args.workers} is more processes than any machine runs usefully; use at most "
+                         f"{MAX_WORKERS}")
+    if not args.char:
+        check_vocab_size(args.vocab_size, len(args.special))
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a directory; pass a new or existing directory")
+    for flag, specs in (("--input", args.input), ("--val", args.val)):
+        if specs:
+            try:
+                open_sources(specs)
+            except (ValueError, FileNotFoundError) as e:
+                raise ValueError(f"{flag}: {e}") from None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     exports = [e for e in args.export.split(",") if e]
@@ -59,6 +85,7 @@ def main(argv=None) -> None:
         sys.exit(f"error: unknown --export {','.join(unknown)}; choose from {','.join(EXPORTS)}")
     out = Path(args.out)
     try:
+        check_args(args)
         t0 = time.perf_counter()
         stats: dict = {}
         if args.char:
