@@ -176,12 +176,12 @@ def test_a_full_disk_at_checkpoint_time_is_one_line_naming_the_path(backend, sha
 
 
 def test_ctrl_c_during_data_preparation_is_one_line_and_exit_130(shared_data, tmp_path, monkeypatch, capsys):
-    from nano_core import run
+    from nano_core import data_cache
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "prepare", interrupted)
+    monkeypatch.setattr(data_cache, "prepare", interrupted)
     monkeypatch.setenv("NANO_CACHE", str(tmp_path / "cache"))
     fails_with(capsys, lambda: train_main("torch")(["--source", str(shared_data / "gutenberg"), "--out",
                                                     str(tmp_path / "out")]),
@@ -190,9 +190,9 @@ def test_ctrl_c_during_data_preparation_is_one_line_and_exit_130(shared_data, tm
 
 # ----------------------------------------------------------------------------- bad input, refused up front
 def test_unusable_out_dirs_are_refused_before_any_data_is_prepared(shared_data, tmp_path, monkeypatch, capsys):
-    from nano_core import run
+    from nano_core import data_cache
 
-    monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("data prepared before --out was checked"))
+    monkeypatch.setattr(data_cache, "prepare", lambda *a, **k: pytest.fail("data prepared before --out was checked"))
     monkeypatch.setenv("NANO_CACHE", str(tmp_path / "cache"))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -220,9 +220,9 @@ def test_config_files_that_are_not_a_json_object_are_one_line_errors(content, wo
 
 
 def test_vocab_sizes_that_cannot_work_are_refused_before_any_data(tmp_path, monkeypatch, capsys):
-    from nano_core import run
+    from nano_core import data_cache
 
-    monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("data prepared with an impossible vocab"))
+    monkeypatch.setattr(data_cache, "prepare", lambda *a, **k: pytest.fail("data prepared with an impossible vocab"))
     for vocab, words in (("0", ">= 257"), ("200", ">= 257"), (str(2**31 + 1), "at most 2**31")):
         fails_with(capsys, lambda: train_main("torch")(["--source", "builtin", "--vocab-size", vocab, "--out",
                                                         str(tmp_path / "run")]), "--vocab-size", words)

@@ -19,7 +19,7 @@ from nano_core import checkpoint as ck
 from nano_core import metrics
 from nano_core.config import ModelConfig
 from nano_core.recipes import RECIPES
-from nano_core.run import MAX_STEPS_ENV
+from nano_core.settings import MAX_STEPS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = {"n_layer": 2, "n_head": 2, "n_embd": 64, "seq_len": 64}
