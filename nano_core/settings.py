@@ -29,9 +29,11 @@ from tokenizer.bpe import check_vocab_size
 # Tests (and impatient people) can shrink the no-argument run without touching the flags' documented defaults.
 MAX_STEPS_ENV = "NANO_DEFAULT_MAX_STEPS"
 # On --resume every setting comes from the checkpoint unless typed again, except these, which belong to the
-# session or the machine (and --device values differ between backends, so a checkpoint can change backend).
+# session or the machine (and --device values differ between backends, so a checkpoint can change backend); a
+# resumed run continues from its checkpoint, never from its starting weights (--init-from) again. An open time
+# budget goes on from the checkpoint's plan (nano_core/plan.py), not from --max-time.
 NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl", "wandb", "max_time", "overwrite",
-               "init_from", "dist_timeout")  # a resumed run continues from its checkpoint, never from its starting weights again
+               "init_from", "dist_timeout")
 # What a resumed run cannot change: its model, its adapters, its data. Typing one of these with another value than
 # the checkpoint holds is an error (the flag would be ignored, yet recorded in the next checkpoint as if it applied).
 MODEL_FLAGS = ("preset", "config", "recipe", "seq_len", "vocab_size")

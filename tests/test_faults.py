@@ -164,12 +164,12 @@ def test_a_fresh_run_into_another_runs_dir_is_refused_unless_overwrite(backend, 
 # ----------------------------------------------------------------------------- I/O faults
 def test_a_full_disk_at_checkpoint_time_is_one_line_naming_the_path(backend, shared_data, tmp_path, monkeypatch,
                                                                     capsys):
-    from nano_core import loop
+    from nano_core import trainer
 
     def no_space(run_dir, step, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(run_dir) / f"ckpt_{step:07d}"))
 
-    monkeypatch.setattr(loop, "save_checkpoint", no_space)
+    monkeypatch.setattr(trainer, "save_checkpoint", no_space)
     data, config = micro_setup(shared_data)
     fails_with(capsys, lambda: train_main(backend)(train_args(data, config, tmp_path / "full", **{
         **QUICK, "max-steps": 2})), "No space left on device", "ckpt_0000002", "--resume latest")
@@ -294,7 +294,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_notice_and_resume_proceeds(b
 
 
 def test_what_a_second_signal_says_depends_on_the_rank_and_the_checkpoints(tmp_path):
-    from nano_core.loop import StoppedAtOnce
+    from nano_core.stopping import StoppedAtOnce
 
     assert StoppedAtOnce(tmp_path, 0, 1).message().endswith(
         "no checkpoint had been written yet: rerun the same command to start again")  # nothing to resume from

@@ -22,7 +22,7 @@ from nano_core import data_cache
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
-from nano_core.loop import summary_line
+from nano_core.report import summary_line
 from tokenizer import files
 
 REPO = Path(__file__).resolve().parents[1]

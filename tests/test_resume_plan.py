@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nano_core import metrics
-from nano_core.loop import startup_line, summary_line
+from nano_core.report import startup_line, summary_line
 from nano_core.settings import check_resume_flags
 
 MICRO = {"n_layer": 1, "n_head": 2, "n_embd": 32, "seq_len": 32}
