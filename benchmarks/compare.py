@@ -7,7 +7,7 @@
 
 What it does, in order:
 1. data: --data DIR, else ../shared/data/fineweb_edu (beside the repository; the builtin text when absent) prepared
-   once into the nano cache, as the training CLI prepares a --source (nano_core.run.resolve_data);
+   once into the nano cache, as the training CLI prepares a --source (nano_core.data_cache.resolve_data);
 2. one numpy init (nano_core.init) loaded into every backend, one list of training batches fed to all of them;
 3. each backend runs in its own worker process (benchmarks/compare_workers.py) the training step of the training
    CLIs, by construction: nano_<framework>.backend.Backend(device, dtype, attn_impl="auto", compile=None -- the
@@ -16,7 +16,7 @@ What it does, in order:
    steps (compilation, allocator warm-up) are excluded from timing; then --repeats chunks of --steps steps,
    alternating the backend order every repeat so machine drift hits all of them. Every step is timed on its own,
    until Backend.sync() returns;
-4. loss parity against the first backend, step by step; val loss and bits per byte (nano_core.loop.evaluate) on
+4. loss parity against the first backend, step by step; val loss and bits per byte (nano_core.trainer.evaluate) on
    val batches of shard 0;
 5. MFU against a measured matmul peak (Backend.measure_peak_flops) and the chip's known peak on Apple GPUs
    (benchmarks/chips.py), with the FLOPs per token of ModelConfig.estimate_flops (tests/test_flops.py checks it
@@ -133,7 +133,7 @@ def train_settings(args, total: int) -> TrainConfig:
 
 def resolve_data(data: str | None, log) -> tuple[Path, str]:
     """(shard dir, what it is): --data as given, else the shared FineWeb-Edu sample (or builtin) prepared once."""
-    from nano_core.run import resolve_data as prepare_or_reuse
+    from nano_core.data_cache import resolve_data as prepare_or_reuse
 
     source = None if data is not None else [str(SHARED_FINEWEB)] if SHARED_FINEWEB.is_file() else ["builtin"]
     path = prepare_or_reuse(SimpleNamespace(data=data, source=source, vocab_size=8192), log)

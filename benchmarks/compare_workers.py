@@ -126,7 +126,7 @@ class Session:
         return dt, self.backend.loss_value(loss)
 
     def evaluate(self, data_dir, batch_size: int, seq_len: int, steps: int, token_bytes) -> dict:
-        from nano_core.loop import evaluate
+        from nano_core.trainer import evaluate
 
         return evaluate(self.backend, self.model, data_dir, batch_size, seq_len, steps, token_bytes)
 

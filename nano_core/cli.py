@@ -1,7 +1,9 @@
 """The run configuration and the command lines of `python -m nano_{mlx,torch}.train` and `... .generate`.
 
 `TrainConfig` is the typed run configuration: one dataclass field per train flag, with its group, help text and
-argparse options in the field's metadata. `build_parser` generates the parser from it, so the flags, the config a
+argparse options in the field's metadata. It is frozen: what the user asked for is never written after parsing
+(the checkpoint's settings on --resume and a recipe's fills make a new one: nano_core/settings.py), and whatever
+nano works out from it lives in the run's plan (nano_core/plan.py). `build_parser` generates the parser from it, so the flags, the config a
 checkpoint records and the loop's settings are the same names by construction, and the two backends cannot drift
 apart: only the `--device` choices differ (mlx: auto|gpu|cpu, torch: auto|mps|cuda|cpu).
 """
@@ -29,7 +31,7 @@ def flag(default, group: str, help: str = "", **argparse_kw):
     return field(default=default, metadata={"group": group, "help": help, **argparse_kw})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a training run. Field name = flag name with '-' for '_'; None = resolved at start-up."""
 

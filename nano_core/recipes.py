@@ -4,7 +4,7 @@ A preset (nano_core/config.py) is a model shape; a recipe is a preset plus the o
 schedule and time budget that go with it. They are chosen by measurement (benchmarks/recipe.py; the results are in
 docs/training.md, what helped and what did not in dev/LOG.md), not by assertion.
 
-How one applies (nano_core/run.py resolve_defaults): `--recipe NAME` picks one; with no model given at all (no
+How one applies (nano_core/settings.py resolve_defaults): `--recipe NAME` picks one; with no model given at all (no
 --preset, --config or --init-from) the device's recipe is the default, so `python -m nano_torch.train` with no
 arguments -- or with nothing but `--max-time 600` and the data -- trains the recipe. A recipe fills only the
 settings the user left at nano's defaults: anything typed wins. `--recipe none` gives nano's plain defaults.

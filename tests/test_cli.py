@@ -4,8 +4,11 @@ import re
 
 import pytest
 
+import dataclasses
+
 from nano_core import cli
-from nano_core import run
+from nano_core import plan as plan_mod
+from nano_core import settings
 from nano_core.recipes import RECIPES
 
 
@@ -65,66 +68,71 @@ def test_resume_takes_checkpoint_settings_unless_typed():
     args, typed = cli.parse_train_args("torch", ["--resume", "latest", "--max-steps", "50"])
     saved = {"lr": 0.01, "max_steps": 20, "seed": 3, "log_every": 1, "out": "elsewhere", "device": "mps",
              "a_flag_of_an_older_version": 1}
-    run.apply_resume_args(args, saved, typed)
-    assert (args.lr, args.max_steps, args.seed, args.log_every) == (0.01, 50, 3, 1)
-    assert (args.out, args.device) == (None, "auto")  # session/machine settings are not taken over
+    resumed = settings.resumed_config(args, saved, typed)
+    assert (resumed.lr, resumed.max_steps, resumed.seed, resumed.log_every) == (0.01, 50, 3, 1)
+    assert (resumed.out, resumed.device) == (None, "auto")  # session/machine settings are not taken over
+    assert (args.lr, args.seed) == (1e-3, 0)  # a new config: the parsed one is never written
 
 
 def test_grad_accum_from_total_batch_tokens():
     args, _ = cli.parse_train_args("mlx", ["--batch-size", "4", "--total-batch-tokens", "4096"])
-    assert run.grad_accum_steps(args, 256) == 4
-    args.total_batch_tokens = 1000
+    assert plan_mod.grad_accum_steps(args.total_batch_tokens, args.batch_size, 256) == (4096, 4)
     with pytest.raises(ValueError, match="multiple"):
-        run.grad_accum_steps(args, 256)
+        plan_mod.grad_accum_steps(1000, args.batch_size, 256)
+
+
+def test_the_parsed_config_cannot_be_written():
+    args, _ = cli.parse_train_args("torch", ["--max-steps", "5"])
+    for name, value in [("max_steps", 300), ("out", "runs/x"), ("total_batch_tokens", 512), ("warmup_steps", 1)]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(args, name, value)
+    assert args.max_steps == 5 and args.out is None
 
 
 def test_device_dependent_defaults_are_the_devices_recipe(monkeypatch):
-    monkeypatch.delenv(run.MAX_STEPS_ENV, raising=False)
+    monkeypatch.delenv(settings.MAX_STEPS_ENV, raising=False)
     args, typed = cli.parse_train_args("torch", [])
-    run.resolve_defaults(args, "cpu", typed)
-    run.default_max_steps(args, "cpu", train_tokens=10_000_000, tokens_per_step=2048)
+    args = settings.resolve_defaults(args, "cpu", typed)
     cpu = RECIPES["cpu-10min"]
     assert (args.recipe, args.preset, args.max_steps, args.max_time) == ("cpu-10min", cpu.preset, None, 600.0)
     assert all(getattr(args, k) == v for k, v in cpu.train.items())
     args, typed = cli.parse_train_args("mlx", [])
-    run.resolve_defaults(args, "gpu", typed)
+    args = settings.resolve_defaults(args, "gpu", typed)
     assert (args.recipe, args.preset, args.max_time) == ("mac-1h", RECIPES["mac-1h"].preset, 3600.0)
     # a preset chosen by hand: nano's plain defaults and step budget, no recipe
     args, typed = cli.parse_train_args("torch", ["--preset", "tiny"])
-    run.resolve_defaults(args, "cpu", typed)
-    run.default_max_steps(args, "cpu", train_tokens=10_000_000, tokens_per_step=2048)
-    assert (args.recipe, args.preset, args.max_steps, args.optimizer) == (None, "tiny", 300, "adamw")
+    args = settings.resolve_defaults(args, "cpu", typed)
+    assert (args.recipe, args.preset, args.max_steps, args.optimizer) == (None, "tiny", None, "adamw")
+    assert plan_mod.default_max_steps("cpu", train_tokens=10_000_000, tokens_per_step=2048) == 300
     args, typed = cli.parse_train_args("torch", ["--recipe", "none"])
-    run.resolve_defaults(args, "cpu", typed)
+    args = settings.resolve_defaults(args, "cpu", typed)
     assert (args.preset, args.optimizer, args.max_time) == ("tiny", "adamw", None)
 
 
 def test_a_recipe_fills_only_what_is_left_at_the_defaults(monkeypatch):
-    monkeypatch.delenv(run.MAX_STEPS_ENV, raising=False)
+    monkeypatch.delenv(settings.MAX_STEPS_ENV, raising=False)
     args, typed = cli.parse_train_args("torch", ["--recipe", "cpu-10min", "--optimizer", "adamw", "--max-time", "60",
                                                  "--lr", "1e-3", "--preset", "small"])
-    run.resolve_defaults(args, "cpu", typed)
-    assert (args.optimizer, args.max_time, args.lr, args.preset) == ("adamw", 60.0, 1e-3, "small")  # typed wins
-    assert args.muon_lr == RECIPES["cpu-10min"].train["muon_lr"]  # the rest comes from the recipe
+    filled = settings.resolve_defaults(args, "cpu", typed)
+    assert (filled.optimizer, filled.max_time, filled.lr, filled.preset) == ("adamw", 60.0, 1e-3, "small")  # typed wins
+    assert filled.muon_lr == RECIPES["cpu-10min"].train["muon_lr"]  # the rest comes from the recipe
+    assert args.muon_lr == cli.TrainConfig().muon_lr  # into a new config: the parsed one is as typed
     args, typed = cli.parse_train_args("torch", ["--max-steps", "40"])
-    run.resolve_defaults(args, "cpu", typed)
+    args = settings.resolve_defaults(args, "cpu", typed)
     assert (args.max_steps, args.max_time) == (40, None)  # a run with a length keeps it
-    monkeypatch.setenv(run.MAX_STEPS_ENV, "2")
+    monkeypatch.setenv(settings.MAX_STEPS_ENV, "2")
     args, typed = cli.parse_train_args("torch", [])
-    run.resolve_defaults(args, "cpu", typed)
+    args = settings.resolve_defaults(args, "cpu", typed)
     assert args.max_time is None  # tests shrink the no-argument run by steps: the budget stays off
     args, typed = cli.parse_train_args("torch", [])
-    run.resolve_defaults(args, "cpu", typed, resuming=True)
+    args = settings.resolve_defaults(args, "cpu", typed, resuming=True)
     assert args.recipe is None and args.preset is None  # a resumed run keeps what its checkpoint recorded
 
 
-def test_the_default_step_budget_never_passes_a_small_corpus_more_than_a_few_times(capsys):
-    args, _ = cli.parse_train_args("torch", [])
-    run.default_max_steps(args, "cpu", train_tokens=76_000, tokens_per_step=2048, log=print)
-    assert args.max_steps == run.DEFAULT_EPOCHS * 76_000 // 2048 and "passes over 76,000" in capsys.readouterr().out
-    typed, _ = cli.parse_train_args("torch", ["--max-steps", "500"])
-    run.default_max_steps(typed, "cpu", train_tokens=76_000, tokens_per_step=2048)
-    assert typed.max_steps == 500  # what the user typed is never capped
+def test_the_default_step_budget_never_passes_a_small_corpus_more_than_a_few_times(monkeypatch, capsys):
+    monkeypatch.delenv(settings.MAX_STEPS_ENV, raising=False)
+    steps = plan_mod.default_max_steps("cpu", train_tokens=76_000, tokens_per_step=2048, log=print)
+    assert steps == plan_mod.DEFAULT_EPOCHS * 76_000 // 2048 and "passes over 76,000" in capsys.readouterr().out
 
 
 def test_attn_impl_auto_picks_eager_for_bf16_on_cpu_and_sdpa_otherwise():
@@ -159,7 +167,7 @@ def test_unknown_preset_and_missing_config_are_refused_before_any_work(tmp_path,
     assert "invalid choice: 'huge'" in capsys.readouterr().err
     args, _ = cli.parse_train_args("mlx", ["--config", str(tmp_path / "missing.json")])
     with pytest.raises(FileNotFoundError, match="missing.json not found"):
-        run.check_config(args)
+        settings.check_config(args)
 
 
 def test_train_config_is_the_parser_one_field_per_flag_with_the_same_defaults():

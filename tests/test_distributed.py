@@ -31,7 +31,8 @@ from nano_core import metrics
 from nano_core.cli import TrainConfig
 from nano_core.data import ShardLoader
 from nano_core.distributed import lost_peer_cause
-from nano_core.run import check_distributed, grad_accum_steps
+from nano_core.plan import grad_accum_steps
+from nano_core.run import check_distributed
 from helpers import make_dir, unique_shards
 from helpers import plain_env
 from helpers import micro_setup, train_args, train_main
@@ -120,7 +121,7 @@ def test_two_processes_give_the_losses_of_one_process_with_twice_the_batch(backe
     assert a[STEPS] < a[1] - 0.2  # and it trains
     meta = json.loads((two / "ckpt_0000010" / "meta.json").read_text())
     assert meta["world_size"] == 2 and meta["tokens_seen"] == STEPS * 8 * 64  # the global batch: 2 x 4 x 64
-    assert meta["train_config"]["total_batch_tokens"] == 512
+    assert meta["plan"]["total_batch_tokens"] == 512  # recorded in the plan: a resume keeps the global batch
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
@@ -297,14 +298,12 @@ def test_loader_state_moves_between_world_sizes_at_the_same_global_position(tmp_
 
 
 def test_the_global_batch_sets_the_accumulation_per_process():
-    config = TrainConfig(batch_size=4, total_batch_tokens=2048)
-    assert grad_accum_steps(config, 64, world_size=1) == 8
-    assert grad_accum_steps(config, 64, world_size=2) == 4
-    assert grad_accum_steps(config, 64, world_size=8) == 1
+    assert grad_accum_steps(2048, 4, 64, world_size=1) == (2048, 8)
+    assert grad_accum_steps(2048, 4, 64, world_size=2) == (2048, 4)
+    assert grad_accum_steps(2048, 4, 64, world_size=8) == (2048, 1)
     with pytest.raises(ValueError, match=r"not a multiple of batch-size x seq-len x 3 processes = 768"):
-        grad_accum_steps(config, 64, world_size=3)
-    default = TrainConfig(batch_size=4)
-    assert grad_accum_steps(default, 64, world_size=2) == 1 and default.total_batch_tokens == 512  # recorded
+        grad_accum_steps(2048, 4, 64, world_size=3)
+    assert grad_accum_steps(None, 4, 64, world_size=2) == (512, 1)  # the default: one micro-batch per process
 
 
 def test_instruction_data_on_several_processes_is_a_one_line_error():

@@ -166,24 +166,24 @@ def test_a_fresh_run_into_another_runs_dir_is_refused_unless_overwrite(backend, 
 # ----------------------------------------------------------------------------- I/O faults
 def test_a_full_disk_at_checkpoint_time_is_one_line_naming_the_path(backend, shared_data, tmp_path, monkeypatch,
                                                                     capsys):
-    from nano_core import loop
+    from nano_core import trainer
 
     def no_space(run_dir, step, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(run_dir) / f"ckpt_{step:07d}"))
 
-    monkeypatch.setattr(loop, "save_checkpoint", no_space)
+    monkeypatch.setattr(trainer, "save_checkpoint", no_space)
     data, config = micro_setup(shared_data)
     fails_with(capsys, lambda: train_main(backend)(train_args(data, config, tmp_path / "full", **{
         **QUICK, "max-steps": 2})), "No space left on device", "ckpt_0000002", "--resume latest")
 
 
 def test_ctrl_c_during_data_preparation_is_one_line_and_exit_130(shared_data, tmp_path, monkeypatch, capsys):
-    from nano_core import run
+    from nano_core import data_cache
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run, "prepare", interrupted)
+    monkeypatch.setattr(data_cache, "prepare", interrupted)
     monkeypatch.setenv("NANO_CACHE", str(tmp_path / "cache"))
     fails_with(capsys, lambda: train_main("torch")(["--source", str(shared_data / "gutenberg"), "--out",
                                                     str(tmp_path / "out")]),
@@ -192,9 +192,9 @@ def test_ctrl_c_during_data_preparation_is_one_line_and_exit_130(shared_data, tm
 
 # ----------------------------------------------------------------------------- bad input, refused up front
 def test_unusable_out_dirs_are_refused_before_any_data_is_prepared(shared_data, tmp_path, monkeypatch, capsys):
-    from nano_core import run
+    from nano_core import data_cache
 
-    monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("data prepared before --out was checked"))
+    monkeypatch.setattr(data_cache, "prepare", lambda *a, **k: pytest.fail("data prepared before --out was checked"))
     monkeypatch.setenv("NANO_CACHE", str(tmp_path / "cache"))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -222,9 +222,9 @@ def test_config_files_that_are_not_a_json_object_are_one_line_errors(content, wo
 
 
 def test_vocab_sizes_that_cannot_work_are_refused_before_any_data(tmp_path, monkeypatch, capsys):
-    from nano_core import run
+    from nano_core import data_cache
 
-    monkeypatch.setattr(run, "prepare", lambda *a, **k: pytest.fail("data prepared with an impossible vocab"))
+    monkeypatch.setattr(data_cache, "prepare", lambda *a, **k: pytest.fail("data prepared with an impossible vocab"))
     for vocab, words in (("0", ">= 257"), ("200", ">= 257"), (str(2**31 + 1), "at most 2**31")):
         fails_with(capsys, lambda: train_main("torch")(["--source", "builtin", "--vocab-size", vocab, "--out",
                                                         str(tmp_path / "run")]), "--vocab-size", words)
@@ -296,7 +296,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_notice_and_resume_proceeds(b
 
 
 def test_what_a_second_signal_says_depends_on_the_rank_and_the_checkpoints(tmp_path):
-    from nano_core.loop import StoppedAtOnce
+    from nano_core.stopping import StoppedAtOnce
 
     assert StoppedAtOnce(tmp_path, 0, 1).message().endswith(
         "no checkpoint had been written yet: rerun the same command to start again")  # nothing to resume from

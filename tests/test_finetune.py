@@ -132,7 +132,7 @@ def test_lora_adapts_a_fineweb_model_to_shakespeare_training_under_5_percent_of_
     """A base pretrained here on FineWeb-edu + Gutenberg, then LoRA (rank 4) on TinyShakespeare: the Shakespeare
     val loss drops clearly below the base model's, while the adapters are < 5% of the parameters."""
     from nano_core.generate import load_model
-    from nano_core.loop import evaluate
+    from nano_core.trainer import evaluate
     from nano_torch.backend import Backend
     from tokenizer import load_tokenizer
 

@@ -17,11 +17,12 @@ import torch
 import torch.utils._foreach_utils as foreach_utils
 from packaging.requirements import Requirement
 
-from nano_core import checkpoint, host, run as run_mod
+from nano_core import checkpoint, host
+from nano_core import data_cache
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
-from nano_core.loop import summary_line
+from nano_core.report import summary_line
 from tokenizer import files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,23 +168,23 @@ def test_the_no_argument_download_holds_the_whole_budget(monkeypatch, tmp_path, 
     """At an M2 Pro's or an M3 Max's rate the hour must not run out of data (20k documents ended the run after
     about 40 or 17 minutes): the download is one pass of the budget at the expected rate."""
     monkeypatch.setenv("NANO_CACHE", str(tmp_path))
-    monkeypatch.setattr(run_mod, "hub_reachable", lambda: True)
+    monkeypatch.setattr(data_cache, "hub_reachable", lambda: True)
     asked = {}
-    monkeypatch.setattr(run_mod, "prepare", lambda **kw: asked.update(kw))
+    monkeypatch.setattr(data_cache, "prepare", lambda **kw: asked.update(kw))
     config = TrainConfig(max_time=3600.0, preset="modern-6x384")
-    cfg = run_mod.resolve_model_config(config, config.vocab_size)
-    peak = rate * cfg.estimate_flops() / run_mod.ASSUMED_MFU  # the peak at which the estimate gives `rate`
-    out = run_mod.resolve_data(config, log=lambda *a: None, peak_flops=lambda: peak)
+    cfg = data_cache.resolve_model_config(config, config.vocab_size)
+    peak = rate * cfg.estimate_flops() / data_cache.ASSUMED_MFU  # the peak at which the estimate gives `rate`
+    out = data_cache.resolve_data(config, log=lambda *a: None, peak_flops=lambda: peak)
     docs = asked["max_docs"]
-    assert docs * run_mod.HUB_TOKENS_PER_DOC >= 3600 * rate
-    assert docs <= run_mod.HUB_MAX_DOCS and docs % run_mod.HUB_DOCS_STEP == 0
+    assert docs * data_cache.HUB_TOKENS_PER_DOC >= 3600 * rate
+    assert docs <= data_cache.HUB_MAX_DOCS and docs % data_cache.HUB_DOCS_STEP == 0
     assert f"fineweb-edu-{docs // 1000}k" in out.name  # a smaller earlier download is not reused for it
 
 
 def test_a_download_without_a_time_budget_keeps_the_small_default():
-    assert run_mod.hub_documents(None, 50_000) == run_mod.HUB_MIN_DOCS
-    assert run_mod.hub_documents(600, 100) == run_mod.HUB_MIN_DOCS
-    assert run_mod.hub_documents(36_000, 1e6) == run_mod.HUB_MAX_DOCS
+    assert data_cache.hub_documents(None, 50_000) == data_cache.HUB_MIN_DOCS
+    assert data_cache.hub_documents(600, 100) == data_cache.HUB_MIN_DOCS
+    assert data_cache.hub_documents(36_000, 1e6) == data_cache.HUB_MAX_DOCS
 
 
 # ----------------------------------------------------------------------------- checkpoints on macOS

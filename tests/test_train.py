@@ -16,7 +16,7 @@ from nano_core import checkpoint as ck
 from nano_core import metrics
 from nano_core.config import ModelConfig
 from nano_core.recipes import RECIPES
-from nano_core.run import MAX_STEPS_ENV
+from nano_core.settings import MAX_STEPS_ENV
 
 from helpers import MICRO, REPO, losses, micro_setup, reference_run, train_args, train_main
 
