@@ -26,7 +26,7 @@ from nano_core.instruct import encode_rows
 from nano_core.lora import LoraConfig
 from nano_core.plan import Plan, make_plan
 from nano_core.pretrained import InitFrom, fit_context, load_init_from, load_lora_base, weights_hash
-from nano_core.rundir import RunLock, check_run_dir, claim_run_dir, default_run_dir
+from nano_core.rundir import LOCK_FILE, RunLock, check_run_dir, claim_run_dir, default_run_dir, undo_start
 from nano_core.settings import check_config, resolve_defaults
 from tokenizer import load_tokenizer
 
@@ -67,12 +67,16 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
     if rank != 0:  # the run dir and its lock are rank 0's; the data is there once rank 0 has passed the barrier
         barrier()
         return _prepare(*args, lock=None)
-    check_run_dir(run_dir)
-    lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
+    made = check_run_dir(run_dir)
+    lock_was_there, lock = (run_dir / LOCK_FILE).exists(), None
     try:
+        lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
         run = _prepare(*args, lock=lock)
     except BaseException:
-        lock.release()
+        if lock is not None:
+            lock.release()
+        if lock is not None or made:  # never another holder's lock: only once ours was taken
+            undo_start(run_dir, made, lock_was_there)
         raise
     barrier()
     return run

@@ -22,11 +22,13 @@ def default_run_dir(backend: str, preset: str | None) -> Path:
     return Path("runs") / f"{backend}-{preset or 'custom'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """--out must be a directory this process can create and write: checked before any data is prepared."""
+def check_run_dir(run_dir: Path) -> list[Path]:
+    """--out must be a directory this process can create and write: checked before any data is prepared. Returns
+    the directories it created, outermost first (undo_start removes them if the start is refused later)."""
     for p in [run_dir, *run_dir.parents]:
         if p.exists() and not p.is_dir():
             raise ValueError(f"--out {run_dir}: {p} is a file, not a directory; choose another --out")
+    made = [p for p in [*reversed(run_dir.parents), run_dir] if not p.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -34,6 +36,16 @@ def check_run_dir(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"--out {run_dir} is not writable ({e.strerror}); choose another --out") from None
+    return made
+
+
+def undo_start(run_dir: Path, made: list[Path], lock_was_there: bool) -> None:
+    """A start refused after the run dir was claimed leaves nothing behind: the directories it created go (all they
+    hold came from this start), or, in a directory that was there before, the lock file it made."""
+    if made:
+        shutil.rmtree(made[0], ignore_errors=True)
+    elif not lock_was_there:
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
 
 
 def claim_run_dir(run_dir: Path, fresh: bool, overwrite: bool, log=print) -> None:

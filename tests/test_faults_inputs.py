@@ -361,3 +361,32 @@ def test_meta_tokenizer_dir_is_never_followed(crafted, tmp_path, tok260, capsys)
         ck.checkpoint_tokenizer_dir(crafted)
     exits_with_one_line(capsys, lambda: generate_main(["--ckpt", str(crafted), "--device", "cpu"]),
                         crafted, "carries no tokenizer/")
+
+
+# -- a refused training start leaves nothing behind (issue 23 item 4) -------------------------------------------------
+def refused_start(tmp_path, out, capfd) -> str:
+    """A train start refused after the run dir is claimed: --data whose manifest.json is random bytes."""
+    from nano_torch.train import main as train_main
+
+    data = tmp_path / "shards"
+    data.mkdir(exist_ok=True)
+    (data / "manifest.json").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SystemExit) as e:
+        train_main(["--data", str(data), "--preset", "tiny", "--out", str(out), "--max-steps", "1", "--dtype",
+                    "fp32", "--device", "cpu"])
+    assert e.value.code not in (0, None)
+    return capfd.readouterr().err + str(e.value.code)  # the line is printed, or is the exit's message
+
+
+def test_a_refused_start_removes_the_run_dir_it_created(tmp_path, capfd):
+    err = refused_start(tmp_path, tmp_path / "new" / "run", capfd)
+    assert "manifest" in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()  # neither the run dir nor the parent this start made
+
+
+def test_a_refused_start_in_an_existing_dir_removes_only_its_lock(tmp_path, capfd):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    refused_start(tmp_path, out, capfd)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
