@@ -31,7 +31,7 @@ from nano_core.cli import TrainConfig, parse_train_args
 from nano_core.data import unigram_entropy
 from nano_core.distributed import agree_to_stop, lost_peer_cause, lost_peer_message, quiet_unless_rank0
 from nano_core.metrics import plot_loss_curve, unigram_val_loss
-from nano_core.report import expected_time, nothing_to_do, startup_line, summary_line
+from nano_core.report import expected_time, next_steps, nothing_to_do, startup_line, summary_line
 from nano_core.run import Run, prepare_run
 from nano_core.schedule import TimeBudget, lr_at
 from nano_core.settings import resolve_resume
@@ -134,6 +134,7 @@ def train(backend, run: Run, log=print) -> Path:
         log(f"interrupted ({stop.requested}): saved {t.save()}; continue with --resume latest --out {plan.run_dir}")
     else:
         log(summary_line(t.step, t.last, val_bar, plan.run_dir))
+        log(next_steps(plan.model_config, plan.run_dir, lora=plan.lora is not None))
     plot_loss_curve(plan.run_dir, entropy, val_bar, title=f"{backend.name} {config.preset or config.config} "
                                                           f"({backend.dtype})")
     t.logger.close()

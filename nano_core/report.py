@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from nano_core.hf import export_layout
 from nano_core.metrics import ASSUMED_MFU, format_count, format_flops
 
 
@@ -63,3 +64,20 @@ def expected_time(steps: int, tokens_per_step: int, flops_per_token: float, peak
     when = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return (f"expect about {when} for {steps:,} steps (an estimate at {ASSUMED_MFU:.0%} of the measured matmul peak; "
             f"the progress bar's ETA is measured)")
+
+
+def next_steps(model_config, run_dir, lora: bool = False) -> str:
+    """What to do with the model once trained: the export command when a stock Hugging Face / mlx-lm layout holds
+    it (and how to run it there), else why not and which presets export."""
+    if lora:
+        return (f"next: merge the adapters with `python -m nano_core.fuse --ckpt {run_dir} --out FUSED`, then export "
+                f"FUSED with `python -m nano_core.export`")
+    name = "exported/" + (str(run_dir).rstrip("/").rsplit("/", 1)[-1] or "model")
+    try:
+        layout = export_layout(model_config)
+    except ValueError as e:
+        return f"export: not possible for this model ({e}); train a nanochat-* preset for a model that leaves nano"
+    return (f"next: `python -m nano_core.export --ckpt {run_dir} --out {name}` ({layout} layout), then "
+            f"`python -m mlx_lm generate --model {name} --prompt \"...\"`, transformers' AutoModelForCausalLM, or "
+            f"`lm_eval --model hf --model_args pretrained={name}` (docs/finetune-export.md)")
+

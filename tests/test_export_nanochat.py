@@ -184,3 +184,14 @@ def test_force_replaces_a_previous_export_and_never_another_directory(tok, tmp_p
         export_model(cfg, weights(cfg), tok, mine, force=True)
     assert sorted(p.name for p in mine.iterdir()) == ["config.json", "model.safetensors", "nano_export.json",
                                                        "thesis.txt"]
+
+
+def test_a_run_ends_with_its_export_command_or_with_why_it_has_none():
+    from nano_core.report import next_steps
+
+    line = next_steps(ModelConfig.from_preset("nanochat-3x192"), "runs/nc")
+    assert line.startswith("next: `python -m nano_core.export --ckpt runs/nc --out exported/nc` (nanochat layout)")
+    line = next_steps(ModelConfig.from_preset("modern-3x192"), "runs/m")
+    assert line.startswith("export: not possible") and "nanochat-3x192" in line
+    assert "nano_core.fuse" in next_steps(ModelConfig.from_preset("nanochat-3x192"), "runs/l", lora=True)
+

@@ -36,10 +36,13 @@ def test_a_short_nanochat_run_exports_to_transformers_and_mlx_lm_with_nanos_logi
     from mlx_lm.sample_utils import make_sampler
     from transformers import AutoModelForCausalLM
     env = {**os.environ, "NANO_CACHE": str(tmp_path / "cache"), "MLX_ENABLE_TF32": "0"}
-    run([f"nano_{backend}.train", "--preset", "nanochat-3x192", "--source",
+    trained = run([f"nano_{backend}.train", "--preset", "nanochat-3x192", "--source",
          str(shared_data / "tinyshakespeare" / "input.txt"), "--vocab-size", "512", "--seq-len", "64",
          "--batch-size", "2", "--max-steps", "4", "--eval-every", "0", "--eval-steps", "1", "--sample-every", "0",
          "--sample-tokens", "4", "--dtype", "fp32", "--out", str(tmp_path / "run")], env)
+    # the run ends with the command that exports it
+    assert f"next: `python -m nano_core.export --ckpt {tmp_path / 'run'} --out exported/run` (nanochat layout)" \
+        in trained.stdout
     out = run(["nano_core.export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")], env).stdout
     assert "as nanochat" in out
 
