@@ -1,6 +1,6 @@
-"""Hugging Face layouts: nano's canonical weights <-> the gpt2 / llama / qwen3 / nanochat / gpt_neox files that transformers and mlx-lm
-load with no custom code. One table per layout serves both directions (export: nano_core/export.py; import:
-`load_pretrained`, what `--init-from DIR` calls). Backend-free (numpy only), like the rest of nano_core.
+"""Hugging Face layouts: nano's canonical weights <-> the gpt2 / llama / qwen3 / nanochat / gpt_neox files that
+transformers and mlx-lm load with no custom code. One table per layout serves both directions (export:
+nano_core/export.py; import: `load_pretrained`, what `--init-from DIR` calls). Backend-free (numpy only), like the rest of nano_core.
 
 Which layout a ModelConfig exports to (`export_layout`):
   gpt2   learned or sinusoidal positions (a sinusoidal table is written as the learned wpe table), LayerNorm with
@@ -17,7 +17,7 @@ written that a loader would run differently, except the activation notices for m
 always run the tanh GELU): exact gelu there is a small difference, relu a wrong model; transformers runs both exactly.
 
 Import (`load_pretrained`) reads config.json + model.safetensors (or shards with model.safetensors.index.json, F32,
-F16, BF16 or F64) of model_type gpt2 / llama / qwen3 / nanochat / gpt_neox, keys with or without the "transformer." / "model." prefix,
+F16, BF16 or F64) of model_type gpt2 / llama / qwen3 / nanochat / gpt_neox, keys with or without the body prefix,
 tied or untied; a tokenizer.json beside them is converted by tokenizer.hf.load_hf_tokenizer and the embedding (and
 head) rows are permuted to nano's token ids.
 """
@@ -55,7 +55,8 @@ TABLES = {"gpt2": (GPT2_TOP, GPT2_BLOCK, "h.{i}."), "llama": (LLAMA_TOP, LLAMA_B
 # what save_pretrained puts on the body; the head's name (never prefixed)
 PREFIXES = {"gpt2": "transformer.", "llama": "model.", "qwen3": "model.", "nanochat": "model.", "gpt_neox": "gpt_neox."}
 HEADS = {"gpt_neox": NEOX_HEAD}
-IGNORED_HF = ("attn.bias", "attn.masked_bias", "attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")  # buffers some writers save; not weights
+# buffers some writers save; not weights
+IGNORED_HF = ("attn.bias", "attn.masked_bias", "attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
 
 
 def mapping(cfg: ModelConfig, layout: str) -> list[tuple[tuple[str, ...], str, str | None]]:
@@ -81,13 +82,13 @@ def mapping(cfg: ModelConfig, layout: str) -> list[tuple[tuple[str, ...], str, s
 
 # ---------------------------------------------------------------------------------------------- which layout
 def _refuse(option: str, nearest: str) -> ValueError:
-    return ValueError(f"cannot export {option}: no gpt2/llama/qwen3/nanochat/gpt_neox form runs it; nearest exportable: "
-                      f"{nearest}")
+    return ValueError(f"cannot export {option}: no gpt2/llama/qwen3/nanochat/gpt_neox form runs it; "
+                      f"nearest exportable: {nearest}")
 
 
 def export_layout(cfg: ModelConfig) -> str:
-    """"gpt2", "llama", "qwen3", "nanochat" or "gpt_neox" for `cfg`; a one-line ValueError naming the option no stock type expresses and the
-    nearest configuration that exports."""
+    """"gpt2", "llama", "qwen3", "nanochat" or "gpt_neox" for `cfg`; a one-line ValueError naming the option no
+    stock type expresses and the nearest configuration that exports."""
     cfg.validate()
     if cfg.arch != "gpt":
         raise _refuse(f"arch={cfg.arch!r} (an RNN)", "arch='gpt' (e.g. --preset tiny: gpt2, or --preset modern: llama)")
@@ -305,7 +306,8 @@ def from_hf(c: dict, tensors: dict[str, np.ndarray]) -> tuple[ModelConfig, dict[
 
 # ---------------------------------------------------------------------------------------------- files
 def load_pretrained(directory, tokenizer: bool = True):
-    """An HF-layout gpt2 / llama / qwen3 / nanochat / gpt_neox directory -> (ModelConfig, weights in nano names, tokenizer or None, notes).
+    """An HF-layout gpt2 / llama / qwen3 / nanochat / gpt_neox directory -> (ModelConfig, weights in nano names,
+    tokenizer or None, notes).
 
     The config comes from config.json (vocab, layers, heads, kv heads, hidden, intermediate, eps, rope_theta,
     n_positions / max_position_embeddings -> seq_len, activation, tying). With tokenizer=True and a tokenizer.json
