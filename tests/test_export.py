@@ -335,7 +335,7 @@ def test_options_no_stock_type_expresses_are_one_line_errors(name, tok, tmp_path
 
 
 @pytest.mark.parametrize("change, words", [
-    (dict(model_type="gpt_neox"), "model_type 'gpt_neox'"),
+    (dict(model_type="gpt_neo"), "model_type 'gpt_neo'"),
     (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}), "rope scaling 'yarn'"),
     (dict(hidden_act="gelu"), "hidden_act 'gelu'"),
     (dict(head_dim=16), "head_dim=16"),
