@@ -22,7 +22,6 @@ load average before and after each run is recorded.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
