@@ -301,6 +301,13 @@ PRESETS: dict[str, dict] = {
     "nanochat-6x384": dict(n_layer=6, n_head=6, n_embd=384, seq_len=512, mlp="relu2", norm="rmsnorm", pos="rope",
                            bias=False, tie_embeddings=False, qk_norm=True, norm_params=False, emb_norm=True,
                            logit_softcap=15.0),
+    # The recipes' models (nano_core/recipes.py; docs/training.md#recipes): the modern-* shapes with a SwiGLU MLP (the
+    # same parameter count: 3 matrices of 8/3 d), which the `qwen3` export layout holds (weighted RMSNorm, weighted
+    # per-head QK-norm, no biases, untied head): transformers and mlx-lm run them as they are.
+    "qwen3-3x192": dict(n_layer=3, n_head=3, n_embd=192, seq_len=256, mlp="swiglu", norm="rmsnorm", pos="rope",
+                        bias=False, tie_embeddings=False, qk_norm=True),
+    "qwen3-6x384": dict(n_layer=6, n_head=6, n_embd=384, seq_len=512, mlp="swiglu", norm="rmsnorm", pos="rope",
+                        bias=False, tie_embeddings=False, qk_norm=True),
     # Llama-style: RoPE, RMSNorm, SwiGLU, GQA, no biases, untied head.
     "modern": dict(n_layer=8, n_head=8, n_kv_head=2, n_embd=512, seq_len=1024, mlp="swiglu", norm="rmsnorm",
                    pos="rope", bias=False, tie_embeddings=False, qk_norm=False),

@@ -1,6 +1,7 @@
-"""Issue 21's "done when", on a short run: `python -m nano_torch.train` / `python -m nano_mlx.train` with
---preset nanochat-3x192 on real text, then `python -m nano_core.export` on the run, gives a directory that
-transformers' AutoModelForCausalLM and mlx_lm.load run with nano's logits (<= 1e-4) and nano's greedy tokens."""
+"""Issue 21's "done when", on a short run: `python -m nano_torch.train` / `python -m nano_mlx.train` with the
+default recipe (no model named) and with --preset nanochat-3x192 on real text, then `python -m nano_core.export` on
+the run, gives a directory that transformers' AutoModelForCausalLM and mlx_lm.load run with nano's logits (<= 1e-4)
+and nano's greedy tokens."""
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import torch  # noqa: E402
 from nano_core.checkpoint import checkpoint_tokenizer_dir, load_checkpoint  # noqa: E402
 from nano_core.config import ModelConfig  # noqa: E402
 from nano_core.generate import generate  # noqa: E402
+from nano_core.recipes import RECIPES  # noqa: E402
+from nano_core.settings import MAX_STEPS_ENV  # noqa: E402
 from nano_torch.backend import Backend  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
@@ -30,25 +33,33 @@ def run(args, env):
     return proc
 
 
+# The no-argument command's model (the device's recipe, shrunk to a few steps by nano_core.settings.MAX_STEPS_ENV
+# and a short context) and the nanochat preset: each must leave nano.
+MODELS = {"default-recipe": ([], "qwen3", RECIPES["cpu-10min"].preset),
+          "nanochat-3x192": (["--preset", "nanochat-3x192"], "nanochat", "nanochat-3x192")}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
-def test_a_short_nanochat_run_exports_to_transformers_and_mlx_lm_with_nanos_logits(backend, shared_data, tmp_path):
+def test_a_short_run_exports_to_transformers_and_mlx_lm_with_nanos_logits(backend, model, shared_data, tmp_path):
     import mlx_lm
     from mlx_lm.sample_utils import make_sampler
     from transformers import AutoModelForCausalLM
-    env = {**os.environ, "NANO_CACHE": str(tmp_path / "cache"), "MLX_ENABLE_TF32": "0"}
-    trained = run([f"nano_{backend}.train", "--preset", "nanochat-3x192", "--source",
+    flags, layout, preset = MODELS[model]
+    env = {**os.environ, "NANO_CACHE": str(tmp_path / "cache"), "MLX_ENABLE_TF32": "0", MAX_STEPS_ENV: "4"}
+    trained = run([f"nano_{backend}.train", *flags, "--source",
          str(shared_data / "tinyshakespeare" / "input.txt"), "--vocab-size", "512", "--seq-len", "64",
-         "--batch-size", "2", "--max-steps", "4", "--eval-every", "0", "--eval-steps", "1", "--sample-every", "0",
+         "--batch-size", "2", "--eval-every", "0", "--eval-steps", "1", "--sample-every", "0",
          "--sample-tokens", "4", "--dtype", "fp32", "--out", str(tmp_path / "run")], env)
     # the run ends with the command that exports it
-    assert f"next: `python -m nano_core.export --ckpt {tmp_path / 'run'} --out exported/run` (nanochat layout)" \
+    assert f"next: `python -m nano_core.export --ckpt {tmp_path / 'run'} --out exported/run` ({layout} layout)" \
         in trained.stdout
     out = run(["nano_core.export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")], env).stdout
-    assert "as nanochat" in out
+    assert f"as {layout}" in out
 
     weights, _, meta = load_checkpoint(tmp_path / "run")
     cfg = ModelConfig.from_dict(meta["model_config"])
-    assert cfg == ModelConfig.from_preset("nanochat-3x192", vocab_size=cfg.vocab_size, seq_len=64)
+    assert cfg == ModelConfig.from_preset(preset, vocab_size=cfg.vocab_size, seq_len=64)
     tok = load_tokenizer(checkpoint_tokenizer_dir(meta["path"]))
     ids = tok.encode(PROMPT)[:32]
     be = Backend(device="cpu", dtype="fp32")
