@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from tokenizer import load_tokenizer
-from tokenizer.files import atomic_path
-from tokenizer.sources import changed_files, source_files
+from nano_io.files import atomic_path
+from nano_io.sources import changed_files, source_files
 
 MAGIC = 20240520
 HEADER_INTS = 256
@@ -56,7 +56,7 @@ def shard_dtype(vocab_size: int) -> str:
 # one shard: write, read, validate
 
 def write_shard(path, tokens, dtype: str | None = None) -> Path:
-    """Write `tokens` as one shard at `path`, atomically (tokenizer.files.atomic_path: temp file, fsync, rename).
+    """Write `tokens` as one shard at `path`, atomically (nano_io.files.atomic_path: temp file, fsync, rename).
 
     dtype "uint16"/"uint32" picks the header version; None picks the narrowest that holds max(tokens).
     """

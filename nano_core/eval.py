@@ -46,8 +46,9 @@ from nano_core.checkpoint import resolve_checkpoint
 from nano_core.cli import DEVICES, _HelpFormatter
 from nano_core.data import read_shard
 from nano_core.generate import load_model
-from tokenizer.files import atomic_write
-from tokenizer.sources import open_sources, read_text
+from nano_io.files import atomic_write
+from nano_io.sources import open_sources
+from nano_io.text import read_text
 
 # hellaswag 2: lm-eval's context and acc_norm; version 1's acc_norm (per byte, ctx alone) is acc_per_byte's kind.
 TASK_VERSIONS = {"bpb": 1, "wikitext2": 1, "hellaswag": 2}

@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
@@ -45,9 +44,11 @@ from nano_core.data import load_manifest, shard_dtype, write_shard
 from tokenizer import BPETokenizer, load_tokenizer
 from tokenizer.base import EOT
 from tokenizer.bpe import check_vocab_size
-from tokenizer.files import _umask, atomic_write
-from tokenizer.pool import worker_pool
-from tokenizer.sources import changed_files, notice, notices_once, open_sources, source_files
+from nano_io.dirs import atomic_dir
+from nano_io.files import atomic_write
+from nano_io.pool import worker_pool
+from nano_io.sources import changed_files, open_sources, source_files
+from nano_io.text import notice, notices_once
 
 MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
 DEFAULT_VOCAB = 8192
@@ -168,7 +169,7 @@ def _encoded(chunks, tok_dir: Path, encoder: str, dtype: str, num_workers: int):
         for first, texts in chunks:
             yield first, _encode_chunk(texts)
         return
-    # workers ignore Ctrl-C (tokenizer.pool); leaving the block (also on Ctrl-C or close()) terminates them
+    # workers ignore Ctrl-C (nano_io.pool); leaving the block (also on Ctrl-C or close()) terminates them
     with worker_pool(mp.get_context(), num_workers, _init_worker, (str(tok_dir), encoder, dtype)) as pool:
         pending = deque()
         for first, texts in chunks:
@@ -608,14 +609,11 @@ def _print_summary(out: Path, manifest: dict, done_before: int, encoded_bytes: i
 
 
 def _save_tokenizer(tok, out: Path):
-    """Save to a temp directory, then rename: OUT/tokenizer is either absent or complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the tokenizer is as readable as the shards beside it
-    tok.save(tmp)
+    """Save to a temp directory, then rename (nano_io.dirs.atomic_dir): OUT/tokenizer is either absent or complete.
+    Its temp and set-aside names start with ".tokenizer.", which _open_out_dir clears after a crash."""
     final = out / "tokenizer"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final, prefix=".tokenizer.", aside=out / f".tokenizer.replaced-{os.getpid()}") as tmp:
+        tok.save(tmp)
 
 
 def main(argv=None):

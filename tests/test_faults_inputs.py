@@ -306,13 +306,14 @@ def refused_without_reading_the_secret(ckpt: Path, monkeypatch, *words, tokenize
     """Every way in (verify, load and, with `tokenizer`, the tokenizer lookup generate and eval use) refuses in one
     line; the secret is never opened."""
     from nano_core import checkpoint as ck
+    from nano_core.checkpoint import verify as ck_verify
 
     secret = (ckpt.parent.parent / "secret").resolve()
     opened = []
     real_open = open
     monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(Path(f).resolve() if isinstance(
         f, (str, os.PathLike)) else f), real_open(f, *a, **k))[1])
-    ck._DIGESTS.clear()
+    ck_verify._DIGESTS.clear()
     for fn in (ck.verify_checkpoint, ck.load_checkpoint) + ((ck.checkpoint_tokenizer_dir,) if tokenizer else ()):
         with pytest.raises(ck.CheckpointError) as info:
             fn(ckpt)
@@ -354,7 +355,7 @@ def test_meta_tokenizer_dir_is_never_followed(crafted, tmp_path, tok260, capsys)
     meta = json.loads((crafted / "meta.json").read_text())
     meta["tokenizer_dir"] = str(tok260)  # a real tokenizer, outside the checkpoint: the old code loaded it
     (crafted / "meta.json").write_text(json.dumps(meta))
-    ck._write_manifest(crafted)
+    ck.write_manifest(crafted)
     ck.verify_checkpoint(crafted)  # the checkpoint itself is whole
     with pytest.raises(ck.CheckpointError, match=rf"carries no tokenizer/ \(meta.json names {re.escape(str(tok260))}"
                                                  r", outside it, which nano does not read\); copy the tokenizer/"):

@@ -8,7 +8,7 @@ import pytest
 import nano_core.prepare as prep
 from nano_core.data import ShardLoader, load_manifest, read_shard
 from nano_core.prepare import prepare
-from tokenizer.sources import open_sources
+from nano_io.sources import open_sources
 from tokenizer import BPETokenizer, load_tokenizer
 
 SHARD, VAL = 30_000, 40_000  # small shards so documents straddle shard boundaries
