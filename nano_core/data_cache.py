@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
-from nano_core.data import default_data_dir, drop_stale_cache
+from nano_core.data_dir import default_data_dir, drop_stale_cache
 from nano_core.metrics import ASSUMED_MFU
 from nano_core.prepare import prepare
 from nano_core.settings import read_config_file

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from nano_core.checkpoint import resolve_checkpoint
 from nano_core.cli import DEVICES, _HelpFormatter
-from nano_core.data import read_shard
+from nano_core.shards import read_shard
 from nano_core.generate import load_model
 from nano_io.files import atomic_write
 from nano_io.sources import open_sources

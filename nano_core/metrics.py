@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from nano_core.checkpoint import WriteError, emit
-from nano_core.data import ShardLoader, load_manifest, read_shard
+from nano_core.data import ShardLoader
+from nano_core.data_dir import load_manifest
+from nano_core.shards import read_shard
 from nano_io.files import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.jsonl"

@@ -78,14 +78,15 @@ PARKED_PREPARE = """
     import signal, sys, time
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import nano_core.prepare as p
-    flush = p._Sharder.flush
+    from nano_core.prepare_shards import Sharder
+    flush = Sharder.flush
     def parked(self, *a, **k):
         flush(self, *a, **k)
         if self.index == 3:
             print("parked", file=sys.stderr, flush=True)
             for _ in range(300):  # a signal that is heard ends this at once; an unheard one lets prepare finish
                 time.sleep(0.1)
-    p._Sharder.flush = parked
+    Sharder.flush = parked
     p.main(sys.argv[1:])
 """
 
@@ -128,7 +129,7 @@ def test_editing_adding_or_touching_a_source_file_prepares_the_cache_again(novel
                                                                           capsys):
     from nano_core import run as run_mod
     from nano_core.cli import TrainConfig
-    from nano_core.data import load_manifest
+    from nano_core.data_dir import load_manifest
 
     monkeypatch.setenv("NANO_CACHE", str(tmp_path / "cache"))
     config = TrainConfig(source=[str(novel_dir)], vocab_size=260)
@@ -159,7 +160,7 @@ def test_editing_adding_or_touching_a_source_file_prepares_the_cache_again(novel
 
 
 def test_a_cache_made_before_files_were_recorded_is_prepared_again(novel_dir, tmp_path, monkeypatch):
-    from nano_core.data import drop_stale_cache
+    from nano_core.data_dir import drop_stale_cache
     from nano_core.prepare import prepare
 
     out = tmp_path / "cache"
