@@ -29,7 +29,7 @@ from nano_core.checkpoint import CKPT_RE, META_FILE, checkpoint_tokenizer_dir, e
 from nano_core.config import ModelConfig
 from nano_core.hf import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, describe, to_hf
 from nano_core.hf_nanochat import NANOCHAT_HF_FILE, NANOCHAT_MLX_FILE, hf_names, mlx_name
-from nano_core.instruct import CHAT_TEMPLATE
+from nano_core.instruct_rows import CHAT_TEMPLATE
 from nano_io.dirs import atomic_dir
 from tokenizer.base import EOT
 from tokenizer.bpe import BPETokenizer
@@ -98,7 +98,7 @@ def tokenizer_files(tok, seq_len: int, chat: bool = False) -> tuple[dict, int | 
 def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False, notices=None, source=None,
                  chat: bool = False) -> tuple[Path, str, list[str]]:
     """Write the HF directory OUT for (cfg, weights, tok) atomically; returns (OUT, layout, file names). chat: the
-    model was fine-tuned on nano's instruct template (nano_core/instruct.py), which goes into tokenizer_config.json.
+    model was fine-tuned on nano's instruct template (nano_core/instruct_rows.py), which goes into tokenizer_config.json.
     tok may be None or a character tokenizer (the model is written alone, with a notice). ValueError (one line) for
     a model with no stock form or a refused OUT."""
     out = check_out(out, force, source)
