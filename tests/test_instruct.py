@@ -1,4 +1,4 @@
-"""Instruction data (nano_core/instruct_rows.py, instruct.py): the template, the loss mask, packing, the split, resume, bad rows.
+"""Instruction data (nano_core/instruct_rows.py, instruct.py): template, loss mask, packing, split, resume, bad rows.
 
 Rows are built from real text: TinyShakespeare lines as prompt/completion pairs, and multi-turn messages rows from
 consecutive lines; the tokenizer is a small nano BPE trained here on TinyShakespeare."""
