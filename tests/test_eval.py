@@ -1,6 +1,7 @@
-"""Evaluation (nano_core/eval_tasks.py, eval.py): the scoring proved against independent computations (a plain PyTorch loop, a
-model with known probabilities), sliding windows that score every token once, the two backends agreeing item by
-item, HellaSwag at chance for a random model, the eval CLIs and --eval-tasks during training, and bad input."""
+"""Evaluation (nano_core/eval_tasks.py, eval.py): the scoring proved against independent computations (a plain
+PyTorch loop, a model with known probabilities), sliding windows that score every token once, the two backends
+agreeing item by item, HellaSwag at chance for a random model, the eval CLIs and --eval-tasks during training, and
+bad input."""
 import json
 import math
 from pathlib import Path
