@@ -67,7 +67,6 @@ def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     return np.array(ids, dtype=_DTYPE), np.array(lengths, dtype=np.int64), nbytes
 
 
-
 # main side: the document stream, its chunks, the encoded chunks in order
 
 def interleaved_documents(sources):

@@ -37,6 +37,7 @@ FILE_KINDS = {".txt": "txt", ".md": "txt", ".jsonl": "jsonl", ".parquet": "parqu
 BLANK_LINES = "blank-lines"  # doc_separator value: split on one or more empty lines
 _BLANK_LINES_RE = re.compile(r"\n[ \t]*\n\s*")
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # readers: kind -> function(source, item) yielding documents of one item (a file, the builtin topics, the hub)
 

@@ -16,6 +16,7 @@ from nano_core.checkpoint.layout import (CKPT_RE, MANIFEST_FILE, META_FILE, MODE
 from nano_core.checkpoint.retain import orphaned_temp_dirs
 from nano_core.checkpoint.verify import check_contained, read_meta, verify_checkpoint
 
+
 def latest_checkpoint(run_dir, notices=None) -> Path | None:
     """The newest checkpoint in `run_dir` that verifies, or None. Each newer one that does not is skipped with a
     notice `skipping checkpoint PATH: what is wrong`; temp dirs of interrupted saves are ignored with a notice."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from nano_core.checkpoint.layout import ORPHAN_AGE_S, TMP_RE, CheckpointError, emit, list_checkpoints
 from nano_core.checkpoint.verify import verify_checkpoint
 
+
 def retain(run_dir: Path, keep: int) -> None:
     """Delete every checkpoint older than the `keep`-th newest one that verifies (corrupt ones do not count, so
     good ones are kept in their place); with fewer than `keep` good ones, delete nothing."""

@@ -23,6 +23,7 @@ from nano_core.checkpoint.retain import remove_orphans, retain
 from nano_core.checkpoint.verify import file_sha256
 from nano_io.dirs import atomic_dir
 
+
 def save_checkpoint(run_dir, step: int, model_weights: dict, optim_state: dict, meta: dict, keep: int = 3,
                     tokenizer_dir=None, notices=None) -> Path:
     """Write `run_dir/ckpt_{step:07d}` atomically, then keep only the newest `keep` checkpoints that verify.
