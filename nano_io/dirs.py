@@ -50,7 +50,7 @@ def _replace(tmp: Path, final: Path, aside: Path) -> None:
             final.rmdir()
         else:
             old = aside
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
             os.replace(final, old)
     try:
         os.replace(tmp, final)
@@ -60,7 +60,19 @@ def _replace(tmp: Path, final: Path, aside: Path) -> None:
         raise
     sync_dir(final.parent)  # the rename is durable only once the directory entry is on disk
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete what stands at `path` (a directory tree, or a file or link where a directory was expected), if
+    anything; a set-aside copy that cannot be deleted is left for the caller's clean-up, never an error."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def sync_tree(root) -> None:
