@@ -21,9 +21,10 @@ Backend.inference), wrapped by `Scorer`. Everything else is here:
   <|endoftext|> + context (what `lm_eval --model hf --model_args ...,add_bos_token=True` feeds an export). acc takes
   the highest sum; acc_norm (lm-eval's) the highest sum per character of the ending, the delimiter excluded;
   acc_per_byte (what version 1 called acc_norm) the highest sum per UTF-8 byte of " " + ending. llm.c's HellaSwag
-  divides by tokens: a third figure, not computed here. The 4 endings of an item go in one batch; items are sorted by length into batches so padding stays low. An item longer than the
-  model's context loses tokens from the left of its context, never from its ending (an ending longer than the
-  context itself is scored whole by sliding windows).
+  divides by tokens: a third figure, not computed here. The 4 endings of an item go in one batch; items are sorted
+  by length into batches so padding stays low. An item longer than the model's context loses tokens from the left
+  of its context, never from its ending (an ending longer than the context itself is scored whole by sliding
+  windows).
 Rows of a batch are right-padded: with causal attention padding after a row's end changes none of its losses.
 """
 from __future__ import annotations

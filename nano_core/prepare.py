@@ -233,8 +233,8 @@ def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int
 
     end_doc = resume["next_doc"]  # one past the last document seen: where a rerun would start
     try:
-        for first, (ids, lengths, nbytes) in encoded_chunks(chunks_of(interleaved_documents(src), resume["next_doc"], on_skip),
-                                                     out / "tokenizer", encoder, dtype, num_workers):
+        chunks = chunks_of(interleaved_documents(src), resume["next_doc"], on_skip)
+        for first, (ids, lengths, nbytes) in encoded_chunks(chunks, out / "tokenizer", encoder, dtype, num_workers):
             ends = np.cumsum(lengths)
             for j, piece in enumerate(np.split(ids, ends[:-1])):
                 doc = first + j
