@@ -93,7 +93,8 @@ from compare_report import flops_section, parity, print_summary, stats_ms, write
 from compare_workers import Worker, resolve_backends
 from nano_core.cli import TrainConfig
 from nano_core.config import PRESETS, ModelConfig
-from nano_core.data import ShardLoader, load_manifest
+from nano_core.data import ShardLoader
+from nano_core.data_dir import load_manifest
 from nano_core.host import machine, numpy_blas
 from nano_core.init import init_weights
 from nano_core.schedule import lr_at

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from nano_core.host import cpu_brand, framework_env, installed_openblas
-from tokenizer.files import atomic_path, atomic_write
+from nano_io.files import atomic_path, atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENBLAS = installed_openblas() or "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"

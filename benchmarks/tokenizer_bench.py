@@ -19,7 +19,7 @@ from pathlib import Path
 from harness import ROOT, StepError, last_json, machine, run_child, save_json
 from tokenizer import BPETokenizer, load_tokenizer
 from tokenizer.patterns import GPT4
-from tokenizer.sources import read_text
+from nano_io.text import read_text
 
 DATA = ROOT.parent / "shared" / "data"
 

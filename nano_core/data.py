@@ -1,230 +1,20 @@
-"""Token shards on disk and the memmap loader that feeds training.
+"""The memmap loader that feeds training: (B, T+1) int32 windows from token shards, with an exact-resume state.
 
-Shard format (llm.c's, so shards move between nano, llm.c and modded-nanogpt unchanged):
-
-    header: 256 x int32, little-endian (1024 bytes)
-        [0] magic    20240520
-        [1] version  1 -> tokens are uint16 (vocabularies up to 65,536 ids: 0..65535)
-                     2 -> tokens are uint32 (our variant for bigger vocabularies)
-        [2] number of tokens that follow
-        [3..255] zero
-    tokens: little-endian uint16 or uint32, nothing after them.
-
-llm.c itself writes its 32-bit variant (Llama-3 tokens) with a different magic, 20240801, and version 7; we read
-that header too, so `read_shard` accepts (20240520, 1), (20240520, 2) and (20240801, 7). We write version 2 under
-the usual magic so that one magic number identifies every nano shard.
-
-A prepared directory (see nano_core/prepare.py) holds shard_00000.bin (validation), shard_00001.bin.. (training),
-manifest.json (tokenizer hash, vocab size, documents and tokens per shard) and tokenizer/. Every document is preceded
-by the end-of-text id, so a window that spans two documents sees the separator the model must learn to predict.
-
-The loader is plain numpy (no torch, no mlx): it returns int32 arrays (B, T+1) that either backend wraps.
+Shards are nano_core/shards.py's format; a data directory is found and split by nano_core/data_dir.py. Every
+document is preceded by the end-of-text id, so a window that spans two documents sees the separator the model must
+learn to predict. The loader is plain numpy (no torch, no mlx): it returns int32 arrays that either backend wraps.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from nano_core.data_dir import find_shards
+from nano_core.shards import read_header, read_shard, shard_max_id
 from tokenizer import load_tokenizer
-from tokenizer.files import atomic_path
-from tokenizer.sources import changed_files, source_files
 
-MAGIC = 20240520
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
-# (magic, version) -> token dtype. The last entry is llm.c's Llama-3 header, read but never written.
-HEADER_DTYPES = {
-    (MAGIC, 1): np.dtype("<u2"),
-    (MAGIC, 2): np.dtype("<u4"),
-    (20240801, 7): np.dtype("<u4"),
-}
-VERSION_OF_DTYPE = {"uint16": 1, "uint32": 2}
-UINT16_MAX_VOCAB = 1 << 16  # ids 0..65535 fit in uint16
-
-
-def shard_dtype(vocab_size: int) -> str:
-    """The narrowest token dtype for a vocabulary: uint16 up to 65,536 ids, uint32 above."""
-    return "uint16" if vocab_size <= UINT16_MAX_VOCAB else "uint32"
-
-
-# -----------------------------------------------------------------------------
-# one shard: write, read, validate
-
-def write_shard(path, tokens, dtype: str | None = None) -> Path:
-    """Write `tokens` as one shard at `path`, atomically (tokenizer.files.atomic_path: temp file, fsync, rename).
-
-    dtype "uint16"/"uint32" picks the header version; None picks the narrowest that holds max(tokens).
-    """
-    path = Path(path)
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-        raise ValueError(f"write_shard({path.name}): tokens must be 1-D, got shape {tokens.shape}")
-    if tokens.size and (tokens.min() < 0):
-        raise ValueError(f"write_shard({path.name}): negative token id {int(tokens.min())}")
-    top = int(tokens.max()) if tokens.size else 0
-    dtype = dtype or shard_dtype(top + 1)
-    if dtype not in VERSION_OF_DTYPE:
-        raise ValueError(f"write_shard({path.name}): dtype must be uint16 or uint32, got {dtype!r}")
-    if top >= np.iinfo(dtype).max + 1:
-        raise ValueError(f"write_shard({path.name}): token id {top} does not fit {dtype}; use dtype='uint32'")
-    if tokens.size >= 2**31:
-        raise ValueError(f"write_shard({path.name}): {tokens.size} tokens overflow the int32 count; split the shard")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = MAGIC, VERSION_OF_DTYPE[dtype], tokens.size
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(f"<{np.dtype(dtype).str[1:]}", copy=False).tobytes())
-    return path
-
-
-def read_header(path) -> tuple[np.dtype, int]:
-    """Validate the header and the file size of a shard; return (token dtype, token count). One-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: shard file not found")
-    size = path.stat().st_size
-    if size < HEADER_BYTES:
-        raise ValueError(f"{path}: {size} bytes is shorter than the 1024-byte shard header (truncated or not a shard)")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    magic, version, count = (int(v) for v in header[:3])
-    if magic not in {m for m, _ in HEADER_DTYPES}:
-        raise ValueError(f"{path}: bad magic {magic} (expected {MAGIC}): not an llm.c/nano token shard")
-    dtype = HEADER_DTYPES.get((magic, version))
-    if dtype is None:
-        known = ", ".join(f"{v}" for m, v in HEADER_DTYPES if m == magic)
-        raise ValueError(f"{path}: unsupported shard version {version} (known for magic {magic}: {known})")
-    expected = HEADER_BYTES + count * dtype.itemsize
-    if count < 0 or size != expected:
-        raise ValueError(f"{path}: header says {count} tokens ({expected} bytes) but the file has {size} bytes "
-                         f"({'truncated' if size < expected else 'trailing bytes'}); re-run prepare")
-    return dtype, count
-
-
-def read_shard(path) -> np.memmap:
-    """Memory-map a shard's tokens (uint16 or uint32, read-only) after validating its header."""
-    dtype, count = read_header(path)
-    if count == 0:
-        return np.zeros(0, dtype=dtype)  # np.memmap refuses a zero-length map
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(count,))
-
-
-# max token id per shard, computed once per (file, size, mtime) in this process: a full scan is cheap but not free
-_MAX_ID_CACHE: dict[tuple, int] = {}
-
-
-def shard_max_id(path, tokens=None) -> int:
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _MAX_ID_CACHE:
-        tokens = read_shard(path) if tokens is None else tokens
-        _MAX_ID_CACHE[key] = int(tokens.max()) if len(tokens) else -1
-    return _MAX_ID_CACHE[key]
-
-
-# -----------------------------------------------------------------------------
-# a prepared directory
-
-def load_manifest(data_dir) -> dict:
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `python -m nano_core.prepare --source ... --out {data_dir}`")
-    try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not text (overwritten or damaged); delete it and re-run prepare") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); delete it and re-run prepare") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: holds a {type(manifest).__name__}, not a shard manifest; delete it and re-run "
-                         "prepare")
-    return manifest
-
-
-def default_data_dir(source_name: str, vocab_size: int) -> Path:
-    """Where prepared shards live by default: $NANO_CACHE/data/{name}-v{vocab} ($NANO_CACHE = ~/.cache/nano)."""
-    root = Path(os.environ.get("NANO_CACHE") or Path.home() / ".cache" / "nano").expanduser()
-    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in str(source_name)).strip("-.") or "data"
-    return root / "data" / f"{name}-v{vocab_size}"
-
-
-def drop_stale_cache(out, log=print) -> bool:
-    """For a cache of --source shards (a directory nano made, never a --data directory: this deletes it): when the
-    files of its sources changed since it was made (added, removed, or another size or mtime than manifest.json
-    records), say so in one line and remove the cache so that it is prepared again; return whether it did. A cache
-    made before manifests recorded the files is prepared again too (its data cannot be vouched for)."""
-    out = Path(out)
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):  # none, or unreadable: the caller prepares or reports it as before
-        return False
-    specs = [str(s) for s in manifest.get("sources", [])]
-    now = source_files(specs)
-    recorded = manifest.get("source_files")
-    if recorded is None:
-        if not now:  # named sources only (builtin, the hub): nothing on disk to compare
-            return False
-        log(f"data: {out} was made before nano recorded its source files' sizes and times: preparing again")
-    else:
-        changed = changed_files(recorded, now)
-        if not changed:
-            return False
-        where = [s for s in specs if any(f == s or f.startswith(s.rstrip(os.sep) + os.sep) for f in changed)]
-        log(f"data: {' + '.join(where or specs)} changed since the cache was made ({len(changed)} "
-            f"file{'s' * (len(changed) != 1)}): preparing again")
-    shutil.rmtree(out)
-    return True
-
-
-def _split_files(data_dir: Path, manifest: dict | None) -> dict[str, list[Path]]:
-    """Shard files by split. With a manifest its list is the truth; without one (llm.c/modded-nanogpt output)
-    names containing "val"/"train" decide, and failing that shard 0 is validation (our convention)."""
-    if manifest is not None:
-        splits = {"train": [], "val": []}
-        for s in manifest.get("shards", []):
-            splits[s["split"]].append(data_dir / s["file"])
-        return splits
-    files = sorted(data_dir.glob("*.bin"))
-    named = {"val": [f for f in files if "val" in f.name], "train": [f for f in files if "train" in f.name]}
-    if named["val"] or named["train"]:
-        return named
-    return {"val": files[:1], "train": files[1:]}
-
-
-def _resolve(data, split: str) -> tuple[Path, list[Path], dict | None]:
-    """data is a prepared directory, an llm.c directory, one shard file, or a glob ("dir/fineweb_train_*.bin").
-    A file or a glob is used as given, whatever the split."""
-    text = str(data)
-    if any(c in text for c in "*?["):
-        pattern = Path(text).expanduser()
-        files = sorted(pattern.parent.glob(pattern.name))
-        if not files:
-            raise FileNotFoundError(f"no shard matches {text}")
-        return pattern.parent, files, None
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path.parent, [path], None
-    if not path.is_dir():
-        raise FileNotFoundError(f"data directory {path} not found: run `python -m nano_core.prepare --out {path} ...`")
-    manifest = load_manifest(path) if (path / "manifest.json").is_file() else None
-    if manifest is not None and not manifest.get("complete", True):
-        raise ValueError(f"{path}: prepare did not finish (manifest says incomplete); re-run the same prepare command")
-    files = _split_files(path, manifest)[split]
-    if not files:
-        fix = ("re-run the same `python -m nano_core.prepare` command (it redoes data without training tokens)"
-               if manifest is not None and split == "train" else
-               "shard_00000.bin is validation, shard_00001.bin.. training")
-        raise ValueError(f"{path}: no {split} shards; {fix}")
-    return path, files, manifest
-
-
-# -----------------------------------------------------------------------------
-# the loader
 
 class ShardLoader:
     """Batches of (B, T+1) int32 windows from token shards, with an exact-resume state.
@@ -253,7 +43,7 @@ class ShardLoader:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size} and {seq_len}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-        self.data_dir, self.files, self.manifest = _resolve(data_dir, split)
+        self.data_dir, self.files, self.manifest = find_shards(data_dir, split)
         self.batch_size, self.seq_len, self.split = batch_size, seq_len, split
         self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
         # The vocabulary bound for the id check: the manifest's, else the caller's, else no check (said out loud).
@@ -422,7 +212,7 @@ class ShardLoader:
 def unigram_entropy(data_dir, max_tokens: int | None = None) -> float:
     """Entropy (nats/token) of the unigram distribution of the training shards: the loss a model that ignores
     context would reach, so the first bar a trained model must beat. Counts in chunks to bound memory."""
-    data_dir, files, manifest = _resolve(data_dir, "train")
+    data_dir, files, manifest = find_shards(data_dir, "train")
     counts = np.zeros(int(manifest["vocab_size"]) if manifest else 0, dtype=np.int64)
     seen, chunk = 0, 1 << 24
     for f in files:

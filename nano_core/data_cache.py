@@ -12,11 +12,11 @@ from pathlib import Path
 
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
-from nano_core.data import default_data_dir, drop_stale_cache
+from nano_core.data_dir import default_data_dir, drop_stale_cache
 from nano_core.metrics import ASSUMED_MFU
 from nano_core.prepare import prepare
 from nano_core.settings import read_config_file
-from tokenizer.sources import hub_reachable
+from nano_io.sources import hub_reachable
 
 # The no-argument FineWeb-Edu download is sized for one pass over the time budget at the expected speed (hub_documents):
 # a smaller corpus would end the run early at its DEFAULT_EPOCHS passes (nano_core/plan.py). Bounds: at least

@@ -19,23 +19,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from nano_core.checkpoint import (CKPT_RE, META_FILE, _fsync_dir, _fsync_tree, checkpoint_tokenizer_dir, emit,
-                                  load_checkpoint)
+from nano_core.checkpoint import CKPT_RE, META_FILE, checkpoint_tokenizer_dir, emit, load_checkpoint
 from nano_core.config import ModelConfig
 from nano_core.hf import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, describe, to_hf
 from nano_core.hf_nanochat import NANOCHAT_HF_FILE, NANOCHAT_MLX_FILE, hf_names, mlx_name
-from nano_core.instruct import CHAT_TEMPLATE
+from nano_core.instruct_rows import CHAT_TEMPLATE
+from nano_io.dirs import atomic_dir
 from tokenizer.base import EOT
 from tokenizer.bpe import BPETokenizer
-from tokenizer.files import _umask
 from tokenizer.io import export_hf, load_tokenizer
 
 TOKENIZER_CONFIG, GENERATION_CONFIG, MARKER = "tokenizer_config.json", "generation_config.json", "nano_export.json"
@@ -101,8 +98,8 @@ def tokenizer_files(tok, seq_len: int, chat: bool = False) -> tuple[dict, int | 
 def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False, notices=None, source=None,
                  chat: bool = False) -> tuple[Path, str, list[str]]:
     """Write the HF directory OUT for (cfg, weights, tok) atomically; returns (OUT, layout, file names). chat: the
-    model was fine-tuned on nano's instruct template (nano_core/instruct.py), which goes into tokenizer_config.json.
-    tok may be None or a character tokenizer (the model is written alone, with a notice). ValueError (one line) for
+    model was fine-tuned on nano's instruct template (nano_core/instruct_rows.py), which goes into
+    tokenizer_config.json. tok may be None or a character tokenizer (the model is written alone, with a notice). ValueError (one line) for
     a model with no stock form or a refused OUT."""
     out = check_out(out, force, source)
     eos = None
@@ -126,8 +123,9 @@ def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False,
         emit(notices, n)
     layout = config["model_type"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-{os.getpid()}-", dir=out.parent))
-    try:
+    pid = os.getpid()
+    with atomic_dir(out, prefix=f".{out.name}.export-{pid}-", aside=out.with_name(f".{out.name}.replaced-{pid}")) \
+            as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         files = [CONFIG_FILE] + _write_weights(tmp, layout, tensors)
         if tok is not None:
@@ -139,15 +137,7 @@ def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False,
         (tmp / MARKER).write_text(json.dumps({"written_by": "nano_core.export", "layout": layout, "files": files},
                                              indent=2) + "\n")
         files.append(MARKER)
-        mask = _umask()  # mkdtemp makes 0700 and safetensors 0600: a normal directory follows the user's umask
-        tmp.chmod(0o777 & ~mask)
-        for f in files:
-            (tmp / f).chmod(0o666 & ~mask)
-        _fsync_tree(tmp)
-        _publish(tmp, check_out(out, force, source))  # checked again: OUT may have changed meanwhile
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        check_out(out, force, source)  # checked again before the rename: OUT may have changed meanwhile
     return out, layout, files
 
 
@@ -163,27 +153,6 @@ def _write_weights(tmp: Path, layout: str, tensors: dict) -> list[str]:
     mlx = {mlx_name(k): a for k, a in hf_names(tensors).items()}
     save_file(mlx, str(tmp / NANOCHAT_MLX_FILE), metadata={"format": "mlx"})
     return [INDEX_FILE, NANOCHAT_HF_FILE, NANOCHAT_MLX_FILE]
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out (empty, or allowed by --force) is moved aside first and deleted after."""
-    old = None
-    if out.exists():
-        if not any(out.iterdir()):
-            out.rmdir()
-        else:
-            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    _fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_checkpoint(spec, out, force: bool = False, notices=None) -> str:

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from nano_core.checkpoint import WriteError, emit
-from nano_core.data import ShardLoader, load_manifest, read_shard
-from tokenizer.files import atomic_path, atomic_write
+from nano_core.data import ShardLoader
+from nano_core.data_dir import load_manifest
+from nano_core.shards import read_shard
+from nano_io.files import atomic_path, atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 TASK_PREFIXES = ("hellaswag_", "wikitext2_", "bpb_")  # the --eval-tasks records (nano_core.eval.summary_metrics)

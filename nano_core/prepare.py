@@ -21,287 +21,40 @@ crossing the mark is cut at a token boundary when it would make val over twice t
 document: TinyShakespeare (one document) gives val its first tokens and trains on the rest, with a notice and
 manifest["val_cut"]. An OUT is never marked complete without training tokens. Ctrl-C prints one line and exits 130;
 the same command continues (also after an interrupt during tokenizer training, which simply trains again).
+
+This module holds the command and the run from sources to shards; its parts: prepare_encode.py (the document
+order and the encoding workers), prepare_shards.py (shards and the validation cut), prepare_out.py (OUT, its
+manifest and the rules for continuing it).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
-from collections import deque
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from nano_core.data import load_manifest, shard_dtype, write_shard
+from nano_core.prepare_encode import ENCODERS, chunks_of, encoded_chunks, interleaved_documents
+from nano_core.prepare_out import (check_resumable, finish_manifest, open_out_dir, reset_manifest, start_manifest,
+                                   train_tokens)
+from nano_core.prepare_shards import Sharder
+from nano_io.sources import open_sources
+from nano_io.text import notice, notices_once
 from tokenizer import BPETokenizer, load_tokenizer
 from tokenizer.base import EOT
 from tokenizer.bpe import check_vocab_size
-from tokenizer.files import _umask, atomic_write
-from tokenizer.pool import worker_pool
-from tokenizer.sources import changed_files, notice, notices_once, open_sources, source_files
 
-MANIFEST_FORMAT = 2  # 2: sources interleaved by size (1 read them one after another)
 DEFAULT_VOCAB = 8192
 DEFAULT_SHARD_TOKENS = 50_000_000   # 100 MB per uint16 shard: many shards to shuffle, few files to open
 # --val-tokens when not given (auto_val_tokens): 10% of the corpus at ~3.5 bytes/token, within these bounds
 VAL_TOKENS_MIN, VAL_TOKENS_MAX = 16_384, 1_000_000
 MAX_WORKERS = 512                   # --workers above this is a typing slip (each one is a process)
-CHUNK_CHARS = 1 << 20               # text per task sent to a worker: big enough to amortise pickling
-
-
-def _write_json(path: Path, obj: dict):
-    atomic_write(path, json.dumps(obj, indent=1))
-
-
-# -----------------------------------------------------------------------------
-# worker side: one encoder per process
-
-_ENCODE = None
-_EOT_ID = None
-_DTYPE = None
-
-
-def _init_worker(tok_dir: str, encoder: str, dtype: str):
-    global _ENCODE, _EOT_ID, _DTYPE
-    tok = load_tokenizer(tok_dir)
-    _EOT_ID, _DTYPE = tok.eot_id, dtype
-    _ENCODE = ENCODERS[encoder](tok)
-
-
-def _tiktoken_encoder(tok):
-    try:
-        import tiktoken  # noqa: F401
-    except ImportError:
-        raise ValueError("--encoder tiktoken needs tiktoken (pip install tiktoken); or use --encoder python") from None
-    return tok.to_tiktoken().encode_ordinary  # plain text: "<|endoftext|>" inside a document is not special
-
-
-def _python_encoder(tok):
-    return tok.encode
-
-
-def _auto_encoder(tok):
-    try:
-        import tiktoken  # noqa: F401
-    except ImportError:
-        return _python_encoder(tok)
-    return _tiktoken_encoder(tok) if hasattr(tok, "to_tiktoken") else _python_encoder(tok)
-
-
-ENCODERS = {"auto": _auto_encoder, "tiktoken": _tiktoken_encoder, "python": _python_encoder}
-
-
-def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Encode documents; return (all tokens with EOT before each document, tokens per document, UTF-8 bytes)."""
-    ids, lengths, nbytes = [], [], 0
-    for text in texts:
-        doc = _ENCODE(text)
-        ids.append(_EOT_ID)
-        ids.extend(doc)
-        lengths.append(len(doc) + 1)
-        nbytes += len(text.encode("utf-8", errors="surrogatepass"))
-    return np.array(ids, dtype=_DTYPE), np.array(lengths, dtype=np.int64), nbytes
-
-
-# -----------------------------------------------------------------------------
-# main side
-
-def _documents(sources):
-    """(global document index, text), the sources interleaved in proportion to their sizes; empty documents are
-    dropped (they would be a lone EOT).
-
-    Why interleave: the val shard is the first --val-tokens of this stream. Read source after source, it would hold
-    only the first source (e.g. all of FineWeb-edu and none of the novels that make up most of the training data),
-    and val loss would measure a distribution the model never trained on. Taking the next document from the source
-    that is least far through its bytes makes every prefix - the val shard first - mix the sources as the whole
-    corpus does. The order depends only on the sources' sizes and texts, so a rerun sees the same stream."""
-    streams = [iter(src.documents()) for src in sources]
-    sizes = [max(src.num_bytes(), 1) for src in sources]  # 0 = unknown size (hub): weight it like a small source
-    read = [0] * len(sources)
-    live = list(range(len(sources)))
-    i = 0
-    while live:
-        k = min(live, key=lambda j: read[j] / sizes[j])  # ties go to the earlier source (min keeps the first)
-        text = next(streams[k], None)
-        if text is None:
-            live.remove(k)
-            continue
-        read[k] += len(text)
-        if text:
-            yield i, text
-            i += 1
-
-
-def _chunks(docs, skip: int, on_skip):
-    """Group documents from index `skip` on into lists of about CHUNK_CHARS characters. Documents before `skip`
-    were written by a previous run: they are read (the sources are streams) but only reported to on_skip."""
-    batch, first, size = [], None, 0
-    for i, text in docs:
-        if i < skip:
-            on_skip(text)
-            continue
-        if first is None:
-            first = i
-        batch.append(text)
-        size += len(text)
-        if size >= CHUNK_CHARS:
-            yield first, batch
-            batch, first, size = [], None, 0
-    if batch:
-        yield first, batch
-
-
-def _encoded(chunks, tok_dir: Path, encoder: str, dtype: str, num_workers: int):
-    """Encoded chunks in input order. At most 2*workers chunks in flight, so memory stays bounded on any corpus
-    (Pool.imap would read the whole input ahead)."""
-    if num_workers <= 1:
-        _init_worker(str(tok_dir), encoder, dtype)
-        for first, texts in chunks:
-            yield first, _encode_chunk(texts)
-        return
-    # workers ignore Ctrl-C (tokenizer.pool); leaving the block (also on Ctrl-C or close()) terminates them
-    with worker_pool(mp.get_context(), num_workers, _init_worker, (str(tok_dir), encoder, dtype)) as pool:
-        pending = deque()
-        for first, texts in chunks:
-            pending.append((first, pool.apply_async(_encode_chunk, (texts,))))
-            if len(pending) >= 2 * num_workers:
-                f, r = pending.popleft()
-                yield f, r.get()
-        while pending:
-            f, r = pending.popleft()
-            yield f, r.get()
-
-
-class _Sharder:
-    """Cuts the ordered token stream into shards and records, per shard, where the next one starts.
-
-    The validation shard (index 0) is decided by one rule, a pure function of the token stream (so a resumed run
-    cuts where an uninterrupted one does): val takes whole documents until it holds `val_tokens`; the document
-    that crosses the mark is cut there, at a token boundary (its rest opens the training data), when keeping it
-    whole would make val more than twice `val_tokens` or when it is the last document (kept whole, it would leave
-    nothing to train on - a single-document corpus such as TinyShakespeare). Val is therefore held in memory
-    (at most ~2 x val_tokens) until the document after the crossing one arrives or the stream ends. With
-    `auto_val` and a corpus smaller than val_tokens, val is 10% of the tokens by the same rule.
-    """
-
-    def __init__(self, out: Path, manifest: dict, dtype: str, shard_tokens: int, val_tokens: int, on_shard,
-                 auto_val: bool = False):
-        self.out, self.manifest, self.dtype = out, manifest, dtype
-        self.shard_tokens, self.val_tokens, self.on_shard, self.auto_val = shard_tokens, val_tokens, on_shard, auto_val
-        self.pieces, self.n, self.docs = [], 0, 0
-        self.val_docs: list[tuple[int, np.ndarray]] = []  # (document, tokens) while val is undecided
-        self.pending = False  # val reached val_tokens with a whole document: is it the last one?
-
-    @property
-    def index(self) -> int:
-        return len(self.manifest["shards"])
-
-    def add(self, doc: int, toks: np.ndarray, offset: int):
-        """Tokens of document `doc` from token `offset` on (offset > 0 only for the document a resume starts in)."""
-        if self.index > 0:
-            self._add_train(doc, toks, offset)
-            return
-        assert offset == 0, "val is written before any resume point inside a document"
-        if self.pending:  # the document that filled val is not the last one: val keeps it whole
-            self._cut_val(len(self.val_docs), None)
-            self._add_train(doc, toks, 0)
-            return
-        before = self.n
-        self.val_docs.append((doc, toks))
-        self.n += len(toks)
-        if self.n >= self.val_tokens:
-            if self.n > 2 * self.val_tokens:
-                self._cut_val(len(self.val_docs) - 1, self.val_tokens - before, "long")
-            else:
-                self.pending = True
-
-    def finish(self, end_doc: int) -> None:
-        """The stream ended (end_doc = one past its last document): decide val if still open, flush the rest."""
-        if self.index == 0 and self.val_docs:
-            if self.pending:  # the crossing document is the last: cut it so that something is left to train on
-                last = len(self.val_docs[-1][1])
-                self._cut_val(len(self.val_docs) - 1, self.val_tokens - (self.n - last), "last")
-            elif self.auto_val:  # the whole corpus is smaller than the automatic size: val gets 10% of it
-                target = max(1, self.n // 10)
-                total = 0
-                for k, (_, toks) in enumerate(self.val_docs):
-                    before, total = total, total + len(toks)
-                    if total >= target:
-                        if k + 1 < len(self.val_docs) and total <= 2 * target:
-                            self._cut_val(k + 1, None)
-                        else:
-                            self._cut_val(k, target - before, "small")
-                        break
-        if self.index > 0 and self.n:
-            self.flush(next_doc=end_doc, next_offset=0)
-
-    def _cut_val(self, whole: int, cut: int | None, why: str = ""):
-        """Write val: the first `whole` buffered documents, plus the first `cut` tokens of the next one when cut is
-        given; everything after that goes on to the training shards."""
-        docs, self.val_docs, self.pending = self.val_docs, [], False
-        self.pieces = [t for _, t in docs[:whole]]
-        self.n, self.docs = sum(map(len, self.pieces)), whole
-        if cut is None:
-            self.flush(next_doc=docs[whole][0] if whole < len(docs) else docs[-1][0] + 1, next_offset=0)
-            rest = docs[whole:]
-        else:
-            doc, toks = docs[whole]
-            self.pieces.append(toks[:cut])
-            self.n, self.docs = self.n + cut, self.docs + 1
-            self.manifest["val_cut"] = {"document": doc, "document_tokens": len(toks), "val_tokens": cut,
-                                        "reason": why}
-            notice(("val_cut", str(self.out)), _cut_notice(why, doc, len(toks), cut, self.val_tokens, self.n))
-            self.flush(next_doc=doc, next_offset=cut)
-            self._add_train(doc, toks[cut:], cut)
-            rest = docs[whole + 1:]
-        for doc, toks in rest:
-            self._add_train(doc, toks, 0)
-
-    def _add_train(self, doc: int, toks: np.ndarray, offset: int):
-        while len(toks):
-            starts_here = offset == 0
-            take = toks[:self.shard_tokens - self.n]
-            self.pieces.append(take)
-            self.n += len(take)
-            self.docs += starts_here
-            toks, offset = toks[len(take):], offset + len(take)
-            if self.n == self.shard_tokens:
-                self.flush(next_doc=doc if len(toks) else doc + 1, next_offset=offset if len(toks) else 0)
-
-    def flush(self, next_doc: int, next_offset: int):
-        name = f"shard_{self.index:05d}.bin"
-        write_shard(self.out / name, np.concatenate(self.pieces), dtype=self.dtype)
-        entry = {"file": name, "split": "val" if self.index == 0 else "train", "documents": self.docs,
-                 "tokens": self.n}
-        self.manifest["shards"].append(entry)
-        self.manifest["resume"] = {"next_doc": next_doc, "next_offset": next_offset}
-        self.manifest["total_tokens"] = sum(s["tokens"] for s in self.manifest["shards"])
-        # shard file first, then the manifest that names it: a crash in between leaves a file the manifest does
-        # not list yet, which the rerun simply rewrites with the same bytes
-        _write_json(self.out / "manifest.json", self.manifest)
-        self.pieces, self.n, self.docs = [], 0, 0
-        if self.on_shard is not None:
-            self.on_shard(entry)
-
-
-def _cut_notice(why: str, doc: int, doc_tokens: int, cut: int, val_tokens: int, val: int) -> str:
-    head = {"long": f"document {doc} ({doc_tokens:,} tokens) would make the validation shard over twice "
-                    f"--val-tokens {val_tokens:,}",
-            "last": f"document {doc} ({doc_tokens:,} tokens) is the last one, and kept whole in validation it would "
-                    "leave nothing to train on",
-            "small": f"the corpus is smaller than the automatic --val-tokens {val_tokens:,}, so validation is 10% "
-                     f"of it"}[why]
-    return (f"{head}: validation ends after its first {cut:,} tokens ({val:,} val tokens in all) and the rest of "
-            "it is training data")
 
 
 def _source_spec(s) -> str:
@@ -360,7 +113,7 @@ def prepare(sources, out_dir, tokenizer=None, vocab_size: int | None = None,
     tokenizer: None (train one with `vocab_size`, default 8192), a directory saved by tok.save, or a tokenizer.
     val_tokens: the validation shard's size; None = auto_val_tokens(sources) (a rerun in an OUT that already has
     shards keeps the size it was made with). A source of one document (TinyShakespeare) is cut at a token
-    boundary so that val gets its share and the rest trains (see _Sharder; manifest["val_cut"] records it).
+    boundary so that val gets its share and the rest trains (see Sharder; manifest["val_cut"] records it).
     encoder: "auto" (tiktoken when installed), "tiktoken" or "python" — all give the same ids.
     on_shard: called with each shard's manifest entry once the shard and manifest are on disk.
 
@@ -397,7 +150,7 @@ def _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_wo
              encoder, on_shard) -> dict:
     t0 = time.time()
     src = _open_sources(specs, max_docs)
-    prior = _open_out_dir(out)
+    prior = open_out_dir(out)
     auto_val = val_tokens is None
     if auto_val:  # a run that already wrote shards keeps its size (even one made before the automatic default)
         val_tokens = prior["options"]["val_tokens"] if prior is not None and prior["shards"] else auto_val_tokens(src)
@@ -406,8 +159,8 @@ def _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_wo
                "val_tokens_auto": auto_val,
                "train_vocab_size": (DEFAULT_VOCAB if vocab_size is None else vocab_size) if tokenizer is None else None}
     if prior is not None:
-        _check_resumable(prior, out, tok, options)
-        if prior.get("complete") and _train_tokens(prior) > 0:
+        check_resumable(prior, out, tok, options)
+        if prior.get("complete") and train_tokens(prior) > 0:
             if progress:
                 print(f"{out}: already prepared ({len(prior['shards'])} shards, {prior['total_tokens']:,} tokens)")
             return prior
@@ -416,21 +169,17 @@ def _prepare(specs, out, tokenizer, vocab_size, shard_tokens, val_tokens, num_wo
             notice(("redo", str(out)), f"{out} holds no training tokens (all {prior['total_tokens']:,} went to "
                    "validation, as older versions did with a single-document source); preparing it again")
         if prior.get("complete") or not prior["shards"]:
-            manifest = _reset(out, prior, options)
+            manifest = reset_manifest(out, prior, options)
     else:
-        manifest = _start(out, tok, specs, src, options)
+        manifest = start_manifest(out, tok, specs, src, options)
     ENCODERS[encoder](tok)  # fail here, in one line, rather than inside every worker process
     done_before = len(manifest["shards"])
     t_enc = time.time()
     text_bytes, encoded_bytes = _write_shards(src, out, manifest, encoder, num_workers, on_shard, progress, auto_val)
-    _finish(out, manifest, text_bytes)
+    finish_manifest(out, manifest, text_bytes)
     if progress:
         _print_summary(out, manifest, done_before, encoded_bytes, time.time() - t0, time.time() - t_enc)
     return manifest
-
-
-def _train_tokens(manifest: dict) -> int:
-    return sum(s["tokens"] for s in manifest.get("shards", []) if s["split"] == "train")
 
 
 def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_docs, vocab_size=None) -> list[str]:
@@ -463,92 +212,13 @@ def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_
     return specs
 
 
-def _open_out_dir(out: Path) -> dict | None:
-    """Create OUT, clear what a killed run left half-written, and return the manifest of a previous run (or None)."""
-    if out.exists() and not out.is_dir():  # mkdir would raise FileExistsError, a traceback in the CLI
-        raise ValueError(f"--out {out} is a file, not a directory; pass a new or existing directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):  # a parent of OUT is a file
-        raise ValueError(f"--out {out}: a part of that path is a file, not a directory; pass another --out") from None
-    except PermissionError:
-        raise ValueError(f"--out {out} cannot be created (permission denied); pass a directory you can write") \
-            from None
-    prior = load_manifest(out) if (out / "manifest.json").exists() else None
-    for stale in out.glob(".*.tmp"):  # atomic_path temp files (.NAME.XXXX.tmp) of a run killed mid-write
-        stale.unlink()
-    for stale in out.glob(".tokenizer.*"):  # a tokenizer directory _save_tokenizer had not renamed yet
-        shutil.rmtree(stale, ignore_errors=True)
-    if prior is None and any(out.glob("shard_*.bin")):
-        raise ValueError(f"{out} holds shard files but no manifest.json; delete them or use another --out")
-    return prior
-
-
-def _check_resumable(prior: dict, out: Path, tok, options: dict) -> None:
-    """A previous run in OUT may be continued only with the same tokenizer, sources and shard options."""
-    if prior.get("format_version") != MANIFEST_FORMAT and not prior.get("complete"):
-        raise ValueError(f"{out} holds an unfinished prepare from another nano version (manifest format "
-                         f"{prior.get('format_version')}, this one {MANIFEST_FORMAT}); delete {out} and rerun")
-    if prior["tokenizer_hash"] != tok.hash:
-        raise ValueError(f"{out} already holds shards made with a different tokenizer (hash "
-                         f"{prior['tokenizer_hash'][:12]}, vocab {prior['vocab_size']}; this one {tok.hash[:12]}, "
-                         f"vocab {tok.vocab_size}). Use another --out or delete {out}")
-    # The tokenizer in OUT was trained on the sources: those must match. The shard sizes must match only while
-    # there are usable shards to continue (none yet, or a finished run without training tokens, are redone).
-    redo = not prior["shards"] or (prior.get("complete") and _train_tokens(prior) == 0)
-    if not redo and prior.get("source_files") is not None:  # shards of the files as they were: not to be mixed
-        changed = changed_files(prior["source_files"], source_files(options["sources"]))
-        if changed:
-            raise ValueError(f"{out} was prepared from the sources as they were: {len(changed)} of their files "
-                             f"changed since (added, removed or edited; first {changed[0]}); delete {out} to "
-                             "prepare again, or use another --out")
-    keys = ("sources", "max_docs") if redo else ("sources", "max_docs", "shard_tokens", "val_tokens")
-    changed = [k for k in keys if prior["options"].get(k) != options[k]]
-    if changed:
-        was = ", ".join(f"{k}={prior['options'].get(k)!r}" for k in changed)
-        raise ValueError(f"{out} was prepared with different {', '.join(changed)} ({was}); "
-                         "repeat those options or use another --out")
-
-
-def _start(out: Path, tok, specs: list[str], src, options: dict) -> dict:
-    """A fresh run: save the tokenizer to OUT/tokenizer, write and return the empty manifest."""
-    _save_tokenizer(tok, out)
-    dtype = shard_dtype(tok.vocab_size)
-    manifest = {
-        "format": "nano-shards", "format_version": MANIFEST_FORMAT,
-        "shard_version": {"uint16": 1, "uint32": 2}[dtype], "dtype": dtype,
-        "tokenizer_hash": tok.hash, "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
-        "sources": specs, "source_names": [x.name for x in src],
-        "source_files": source_files(specs),  # read before the text: an edit during the run shows as a change
-        "options": options, "shards": [], "resume": {"next_doc": 0, "next_offset": 0},
-        "total_tokens": 0, "total_documents": 0, "text_bytes": 0, "complete": False,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    _write_json(out / "manifest.json", manifest)
-    return manifest
-
-
-def _reset(out: Path, manifest: dict, options: dict) -> dict:
-    """Back to no shards (keeping the tokenizer) with the given options: for an OUT whose shards are unusable
-    (no training tokens) or that has none yet."""
-    for stale in out.glob("shard_*.bin"):
-        stale.unlink()
-    for key in ("completed", "val_cut"):
-        manifest.pop(key, None)
-    manifest.update(format_version=MANIFEST_FORMAT, options=options, shards=[], complete=False, total_tokens=0,
-                    source_files=source_files(options["sources"]),
-                    total_documents=0, text_bytes=0, resume={"next_doc": 0, "next_offset": 0})
-    _write_json(out / "manifest.json", manifest)
-    return manifest
-
-
 def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int, on_shard,
                   progress: bool, auto_val: bool = False) -> tuple[int, int]:
     """Encode the documents from the manifest's resume point on and write the remaining shards; return (text bytes
     of every document, text bytes encoded by this run)."""
     dtype, resume, options = manifest["dtype"], manifest["resume"], manifest["options"]
     val_tokens = options["val_tokens"]
-    sharder = _Sharder(out, manifest, dtype, options["shard_tokens"], val_tokens, on_shard, auto_val)
+    sharder = Sharder(out, manifest, dtype, options["shard_tokens"], val_tokens, on_shard, auto_val)
     total_bytes = sum(x.num_bytes() for x in src) if options["max_docs"] is None else 0
     # the bar counts UTF-8 text bytes against file sizes: close enough for an ETA (jsonl escapes, CRLF aside)
     bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="prepare",
@@ -563,8 +233,8 @@ def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int
 
     end_doc = resume["next_doc"]  # one past the last document seen: where a rerun would start
     try:
-        for first, (ids, lengths, nbytes) in _encoded(_chunks(_documents(src), resume["next_doc"], on_skip),
-                                                     out / "tokenizer", encoder, dtype, num_workers):
+        chunks = chunks_of(interleaved_documents(src), resume["next_doc"], on_skip)
+        for first, (ids, lengths, nbytes) in encoded_chunks(chunks, out / "tokenizer", encoder, dtype, num_workers):
             ends = np.cumsum(lengths)
             for j, piece in enumerate(np.split(ids, ends[:-1])):
                 doc = first + j
@@ -577,25 +247,13 @@ def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int
     finally:
         bar.close()
     sharder.finish(end_doc)
-    if sharder.index == 0 or _train_tokens(manifest) == 0:
+    if sharder.index == 0 or train_tokens(manifest) == 0:
         total = manifest["total_tokens"] if sharder.index else sharder.n
-        _reset(out, manifest, options)  # nothing usable: leave no shards, so a rerun may change --val-tokens
+        reset_manifest(out, manifest, options)  # nothing usable: leave no shards, so a rerun may change --val-tokens
         raise ValueError(f"the sources give only {total:,} tokens, not enough for the validation shard "
                          f"(--val-tokens {val_tokens:,}) plus training data; lower --val-tokens (e.g. "
                          f"{max(1, total // 10):,}), leave it out (automatic), or add sources")
     return skipped_bytes + encoded_bytes, encoded_bytes  # every document counted once
-
-
-def _finish(out: Path, manifest: dict, text_bytes: int) -> None:
-    """Mark the manifest complete (totals, timestamp, no resume point) and write it."""
-    if _train_tokens(manifest) == 0:  # _write_shards refuses this first; never write "complete" without them
-        raise ValueError(f"{out}: no training tokens; not marking it complete")
-    manifest["total_documents"] = sum(s["documents"] for s in manifest["shards"])
-    manifest["text_bytes"] = text_bytes
-    manifest["complete"] = True
-    manifest["completed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest.pop("resume", None)
-    _write_json(out / "manifest.json", manifest)
 
 
 def _print_summary(out: Path, manifest: dict, done_before: int, encoded_bytes: int, secs: float, enc_secs: float):
@@ -605,17 +263,6 @@ def _print_summary(out: Path, manifest: dict, done_before: int, encoded_bytes: i
           f"{manifest['total_documents']:,} documents, {val:,} val + {manifest['total_tokens'] - val:,} train "
           f"tokens ({manifest['dtype']}, vocab {manifest['vocab_size']}); encoded {encoded_bytes / 1e6:.1f} MB of "
           f"text at {encoded_bytes / 1e6 / enc_secs:.1f} MB/s, {secs:.1f}s total")
-
-
-def _save_tokenizer(tok, out: Path):
-    """Save to a temp directory, then rename: OUT/tokenizer is either absent or complete."""
-    tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the tokenizer is as readable as the shards beside it
-    tok.save(tmp)
-    final = out / "tokenizer"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def main(argv=None):

@@ -20,9 +20,9 @@ from pathlib import Path
 from nano_core.checkpoint import checkpoint_tokenizer_dir, code_version
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
-from nano_core.data import load_manifest
+from nano_core.data_dir import load_manifest
 from nano_core.data_cache import resolve_data, resolve_model_config
-from nano_core.instruct import encode_rows
+from nano_core.instruct_rows import encode_rows
 from nano_core.lora import LoraConfig
 from nano_core.plan import Plan, make_plan
 from nano_core.pretrained import InitFrom, fit_context, load_init_from, load_lora_base, weights_hash

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from nano_core.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from nano_core.data import ShardLoader
 from nano_core.distributed import world_change_notice
-from nano_core.eval import Scorer, run_tasks, summary_metrics
+from nano_core.eval import run_tasks, summary_metrics
+from nano_core.eval_tasks import Scorer
 from nano_core.generate import generate
 from nano_core.host import keep_freed_memory
 from nano_core.init import init_weights

@@ -1,4 +1,4 @@
-"""Evaluate a nano checkpoint with MLX: the shared tasks (nano_core/eval.py) on nano_mlx's backend.
+"""Evaluate a nano checkpoint with MLX: the shared tasks (nano_core/eval.py, eval_tasks.py) on nano_mlx's backend.
 
     python -m nano_mlx.eval --ckpt runs/mlx-tiny-... --tasks bpb,wikitext2,hellaswag --limit 500
 """

@@ -1,4 +1,4 @@
-"""Evaluate a nano checkpoint with PyTorch: the shared tasks (nano_core/eval.py) on nano_torch's backend.
+"""Evaluate a nano checkpoint with PyTorch: the shared tasks (nano_core/eval.py, eval_tasks.py) on nano_torch's backend.
 
     python -m nano_torch.eval --ckpt runs/torch-tiny-... --tasks bpb,wikitext2,hellaswag --limit 500
 """

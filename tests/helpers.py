@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from nano_core import host, metrics
-from nano_core.data import write_shard
+from nano_core.shards import write_shard
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"

@@ -101,8 +101,8 @@ def test_every_file_is_fsynced_before_the_rename_that_publishes_it_and_the_run_d
         events.append(("replace", dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(ck.os, "fsync", fsync)
-    monkeypatch.setattr(ck.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
     weights, optim = state()
     ck.save_checkpoint(run, 1, weights, optim, meta(), tokenizer_dir=tok)
     assert len(published) == 1 and len(published[0]) == 5  # model, optimizer, meta, checksums, tokenizer file

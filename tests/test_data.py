@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from nano_core.data import (HEADER_BYTES, MAGIC, ShardLoader, default_data_dir, load_manifest, read_header,
-                            read_shard, unigram_entropy, write_shard)
+from nano_core.data import ShardLoader, unigram_entropy
+from nano_core.data_dir import default_data_dir, load_manifest
+from nano_core.shards import HEADER_BYTES, MAGIC, read_header, read_shard, write_shard
 
 from helpers import make_dir, unique_shards
 

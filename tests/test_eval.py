@@ -1,6 +1,7 @@
-"""Evaluation (nano_core/eval.py): the scoring proved against independent computations (a plain PyTorch loop, a
-model with known probabilities), sliding windows that score every token once, the two backends agreeing item by
-item, HellaSwag at chance for a random model, the eval CLIs and --eval-tasks during training, and bad input."""
+"""Evaluation (nano_core/eval_tasks.py, eval.py): the scoring proved against independent computations (a plain
+PyTorch loop, a model with known probabilities), sliding windows that score every token once, the two backends
+agreeing item by item, HellaSwag at chance for a random model, the eval CLIs and --eval-tasks during training, and
+bad input."""
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nano_core import eval as ev
+from nano_core import eval_tasks
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
 from helpers import MICRO, micro_setup, reference_run, train_args, train_main
@@ -21,7 +23,7 @@ def backend_class(name: str):
     return __import__(f"nano_{name}.backend", fromlist=["Backend"]).Backend
 
 
-def scorer_for(name: str, run: Path, batch_size: int = 16, seq_len: int | None = None) -> ev.Scorer:
+def scorer_for(name: str, run: Path, batch_size: int = 16, seq_len: int | None = None) -> eval_tasks.Scorer:
     """A Scorer over the newest checkpoint of `run` (optionally with a shorter context)."""
     from nano_core.checkpoint import load_checkpoint
 
@@ -30,7 +32,7 @@ def scorer_for(name: str, run: Path, batch_size: int = 16, seq_len: int | None =
     if seq_len:
         weights = {**weights, "wpe.weight": weights["wpe.weight"][:seq_len]}
     backend = backend_class(name)(device="cpu", dtype="fp32")
-    return ev.Scorer(backend, backend.build_model(cfg, weights), load_tokenizer(run / "ckpt_0000008" / "tokenizer"),
+    return eval_tasks.Scorer(backend, backend.build_model(cfg, weights), load_tokenizer(run / "ckpt_0000008" / "tokenizer"),
                      batch_size, progress=False)
 
 
@@ -38,7 +40,7 @@ def scorer_for(name: str, run: Path, batch_size: int = 16, seq_len: int | None =
 @pytest.mark.parametrize("n, context, stride", [(2, 8, 8), (9, 8, 8), (10, 8, 8), (100, 8, 8), (100, 8, 3),
                                                 (100, 8, 1), (37, 16, 5)])
 def test_sliding_windows_score_every_target_exactly_once(n, context, stride):
-    windows = ev.stream_windows(n, context, stride)
+    windows = eval_tasks.stream_windows(n, context, stride)
     scored = [t for start, end, first in windows for t in range(first, end)]
     assert scored == list(range(1, n))  # each target once, in order
     for start, end, first in windows:
@@ -52,11 +54,11 @@ def test_stride_equal_to_context_is_the_non_overlapping_figure(shared_data):
     scorer = scorer_for("torch", reference_run("torch", shared_data))
     ids = [scorer.tok.eot_id] + scorer.tok.encode((shared_data / "wikitext2" / "wiki.valid.raw").read_text()[:20000])
     with scorer.backend.inference(scorer.model):
-        nats, targets = ev.score_stream(scorer, ids, stride=scorer.context)
+        nats, targets = eval_tasks.score_stream(scorer, ids, stride=scorer.context)
         # the same figure computed by hand: consecutive chunks of context + 1 tokens sharing one border token
         by_hand = [scorer.backend.token_losses(scorer.model, np.array([ids[s:s + scorer.context + 1]], dtype=np.int32))
                    for s in range(0, len(ids) - 1, scorer.context)]
-        smaller, targets_s = ev.score_stream(scorer, ids, stride=scorer.context // 4)
+        smaller, targets_s = eval_tasks.score_stream(scorer, ids, stride=scorer.context // 4)
     np.testing.assert_allclose(nats, np.concatenate([b[0] for b in by_hand]), rtol=1e-6)
     assert targets.tolist() == ids[1:]
     assert targets_s.tolist() == ids[1:] and smaller.size == nats.size  # never a token twice, none left out
@@ -95,11 +97,11 @@ def test_hellaswag_scores_match_hand_computed_log_likelihoods(tmp_path):
     probs = np.full(257, 0.5 / 250)
     probs[[ord(c) for c in " ab"]] = [0.05, 0.3, 0.02]  # the endings' characters, whatever the context
     model = type("M", (), {"cfg": ModelConfig(vocab_size=257, n_layer=1, n_head=1, n_embd=8, seq_len=64)})()
-    scorer = ev.Scorer(KnownModel(probs), model, ByteTokenizer(), batch_size=8, progress=False)
+    scorer = eval_tasks.Scorer(KnownModel(probs), model, ByteTokenizer(), batch_size=8, progress=False)
     item = {"ctx": "xyz", "endings": ["a", "b", "aaa", "bb"], "label": 2}
     path = tmp_path / "hs.jsonl"
     path.write_text(json.dumps(item) + "\n")
-    r = ev.task_hellaswag(scorer, path, None)
+    r = eval_tasks.task_hellaswag(scorer, path, None)
     want = [math.log(0.05) + sum(math.log(probs[ord(c)]) for c in e) for e in item["endings"]]  # " " + ending
     np.testing.assert_allclose(r["logliks"][0], want, rtol=1e-6)
     assert int(np.argmax(want)) == 0 and r["acc"] == 0.0  # " a" has the likeliest sum; the label is " aaa"
@@ -113,21 +115,21 @@ def test_hellaswag_acc_norm_divides_by_the_endings_characters_not_bytes(tmp_path
     probs = np.full(257, 1e-3)
     probs[[ord(" "), ord("a"), 0xC3, 0xA9]] = [math.exp(-3.0), math.exp(-1.0), math.exp(-0.75), math.exp(-0.75)]
     model = type("M", (), {"cfg": ModelConfig(vocab_size=257, n_layer=1, n_head=1, n_embd=8, seq_len=64)})()
-    scorer = ev.Scorer(KnownModel(probs), model, ByteTokenizer(), batch_size=8, progress=False)
+    scorer = eval_tasks.Scorer(KnownModel(probs), model, ByteTokenizer(), batch_size=8, progress=False)
     path = tmp_path / "hs.jsonl"
     path.write_text(json.dumps({"ctx": "xyz", "endings": ["é", "aa", "zzzz", "zzzz"], "label": 1}) + "\n")
-    r = ev.task_hellaswag(scorer, path, None)
+    r = eval_tasks.task_hellaswag(scorer, path, None)
     np.testing.assert_allclose(r["logliks"][0][:2], [-4.5, -5.0], rtol=1e-6)
     assert (r["acc"], r["acc_per_byte"], r["acc_norm"]) == (0.0, 0.0, 1.0)  # -4.5/1 < -5/2; -4.5/3 > -5/3
 
 
 def test_hellaswag_context_is_lm_evals():
     item = {"activity_label": "High jump", "ctx": "A boy is running down a track. the boy", "endings": ["a"] * 4}
-    assert ev.lm_eval_request(item)[0] == "High jump: A boy is running down a track. The boy"
+    assert eval_tasks.lm_eval_request(item)[0] == "High jump: A boy is running down a track. The boy"
     split = {"activity_label": "Home", "ctx_a": "[header] How to paint [title] Buy  paint.", "ctx_b": "then PAINT",
              "endings": [" [step] Brush it. ", "b", "c", "d"]}
     # lm-eval strips before removing markers: the ending keeps the space after "[step]"
-    assert ev.lm_eval_request(split) == ("Home: How to paint. Buy paint. Then paint", [" Brush it.", "b", "c", "d"])
+    assert eval_tasks.lm_eval_request(split) == ("Home: How to paint. Buy paint. Then paint", [" Brush it.", "b", "c", "d"])
 
 
 @pytest.mark.e2e
@@ -135,9 +137,9 @@ def test_hellaswag_log_likelihood_equals_a_plain_pytorch_loop(shared_data):
     """Ten readable lines of plain PyTorch on the same weights and item give the same four numbers."""
     run = reference_run("torch", shared_data)
     scorer = scorer_for("torch", run, seq_len=64)
-    item = ev.read_hellaswag(shared_data / "hellaswag" / "hellaswag_val.jsonl", limit=4)[3]  # fits in 64 tokens
+    item = eval_tasks.read_hellaswag(shared_data / "hellaswag" / "hellaswag_val.jsonl", limit=4)[3]  # fits in 64 tokens
     with scorer.backend.inference(scorer.model):
-        got = ev.task_hellaswag(scorer, _one_item_file(item, run), None)["logliks"][0]
+        got = eval_tasks.task_hellaswag(scorer, _one_item_file(item, run), None)["logliks"][0]
     tok, model = scorer.tok, scorer.model
     want = []
     for ending in item["endings"]:
@@ -181,9 +183,9 @@ def test_hellaswag_of_a_random_model_is_chance_and_of_a_trained_one_not_worse(sh
     backend = backend_class("torch")(device="cpu", dtype="fp32")
     tok = load_tokenizer(data / "tokenizer")
     path = shared_data / "hellaswag" / "hellaswag_val.jsonl"
-    random_model = ev.Scorer(backend, backend.build_model(cfg, init_weights(cfg, 7)), tok, 64, progress=False)
+    random_model = eval_tasks.Scorer(backend, backend.build_model(cfg, init_weights(cfg, 7)), tok, 64, progress=False)
     with backend.inference(random_model.model):
-        r = ev.task_hellaswag(random_model, path, limit=500)
+        r = eval_tasks.task_hellaswag(random_model, path, limit=500)
     se = math.sqrt(0.25 * 0.75 / 500)
     assert abs(r["acc"] - 0.25) < 3 * se and abs(r["acc_norm"] - 0.25) < 3 * se, r
     assert r["items"] == 500 and r["acc_stderr"] == pytest.approx(math.sqrt(r["acc"] * (1 - r["acc"]) / 499))
@@ -266,11 +268,11 @@ def test_items_longer_than_the_context_lose_context_on_the_left_never_ending_tok
     item = {"idx": 0, "ctx": "A man is sitting on a roof, and he is talking about the weather for a long time. he",
             "endings": ["is using wrap.", "is ripping tiles.", "is holding a cube.", "starts pulling up roofing."],
             "label": 3}
-    rows, lengths = ev.hellaswag_rows(scorer, item)
-    fitted, fits = ev.fit_rows(scorer, rows, lengths)
+    rows, lengths = eval_tasks.hellaswag_rows(scorer, item)
+    fitted, fits = eval_tasks.fit_rows(scorer, rows, lengths)
     assert fits and max(map(len, fitted)) <= scorer.context + 1
     for full, cut, n in zip(rows, fitted, lengths):
         assert cut[-n:] == full[-n:] and cut == full[len(full) - len(cut):]  # ending whole, context cut on the left
     with scorer.backend.inference(scorer.model):
-        r = ev.task_hellaswag(scorer, _one_item_file(item, run), None, log=print)
+        r = eval_tasks.task_hellaswag(scorer, _one_item_file(item, run), None, log=print)
     assert r["truncated_items"] == 1 and "lose tokens on the left" in capsys.readouterr().out

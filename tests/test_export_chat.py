@@ -1,6 +1,6 @@
 """Chat models leave nano whole: a checkpoint fine-tuned with --instruct-data exports nano's instruct template as
 tokenizer_config.json's chat_template, and transformers' apply_chat_template and mlx-lm's tokenizer turn a
-conversation into exactly the ids nano trained on (nano_core/instruct.py encode_row), and a prompt into the ids
+conversation into exactly the ids nano trained on (nano_core/instruct_rows.py encode_row), and a prompt into the ids
 nano's generate feeds. A base model's export carries no template."""
 import json
 
@@ -11,7 +11,7 @@ from nano_core import checkpoint as ck
 from nano_core.config import ModelConfig
 from nano_core.export import main as export_main
 from nano_core.init import init_weights
-from nano_core.instruct import encode_row
+from nano_core.instruct_rows import encode_row
 from tokenizer import BPETokenizer
 
 V = 300

@@ -7,8 +7,10 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -16,6 +18,8 @@ import pytest
 from safetensors import SafetensorError
 
 from nano_core import checkpoint as ck
+from nano_core.checkpoint import verify as ck_verify, write as ck_write
+from nano_io import dirs
 from nano_core import metrics
 
 
@@ -46,7 +50,7 @@ def names(run):
 def forget_hashes():
     """A later process (e.g. the resume after a crash) has hashed nothing yet. Within one process, a file changed
     in the same clock tick as it was hashed could otherwise hit the digest cache."""
-    ck._DIGESTS.clear()
+    ck_verify._DIGESTS.clear()
 
 
 def truncate(path, keep_bytes=None):
@@ -181,7 +185,7 @@ def test_orphaned_temp_dir_is_never_picked_and_the_next_save_removes_it(tmp_path
     good = save(run, 10)
     # A save killed after writing everything but before the rename: complete-looking, newer, and never published.
     orphan = run / f".tmp_ckpt_0000020_pid{dead_pid()}_x1y2"
-    ck.shutil.copytree(good, orphan)
+    shutil.copytree(good, orphan)
     live = run / f".tmp_ckpt_0000020_pid{os.getppid()}_busy"  # another process's save in progress
     live.mkdir()
     old_style_recent, old_style_stale = run / ".tmp_ckpt_0000005_abc", run / ".tmp_ckpt_0000006_def"  # no pid
@@ -241,7 +245,7 @@ def test_checkpoint_write_failure_leaves_nothing_and_says_where_and_what_to_do(t
     run = tmp_path / "run"
     save(run, 10, keep=1)
     enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    real_save_file, calls = ck.save_file, []
+    real_save_file, calls = ck_write.save_file, []
 
     def save_file(arrays, filename):
         calls.append(filename)
@@ -254,13 +258,13 @@ def test_checkpoint_write_failure_leaves_nothing_and_says_where_and_what_to_do(t
             raise enospc
         real_save_file(arrays, filename)
 
-    monkeypatch.setattr(ck, "save_file", save_file)
+    monkeypatch.setattr(ck_write, "save_file", save_file)
     if where == "checksums":
-        monkeypatch.setattr(ck, "_write_manifest", lambda ckpt: (_ for _ in ()).throw(enospc))
+        monkeypatch.setattr(ck_write, "write_manifest", lambda ckpt: (_ for _ in ()).throw(enospc))
     if where == "fsync":
-        monkeypatch.setattr(ck, "_fsync_tree", lambda root: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        monkeypatch.setattr(dirs, "sync_tree", lambda root: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     if where == "mkdtemp":
-        monkeypatch.setattr(ck.tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(
+        monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(
             OSError(errno.EROFS, os.strerror(errno.EROFS))))
     with pytest.raises(ck.WriteError) as e:
         save(run, 20, keep=1)

@@ -16,10 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 
 import tokenizer.bpe as bpe
-from nano_core.data import ShardLoader, load_manifest, read_shard, write_shard
+from nano_core.data import ShardLoader
+from nano_core.data_dir import load_manifest
+from nano_core.shards import read_shard, write_shard
 from nano_core.prepare import VAL_TOKENS_MAX, VAL_TOKENS_MIN, auto_val_tokens, prepare
 from tokenizer import BPETokenizer, load_tokenizer
-from tokenizer.sources import binary_reason, open_sources, read_text
+from nano_io.sources import open_sources
+from nano_io.text import binary_reason, read_text
 
 SHARD = 200_000  # a few training shards from TinyShakespeare at vocab 300
 

@@ -78,14 +78,15 @@ PARKED_PREPARE = """
     import signal, sys, time
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import nano_core.prepare as p
-    flush = p._Sharder.flush
+    from nano_core.prepare_shards import Sharder
+    flush = Sharder.flush
     def parked(self, *a, **k):
         flush(self, *a, **k)
         if self.index == 3:
             print("parked", file=sys.stderr, flush=True)
             for _ in range(300):  # a signal that is heard ends this at once; an unheard one lets prepare finish
                 time.sleep(0.1)
-    p._Sharder.flush = parked
+    Sharder.flush = parked
     p.main(sys.argv[1:])
 """
 
@@ -128,7 +129,7 @@ def test_editing_adding_or_touching_a_source_file_prepares_the_cache_again(novel
                                                                           capsys):
     from nano_core import run as run_mod
     from nano_core.cli import TrainConfig
-    from nano_core.data import load_manifest
+    from nano_core.data_dir import load_manifest
 
     monkeypatch.setenv("NANO_CACHE", str(tmp_path / "cache"))
     config = TrainConfig(source=[str(novel_dir)], vocab_size=260)
@@ -159,7 +160,7 @@ def test_editing_adding_or_touching_a_source_file_prepares_the_cache_again(novel
 
 
 def test_a_cache_made_before_files_were_recorded_is_prepared_again(novel_dir, tmp_path, monkeypatch):
-    from nano_core.data import drop_stale_cache
+    from nano_core.data_dir import drop_stale_cache
     from nano_core.prepare import prepare
 
     out = tmp_path / "cache"
@@ -306,13 +307,14 @@ def refused_without_reading_the_secret(ckpt: Path, monkeypatch, *words, tokenize
     """Every way in (verify, load and, with `tokenizer`, the tokenizer lookup generate and eval use) refuses in one
     line; the secret is never opened."""
     from nano_core import checkpoint as ck
+    from nano_core.checkpoint import verify as ck_verify
 
     secret = (ckpt.parent.parent / "secret").resolve()
     opened = []
     real_open = open
     monkeypatch.setattr("builtins.open", lambda f, *a, **k: (opened.append(Path(f).resolve() if isinstance(
         f, (str, os.PathLike)) else f), real_open(f, *a, **k))[1])
-    ck._DIGESTS.clear()
+    ck_verify._DIGESTS.clear()
     for fn in (ck.verify_checkpoint, ck.load_checkpoint) + ((ck.checkpoint_tokenizer_dir,) if tokenizer else ()):
         with pytest.raises(ck.CheckpointError) as info:
             fn(ckpt)
@@ -354,7 +356,7 @@ def test_meta_tokenizer_dir_is_never_followed(crafted, tmp_path, tok260, capsys)
     meta = json.loads((crafted / "meta.json").read_text())
     meta["tokenizer_dir"] = str(tok260)  # a real tokenizer, outside the checkpoint: the old code loaded it
     (crafted / "meta.json").write_text(json.dumps(meta))
-    ck._write_manifest(crafted)
+    ck.write_manifest(crafted)
     ck.verify_checkpoint(crafted)  # the checkpoint itself is whole
     with pytest.raises(ck.CheckpointError, match=rf"carries no tokenizer/ \(meta.json names {re.escape(str(tok260))}"
                                                  r", outside it, which nano does not read\); copy the tokenizer/"):

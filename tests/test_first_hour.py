@@ -22,7 +22,7 @@ from nano_core import checkpoint as ck
 from nano_core import host
 from tokenizer import BPETokenizer, CharTokenizer, export_hf, load_tokenizer
 from tokenizer.base import HF_TOKENIZER_FILE, LEGACY_TOKENIZER_FILE, TOKENIZER_FILE
-from tokenizer.files import atomic_write, follow_umask, umask
+from nano_io.files import atomic_write, follow_umask, umask
 
 from helpers import plain_env
 

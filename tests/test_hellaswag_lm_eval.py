@@ -10,7 +10,7 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from nano_core import eval as ev  # noqa: E402
+from nano_core import eval_tasks  # noqa: E402
 from nano_core.config import ModelConfig  # noqa: E402
 from nano_core.export import export_model  # noqa: E402
 from nano_core.init import init_weights  # noqa: E402
@@ -26,7 +26,7 @@ def lm_eval_loop(path, items):
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
     lls, acc, acc_norm = [], [], []
     for item in items:
-        context, choices = ev.lm_eval_request(item)
+        context, choices = eval_tasks.lm_eval_request(item)
         row = []
         for choice in choices:
             whole = tok.encode(context + " " + choice)
@@ -48,11 +48,11 @@ def test_nanos_hellaswag_equals_lm_evals_formula_on_the_exported_model(shared_da
     w = {k: (a * 3).astype(np.float32) for k, a in init_weights(cfg, 0).items()}
     export_model(cfg, w, tok, tmp_path / "hf")
     path = shared_data / "hellaswag" / "hellaswag_val.jsonl"
-    items = ev.read_hellaswag(path, limit=ITEMS)
+    items = eval_tasks.read_hellaswag(path, limit=ITEMS)
     be = Backend(device="cpu", dtype="fp32")
-    scorer = ev.Scorer(be, be.build_model(cfg, w), tok, batch_size=8, progress=False)
+    scorer = eval_tasks.Scorer(be, be.build_model(cfg, w), tok, batch_size=8, progress=False)
     with be.inference(scorer.model):
-        ours = ev.task_hellaswag(scorer, path, ITEMS)
+        ours = eval_tasks.task_hellaswag(scorer, path, ITEMS)
     lls, acc, acc_norm = lm_eval_loop(tmp_path / "hf", items)
     np.testing.assert_allclose(ours["logliks"], lls, rtol=0, atol=1e-3)
     assert (ours["acc"], ours["acc_norm"]) == (acc, acc_norm)

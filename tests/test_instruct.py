@@ -1,4 +1,4 @@
-"""Instruction data (nano_core/instruct.py): the template, the loss mask, packing, the split, resume, bad rows.
+"""Instruction data (nano_core/instruct_rows.py, instruct.py): template, loss mask, packing, split, resume, bad rows.
 
 Rows are built from real text: TinyShakespeare lines as prompt/completion pairs, and multi-turn messages rows from
 consecutive lines; the tokenizer is a small nano BPE trained here on TinyShakespeare."""
@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from nano_core.instruct import (TEMPLATE, InstructLoader, encode_row, encode_rows, render, split_rows)
+from nano_core.instruct import InstructLoader, split_rows
+from nano_core.instruct_rows import TEMPLATE, encode_row, encode_rows, render
 from tokenizer import BPETokenizer
 
 EOT = "<|endoftext|>"

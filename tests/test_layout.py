@@ -1,11 +1,13 @@
 """The package graph, read from the source with `ast` (nothing is imported):
 
-    tokenizer  <-  nano_core  <-  nano_torch, nano_mlx  <-  benchmarks
+    nano_io  <-  tokenizer  <-  nano_core  <-  nano_torch, nano_mlx  <-  benchmarks
 
-tokenizer/ is the bottom layer and imports no other nano package; nano_core/ is backend-free (neither torch nor mlx,
+nano_io/ (atomic files and directories, text sources, the worker pool) is the bottom layer and imports no other
+nano package; tokenizer/ imports only nano_io; nano_core/ is backend-free (neither torch nor mlx,
 nor a backend package); the two backends never import each other; no package imports benchmarks/. Imports between
 nano packages sit at module top, never inside a function, so the graph above is the whole truth (a lazy import
-would hide a dependency or a cycle). Lazy imports of heavy optional third-party modules are fine.
+would hide a dependency or a cycle). Lazy imports of heavy optional third-party modules are fine. No module of
+the packages or the benchmarks imports a private (`_name`) name from another module: what is shared is public.
 """
 import ast
 from pathlib import Path
@@ -13,9 +15,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("tokenizer", "nano_core", "nano_torch", "nano_mlx")
+PACKAGES = ("nano_io", "tokenizer", "nano_core", "nano_torch", "nano_mlx")
 NANO = PACKAGES + ("benchmarks",)
 FORBIDDEN = {  # package -> top-level modules it must never import (at any level)
+    "nano_io": {"tokenizer", "nano_core", "nano_torch", "nano_mlx", "benchmarks"},
     "tokenizer": {"nano_core", "nano_torch", "nano_mlx", "benchmarks"},
     "nano_core": {"torch", "mlx", "nano_torch", "nano_mlx", "benchmarks"},
     "nano_torch": {"nano_mlx", "benchmarks"},
@@ -25,10 +28,11 @@ FORBIDDEN = {  # package -> top-level modules it must never import (at any level
 
 class _Imports(ast.NodeVisitor):
     """(line, imported module, inside a function or class?) for every import statement and every
-    importlib.import_module("...") / __import__("...") call with a literal name."""
+    importlib.import_module("...") / __import__("...") call with a literal name; `names`: (line, module, name) for
+    every `from module import name`."""
 
     def __init__(self, package: str):
-        self.package, self.depth, self.found = package, 0, []
+        self.package, self.depth, self.found, self.names = package, 0, [], []
 
     def _nested(self, node):
         self.depth += 1
@@ -45,6 +49,7 @@ class _Imports(ast.NodeVisitor):
         module = self.package if node.level else ""  # a relative import stays inside the file's own package
         module = ".".join(p for p in (module, node.module or "") if p)
         self.found.append((node.lineno, module, self.depth > 0))
+        self.names += [(node.lineno, module, alias.name) for alias in node.names]
 
     def visit_Call(self, node):
         f = node.func
@@ -56,11 +61,13 @@ class _Imports(ast.NodeVisitor):
 
 
 def _imports(packages=PACKAGES):
-    """[(package, file relative to the repo, line, imported module, nested)] for every .py file of `packages`."""
+    """[(package, file relative to the repo, line, imported module, nested)] for every .py file of `packages`;
+    each file's `from module import name` rows go to NAMES[package]."""
     rows = []
     for package in packages:
         files = sorted(p for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts)
         assert files, f"{package}/ has no Python files: the layout test would check nothing"
+        NAMES[package] = []
         for path in files:
             text, rel = path.read_text(encoding="utf-8"), path.relative_to(REPO).as_posix()
             visitor = _Imports(package)
@@ -69,10 +76,12 @@ def _imports(packages=PACKAGES):
             for line, module, nested in visitor.found:
                 rows.append((package, rel, line, module, nested))
                 SOURCE_LINES[rel, line] = lines[line - 1]
+            NAMES[package] += [(rel, line, module, name) for line, module, name in visitor.names]
     return rows
 
 
 SOURCE_LINES: dict = {}  # (file, line) -> the line's text
+NAMES: dict = {}  # package -> [(file, line, module, name)] for every `from module import name` in it
 IMPORTS = _imports()
 
 
@@ -123,7 +132,25 @@ def test_imports_of_nano_modules_name_modules_that_exist():
 def test_the_checks_see_imports():
     """Guard against a vacuous pass: the known edges of the graph are found."""
     edges = {(pkg, _top(module)) for pkg, _, _, module, _ in IMPORTS}
-    assert {("nano_core", "tokenizer"), ("tokenizer", "tokenizer")} <= edges
+    assert {("nano_core", "tokenizer"), ("tokenizer", "tokenizer"), ("tokenizer", "nano_io"),
+            ("nano_core", "nano_io"), ("nano_io", "nano_io")} <= edges
+    assert any(name == "atomic_write" for _, _, _, name in NAMES["tokenizer"])
+
+
+# nano_core/cli.py is being rewritten on another branch; once its _HelpFormatter is public, drop this entry.
+PRIVATE_IMPORTS_PENDING = {("nano_core.cli", "_HelpFormatter")}
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """(g) What a module shares has a public name: `from x import _name` would tie a module to another's
+    internals (a rename there breaks it, and the reader of x cannot see that anyone depends on it). Dunder names
+    (`__version__`) are public."""
+    _imports(("benchmarks",))
+    rows = [row for package in PACKAGES + ("benchmarks",) for row in NAMES[package]]
+    bad = [f"{rel}:{line}: imports the private name {name} from {module}; give it a public name there"
+           for rel, line, module, name in rows if _top(module) in NANO and name.startswith("_")
+           and not name.startswith("__") and (module, name) not in PRIVATE_IMPORTS_PENDING]
+    assert not bad, "\n".join(bad)
 
 
 def test_no_test_module_imports_another():

@@ -17,13 +17,13 @@ import torch
 import torch.utils._foreach_utils as foreach_utils
 from packaging.requirements import Requirement
 
-from nano_core import checkpoint, host
+from nano_core import host
 from nano_core import data_cache
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
 from nano_core.report import summary_line
-from tokenizer import files
+from nano_io import dirs, files
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_OPTIMIZER = importlib.import_module("torch.optim.optimizer")  # torch.optim deletes the attribute of that name
@@ -212,7 +212,7 @@ def test_files_and_checkpoint_dirs_reach_the_drive_on_macos_with_f_fullfsync(mon
     ckpt.mkdir()
     (ckpt / "model.safetensors").write_bytes(b"x")
     (ckpt / "meta.json").write_text("{}")
-    checkpoint._fsync_tree(ckpt)
+    dirs.sync_tree(ckpt)
     assert synced == {"full": 4, "fsync": 0}  # two files and the directory
 
 

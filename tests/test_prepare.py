@@ -5,10 +5,13 @@ import sys
 import numpy as np
 import pytest
 
-import nano_core.prepare as prep
-from nano_core.data import ShardLoader, load_manifest, read_shard
+import nano_core.prepare_encode as prepare_encode
+import nano_core.prepare_out as prepare_out
+from nano_core.data import ShardLoader
+from nano_core.data_dir import load_manifest
+from nano_core.shards import read_shard
 from nano_core.prepare import prepare
-from tokenizer.sources import open_sources
+from nano_io.sources import open_sources
 from tokenizer import BPETokenizer, load_tokenizer
 
 SHARD, VAL = 30_000, 40_000  # small shards so documents straddle shard boundaries
@@ -138,7 +141,7 @@ def test_tiktoken_and_python_encoders_write_identical_shards(jsonl, tok_dir, tmp
 
 def test_uint32_variant_through_prepare_and_loader(jsonl, docs, tok_dir, tmp_path, monkeypatch):
     # a vocabulary over 65,536 would take minutes to train here; force the wide dtype the same code path picks
-    monkeypatch.setattr(prep, "shard_dtype", lambda vocab_size: "uint32")
+    monkeypatch.setattr(prepare_out, "shard_dtype", lambda vocab_size: "uint32")
     m = prepare([jsonl], tmp_path, tokenizer=tok_dir, shard_tokens=9000, val_tokens=4000, num_workers=1,
                 progress=False, max_docs=12)
     assert (m["dtype"], m["shard_version"]) == ("uint32", 2)
@@ -208,7 +211,7 @@ def test_document_stream_mixes_sources_in_proportion_so_val_matches_train(jsonl,
         for text in src.documents():
             origin[text] = k
             biggest = max(biggest, len(text) / sizes[k])
-    stream = [text for _, text in prep._documents(sources)]
+    stream = [text for _, text in prepare_encode.interleaved_documents(sources)]
     assert sorted(stream) == sorted(origin)  # every document exactly once
     assert {origin[t] for t in stream[:len(sources)]} == set(range(len(sources)))  # every source starts at once
     total = [sum(len(t) for t in origin if origin[t] == k) for k in range(len(sources))]

@@ -1,4 +1,4 @@
-"""tokenizer.sources on the real files in ../shared/data: encodings, formats, errors, splitting."""
+"""nano_io.sources on the real files in ../shared/data: encodings, formats, errors, splitting."""
 import json
 import pickle
 
@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tokenizer.sources import BLANK_LINES, Source, decode_bytes, hub_reachable, open_sources, read_text
+from nano_io.sources import BLANK_LINES, Source, hub_reachable, open_sources
+from nano_io.text import decode_bytes, read_text
 
 
 def docs_of(specs, **kw):
@@ -158,6 +159,6 @@ def test_hub_helpers_are_offline_safe(monkeypatch):
 def test_sources_module_imports_no_backend():
     import subprocess
     import sys
-    code = "import sys, tokenizer.sources; print('torch' in sys.modules or 'mlx' in sys.modules)"
+    code = "import sys, nano_io.sources; print('torch' in sys.modules or 'mlx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -235,7 +235,7 @@ def test_an_impossible_mfu_remeasures_the_peak_once_and_keeps_the_larger_value()
 
 
 def test_unigram_val_loss_is_val_cross_entropy_under_train_unigram(shared_data):
-    from nano_core.data import read_shard
+    from nano_core.shards import read_shard
 
     data, _ = micro_setup(shared_data)
     train = np.bincount(read_shard(data / "shard_00001.bin"), minlength=512) + 1.0

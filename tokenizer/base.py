@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizer.files import atomic_write
+from nano_io.files import atomic_write
 
 EOT = "<|endoftext|>"
 TOKENIZER_FILE = "nano_tokenizer.json"  # nano's own format: what save() writes and load_tokenizer() reads

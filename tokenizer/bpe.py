@@ -29,8 +29,9 @@ from tokenizer.base import EOT, Tokenizer
 from tokenizer.count import count_chunks
 from tokenizer.merges import learn_merges
 from tokenizer.patterns import pattern_name, resolve_pattern
-from tokenizer.pool import worker_pool
-from tokenizer.sources import notice, resolve_inputs
+from nano_io.pool import worker_pool
+from nano_io.sources import resolve_inputs
+from nano_io.text import notice
 
 _CACHE_MAX = 1 << 20  # chunk -> ids cache entries before the cache is cleared (bounded memory on huge corpora)
 # The trainer holds token ids as characters (merges.py), and chr() stops at 0x10FFFF: at most this many merges.

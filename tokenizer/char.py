@@ -3,7 +3,7 @@ sorted by code point; special tokens after them. Same interface as BPETokenizer.
 from __future__ import annotations
 
 from tokenizer.base import EOT, Tokenizer
-from tokenizer.sources import resolve_inputs
+from nano_io.sources import resolve_inputs
 
 
 class CharTokenizer(Tokenizer):

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, replace
 import regex
 from tqdm import tqdm
 
-from tokenizer.pool import worker_pool
-from tokenizer.sources import Source, collect_notices, notice, notices_once
+from nano_io.pool import worker_pool
+from nano_io.sources import Source
+from nano_io.text import collect_notices, notice, notices_once
 
 _PROGRESS_EVERY = 1 << 20  # characters between progress messages from a worker
 
@@ -32,7 +33,7 @@ class CountResult:
     chars: int = 0                       # characters read (after caps)
     docs: int = 0
     sources: list = field(default_factory=list)
-    notices: list = field(default_factory=list)  # (key, message) a worker collected (tokenizer.sources.notice)
+    notices: list = field(default_factory=list)  # (key, message) a worker collected (nano_io.text.notice)
 
 
 def _count(sources: list[Source], pattern: str, max_chars: int | None, max_chars_per_doc: int | None,
@@ -121,7 +122,7 @@ def count_chunks(sources: list[Source], pattern: str, num_workers: int = 2, max_
                          and os.uname().sysname == "Linux" else None)
     q = ctx.Queue()
     try:
-        # workers ignore Ctrl-C (tokenizer.pool); the main process gets it and `with` terminates the pool
+        # workers ignore Ctrl-C (nano_io.pool); the main process gets it and `with` terminates the pool
         with worker_pool(ctx, num_workers, _init_worker, (q,)) as pool:
             pending = pool.map_async(_count_worker, tasks, chunksize=1)
             while not pending.ready():

@@ -24,7 +24,7 @@ from pathlib import Path
 from tokenizer.base import HF_TOKENIZER_FILE, LEGACY_TOKENIZER_FILE, TOKENIZER_FILE
 from tokenizer.bpe import BPETokenizer, require_tiktoken
 from tokenizer.char import CharTokenizer
-from tokenizer.files import atomic_write
+from nano_io.files import atomic_write
 
 LOADERS = {cls.FORMAT: cls.from_dict for cls in (BPETokenizer, CharTokenizer)}
 

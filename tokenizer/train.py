@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokenizer.sources import open_sources
+from nano_io.sources import open_sources
 from tokenizer.base import EOT
 from tokenizer.bpe import BPETokenizer, check_vocab_size
 from tokenizer.char import CharTokenizer

@@ -1,11 +1,12 @@
-"""Writing files so that a crash never leaves half of one: the one helper every nano package uses.
+"""Writing files so that a crash never leaves half of one, and flushing them to the drive: every nano package
+writes through here (whole directories are published by nano_io.dirs).
 
 A file is written to a hidden temp file in its own directory, flushed to disk, then renamed over the target
 (os.replace is atomic on POSIX and Windows within one file system). A reader sees the old file or the new one,
 never a mix; a crash mid-write leaves the old file and a `.NAME.*.tmp` that nothing reads.
 
-This module sits at the bottom of the package graph (tokenizer/ imports no other nano package), so nano_core,
-the backends and the benchmarks all write through it.
+This module sits at the bottom of the package graph (nano_io/ imports no other nano package), so the tokenizer,
+nano_core, the backends and the benchmarks all write through it.
 """
 from __future__ import annotations
 
@@ -78,9 +79,6 @@ def umask() -> int:
     current = os.umask(0o022)
     os.umask(current)
     return current
-
-
-_umask = umask  # the name nano_core.prepare and nano_core.export import
 
 
 def follow_umask(path) -> None:
