@@ -5,13 +5,15 @@ argparse options in the field's metadata. It is frozen: what the user asked for 
 (the checkpoint's settings on --resume and a recipe's fills make a new one: nano_core/settings.py), and whatever
 nano works out from it lives in the run's plan (nano_core/plan.py). `build_parser` generates the parser from it, so the flags, the config a
 checkpoint records and the loop's settings are the same names by construction, and the two backends cannot drift
-apart: only the `--device` choices differ (mlx: auto|gpu|cpu, torch: auto|mps|cuda|cpu).
+apart: only the `--device` choices differ (mlx: auto|gpu|cpu, torch: auto|mps|cuda|cpu). One field is many flags:
+`model_overrides` holds the --model.FIELD flags, one per ModelConfig field (nano_core/model_flags.py).
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass, field, fields
 
+from nano_core import model_flags
 from nano_core.config import PRESETS
 from nano_core.recipes import RECIPE_CHOICES
 from nano_core.schedule import SCHEDULES
@@ -53,6 +55,8 @@ class TrainConfig:
                                  action="store_true")
     attn_impl: str = flag("auto", "model", "attention kernel; auto: the fastest measured for the device and dtype "
                           "(flash: PyTorch on CUDA with flash-attn installed)", choices=ATTN_IMPLS)
+    # not one flag but one per ModelConfig field, --model.FIELD (nano_core/model_flags.py): field -> value
+    model_overrides: dict | None = flag(None, model_flags.GROUP, model_fields=True)
     # -- data
     data: str | None = flag(None, "data", "directory of prepared token shards", metavar="SHARD_DIR",
                             exclusive="data")
@@ -169,6 +173,9 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
     exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
+        if meta.get("model_fields"):
+            model_flags.add_model_flags(p)
+            continue
         name = meta.pop("group")
         if name not in groups:
             groups[name] = p.add_argument_group(name)
@@ -184,10 +191,13 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
 
 
 def parse_train_args(backend: str, argv) -> tuple[TrainConfig, set[str]]:
-    """(config, the fields the user typed): the typed set tells --resume which settings override the checkpoint."""
+    """(config, the fields the user typed): the typed set tells --resume which settings override the checkpoint.
+    The --model.FIELD flags are one field, model_overrides ("model_overrides" in the typed set)."""
     parser = build_parser(backend)
     argv = list(argv)
-    return TrainConfig(**vars(parser.parse_args(argv))), explicit_flags(parser, argv)
+    model_flags.check_flag_names(parser, argv)
+    values, typed = model_flags.collect(parser, vars(parser.parse_args(argv)), explicit_flags(parser, argv))
+    return TrainConfig(**values), typed
 
 
 def build_generate_parser(backend: str) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from nano_core.config import ModelConfig
 from nano_core.data import default_data_dir, drop_stale_cache
 from nano_core.metrics import ASSUMED_MFU
 from nano_core.prepare import prepare
-from nano_core.settings import read_config_file
+from nano_core.settings import requested_model_config
 from tokenizer.sources import hub_reachable
 
 # The no-argument FineWeb-Edu download is sized for one pass over the time budget at the expected speed (hub_documents):
@@ -109,10 +109,5 @@ def resolve_data(config: TrainConfig, log=print, tokenizer=None, peak_flops=None
 
 
 def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
-    """The model a fresh run asks for: --config or --preset, with --seq-len and the data's vocabulary."""
-    overrides = {"vocab_size": vocab_size}
-    if config.seq_len is not None:
-        overrides["seq_len"] = config.seq_len
-    if config.config is not None:
-        return ModelConfig.from_dict({**read_config_file(config.config), **overrides})
-    return ModelConfig.from_preset(config.preset, **overrides)
+    """The model a fresh run asks for, on the data's vocabulary (nano_core.settings.requested_model_config)."""
+    return requested_model_config(config, vocab_size)
