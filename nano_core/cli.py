@@ -87,6 +87,9 @@ class TrainConfig:
                                   "counted): without --max-steps the schedule is laid out over the steps that fit, "
                                   "measured over the warm-up, and ends annealed at the deadline; with --max-steps it "
                                   "only stops the run early", type=float, metavar="SECONDS")
+    epochs: float | None = flag(None, "run", "passes over the training data instead of --max-steps / --max-time: "
+                                "the schedule spans N x the training tokens / the tokens per step",
+                                type=float, metavar="N")
     resume: str | None = flag(None, "run", 'continue exactly from a checkpoint dir, a run dir, or "latest" in --out',
                               metavar="CKPT")
     overwrite: bool = flag(False, "run", "start fresh in an --out that holds another run: delete its checkpoints, "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nano_core import model_flags
 from nano_core.checkpoint import read_meta, resolve_checkpoint
-from nano_core.checks import check_train_numbers
+from nano_core.checks import check_number, check_train_numbers
 from nano_core.cli import DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
@@ -55,6 +55,11 @@ def resumed_config(config: TrainConfig, saved: dict, typed: set[str]) -> TrainCo
     known = {f.name for f in fields(TrainConfig)}  # a checkpoint of an older version may hold flags gone since
     taken = {name: value for name, value in saved.items()
              if name in known and name not in typed and name not in NOT_RESUMED}
+    # a length typed again replaces the saved one: --epochs excludes --max-steps / --max-time
+    if typed & {"max_steps", "max_time"}:
+        taken["epochs"] = None
+    if "epochs" in typed:
+        taken["max_steps"] = None
     if "model_overrides" in typed:  # typed again (agreeing with the checkpoint): the saved ones stay recorded too
         taken["model_overrides"] = {**(saved.get("model_overrides") or {}), **config.model_overrides}
     return replace(config, **taken)
@@ -175,7 +180,8 @@ def apply_recipe(config: TrainConfig, recipe: Recipe, typed: set[str], log=print
         if name not in typed and getattr(config, name) == getattr(defaults, name):
             fills[name] = value
     # its time budget, unless the run has a length already (typed, or shrunk for tests through MAX_STEPS_ENV)
-    if config.max_steps is None and config.max_time is None and MAX_STEPS_ENV not in os.environ:
+    if config.max_steps is None and config.max_time is None and config.epochs is None and \
+            MAX_STEPS_ENV not in os.environ:
         fills["max_time"] = recipe.budget_s
     log(recipe.describe())
     return replace(config, **fills)
@@ -186,6 +192,12 @@ def check_config(config: TrainConfig) -> None:
     """One-line errors for settings that cannot run, before any data is prepared."""
     check_train_numbers(config)  # finite and in range, naming the flag (--lr nan, --seq-len 0, ...)
     check_schedule(config)
+    if config.epochs is not None:
+        check_number("--epochs", config.epochs, low=0, low_open=True, hint="passes over the training data, e.g. 2 "
+                     "or 0.5")
+        both = [flag_name(n) for n in ("max_steps", "max_time") if getattr(config, n) is not None]
+        if both:
+            raise ValueError(f"--epochs and {' and '.join(both)} each set the length of the run; give one of them")
     if config.optimizer == "muon":  # its settings before any data is prepared (LoRA is checked with the model)
         check_muon_args(config.lr, config.muon_lr, config.muon_momentum, None)
     if config.config is not None and config.resume is None:
