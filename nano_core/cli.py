@@ -214,7 +214,11 @@ def build_generate_parser(backend: str) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     p.add_argument("--top-k", type=int, default=50, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sample i (from 0) of --num-samples uses seed + i: it is "
+                   "the sample --seed SEED+i gives alone")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="N samples of the prompt, sampled together as one batch; each printed once done (1: the "
+                        "text is streamed as it is sampled)")
     p.add_argument("--device", default="auto", choices=DEVICES[backend],
                    help="where to run; auto picks the fastest available (default: auto)")
     return p

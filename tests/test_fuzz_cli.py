@@ -168,7 +168,8 @@ TRAIN_FLAGS = {"--max-steps": bad("pos_int"), "--batch-size": bad("pos_int"), "-
                "--model.n_layer": bad("pos_int"), "--model.dropout_attn": bad("unit_open"),
                "--model.rope_theta": bad("pos_float")}
 GENERATE_FLAGS = {"--max-new-tokens": bad("nat_int", huge=10**6 + 1), "--temperature": bad("nonneg_float"),
-                  "--top-k": bad("nat_int"), "--top-p": bad("prob"), "--seed": bad("nat_int")}
+                  "--top-k": bad("nat_int"), "--top-p": bad("prob"), "--seed": bad("nat_int"),
+                  "--num-samples": bad("pos_int", huge=1025)}
 EVAL_FLAGS = {"--limit": bad("pos_int"), "--batch-size": bad("pos_int"), "--stride": bad("pos_int")}
 
 
