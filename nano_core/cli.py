@@ -22,6 +22,7 @@ DEVICES = {"mlx": ("auto", "gpu", "cpu"), "torch": ("auto", "mps", "cuda", "cpu"
 NAMES = {"mlx": "MLX", "torch": "PyTorch"}
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 ATTN_IMPLS = ("auto", "sdpa", "eager", "flash")
+TOKENIZERS = ("bpe", "char")
 
 # The no-argument run: which preset on which kind of device, and how many steps (bounded: minutes, not hours).
 DEFAULT_PRESET = {"cpu": "tiny", "accelerator": "small"}
@@ -69,6 +70,9 @@ class TrainConfig:
     skip_bad_rows: bool = flag(False, "data", "--instruct-data: skip bad rows (counted in one notice) instead of "
                                "stopping at the first", action="store_true")
     vocab_size: int = flag(8192, "data", "tokenizer vocabulary when preparing --source data", type=int)
+    tokenizer: str = flag("bpe", "data", "how --source text becomes tokens: bpe (trained to --vocab-size), or char: "
+                          "one id per distinct character of the text (character-level models, e.g. on "
+                          "TinyShakespeare)", choices=TOKENIZERS)
     # -- fine-tuning (with --init-from; nano_core/lora.py)
     lora_rank: int | None = flag(None, "fine-tuning", "train rank-R LoRA adapters on a frozen base instead of every "
                                  "weight (a full fine-tune without it)", type=int, metavar="R")

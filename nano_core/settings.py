@@ -42,7 +42,7 @@ NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl"
 MODEL_FLAGS = ("preset", "config", "recipe", "seq_len", "vocab_size")
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_layers")
 # --data is checked against the shards once they are read (run.py)
-DATA_FLAGS = ("source", "instruct_data")
+DATA_FLAGS = ("source", "instruct_data", "tokenizer")
 
 
 def flag_name(name: str) -> str:
@@ -103,6 +103,8 @@ def _held(name: str, meta: dict) -> tuple[object, str]:
             return None, "no LoRA adapters (all weights train)"
         value = LoraConfig.from_dict(lora).to_dict()[key]
         return value, f"LoRA adapters with {key} {','.join(value) if key == 'targets' else value}"
+    if name == "tokenizer":  # checkpoints from before --tokenizer were all BPE
+        return saved.get("tokenizer") or "bpe", f"a {saved.get('tokenizer') or 'bpe'} tokenizer"
     if name == "source":
         return saved.get("source"), (f"data from --source {' '.join(saved['source'])}" if saved.get("source")
                                      else f"the shards in {meta.get('data_dir')}")
@@ -206,6 +208,8 @@ def check_config(config: TrainConfig) -> None:
         check_model_overrides(config)
     if config.data is None:
         check_vocab_size(config.vocab_size)
+    if config.tokenizer == "char":
+        check_char_tokenizer(config)
     for name in ("max_steps", "max_time", "batch_size", "eval_steps", "sample_tokens", "log_every"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ValueError(f"{flag_name(name)} must be positive, got {getattr(config, name)}")
@@ -216,6 +220,19 @@ def check_config(config: TrainConfig) -> None:
     for name in ("eval_every", "sample_every", "ckpt_every", "keep", "eval_tasks_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"{flag_name(name)} must be >= 0, got {getattr(config, name)}")
+
+
+def check_char_tokenizer(config: TrainConfig) -> None:
+    """--tokenizer char makes a tokenizer from --source text: nothing else may bring or size one."""
+    brings = {"data": "--data's shards were encoded by their own tokenizer", "init_from": "--init-from's model "
+              "brings its own tokenizer", "instruct_data": "--instruct-data is encoded with the model's tokenizer"}
+    for name, why in brings.items():
+        if getattr(config, name) is not None and config.resume is None:
+            raise ValueError(f"--tokenizer char conflicts with {flag_name(name)}: {why}; drop --tokenizer char, or "
+                             f"train from --source text")
+    if config.vocab_size != TrainConfig.vocab_size:
+        raise ValueError(f"--vocab-size {config.vocab_size} does not apply to --tokenizer char (its vocabulary is "
+                         f"the characters of the text); drop --vocab-size")
 
 
 def check_model_overrides(config: TrainConfig) -> None:
