@@ -80,7 +80,7 @@ def resolve_data(config: TrainConfig, log=print, tokenizer=None, peak_flops=None
     `tokenizer` when the model brings its own, else a new one: BPE of --vocab-size, or --tokenizer char). The hub
     source with no --source is sized by hub_download_size (`peak_flops` measures the machine)."""
     data_dir = _shards(config, log, tokenizer, peak_flops)
-    if (data_dir / "tokenizer").is_dir():
+    if getattr(config, "sample_prompt", None) is not None and (data_dir / "tokenizer").is_dir():
         check_sample_prompt(config, data_dir)
     return data_dir
 
@@ -98,7 +98,8 @@ def _shards(config: TrainConfig, log, tokenizer, peak_flops) -> Path:
         if specs == ["builtin"]:
             log(BUILTIN_NOTICE)
     max_docs = None
-    char = tokenizer is None and config.tokenizer == "char"
+    # (benchmark scripts pass a namespace of the data flags alone: no --tokenizer there means BPE)
+    char = tokenizer is None and getattr(config, "tokenizer", "bpe") == "char"
     key = "char" if char else config.vocab_size if tokenizer is None else f"tok-{tokenizer.hash[:12]}"
     out = _source_cache_dir(specs, key)
     if specs == ["fineweb-edu"]:  # the download's size is part of the cache key
