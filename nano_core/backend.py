@@ -155,9 +155,10 @@ class Backend(Protocol):
     def make_cache(self, model, batch_size: int, max_len: int) -> Any:
         """A KV cache (hidden state for the RNN) for `max_len` positions; `.pos` counts the positions written."""
 
-    def next_logits(self, model, ids: list[int], cache) -> np.ndarray:
-        """Feed `ids` (one sequence) through the model, advancing `cache`; float32 (V,) logits at the last one.
-        Call inside inference()."""
+    def next_logits(self, model, ids, cache) -> np.ndarray:
+        """Feed `ids` through the model, advancing `cache`; float32 logits at the last position: (V,) for one
+        sequence (a list of ids), (B, V) for B rows of equal length (a cache made for batch_size B: the rows of
+        generate_batch). Call inside inference()."""
 
 
 def check_optimizer_state(state: Weights, param_shapes: dict[str, tuple[int, ...]]) -> int:

@@ -5,13 +5,15 @@ argparse options in the field's metadata. It is frozen: what the user asked for 
 (the checkpoint's settings on --resume and a recipe's fills make a new one: nano_core/settings.py), and whatever
 nano works out from it lives in the run's plan (nano_core/plan.py). `build_parser` generates the parser from it, so the flags, the config a
 checkpoint records and the loop's settings are the same names by construction, and the two backends cannot drift
-apart: only the `--device` choices differ (mlx: auto|gpu|cpu, torch: auto|mps|cuda|cpu).
+apart: only the `--device` choices differ (mlx: auto|gpu|cpu, torch: auto|mps|cuda|cpu). One field is many flags:
+`model_overrides` holds the --model.FIELD flags, one per ModelConfig field (nano_core/model_flags.py).
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass, field, fields
 
+from nano_core import model_flags
 from nano_core.config import PRESETS
 from nano_core.recipes import RECIPE_CHOICES
 from nano_core.schedule import SCHEDULES
@@ -20,6 +22,7 @@ DEVICES = {"mlx": ("auto", "gpu", "cpu"), "torch": ("auto", "mps", "cuda", "cpu"
 NAMES = {"mlx": "MLX", "torch": "PyTorch"}
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 ATTN_IMPLS = ("auto", "sdpa", "eager", "flash")
+TOKENIZERS = ("bpe", "char")
 
 # The no-argument run: which preset on which kind of device, and how many steps (bounded: minutes, not hours).
 DEFAULT_PRESET = {"cpu": "tiny", "accelerator": "small"}
@@ -53,6 +56,8 @@ class TrainConfig:
                                  action="store_true")
     attn_impl: str = flag("auto", "model", "attention kernel; auto: the fastest measured for the device and dtype "
                           "(flash: PyTorch on CUDA with flash-attn installed)", choices=ATTN_IMPLS)
+    # not one flag but one per ModelConfig field, --model.FIELD (nano_core/model_flags.py): field -> value
+    model_overrides: dict | None = flag(None, model_flags.GROUP, model_fields=True)
     # -- data
     data: str | None = flag(None, "data", "directory of prepared token shards", metavar="SHARD_DIR",
                             exclusive="data")
@@ -65,6 +70,9 @@ class TrainConfig:
     skip_bad_rows: bool = flag(False, "data", "--instruct-data: skip bad rows (counted in one notice) instead of "
                                "stopping at the first", action="store_true")
     vocab_size: int = flag(8192, "data", "tokenizer vocabulary when preparing --source data", type=int)
+    tokenizer: str = flag("bpe", "data", "how --source text becomes tokens: bpe (trained to --vocab-size), or char: "
+                          "one id per distinct character of the text (character-level models, e.g. on "
+                          "TinyShakespeare)", choices=TOKENIZERS)
     # -- fine-tuning (with --init-from; nano_core/lora.py)
     lora_rank: int | None = flag(None, "fine-tuning", "train rank-R LoRA adapters on a frozen base instead of every "
                                  "weight (a full fine-tune without it)", type=int, metavar="R")
@@ -83,6 +91,9 @@ class TrainConfig:
                                   "counted): without --max-steps the schedule is laid out over the steps that fit, "
                                   "measured over the warm-up, and ends annealed at the deadline; with --max-steps it "
                                   "only stops the run early", type=float, metavar="SECONDS")
+    epochs: float | None = flag(None, "run", "passes over the training data instead of --max-steps / --max-time: "
+                                "the schedule spans N x the training tokens / the tokens per step",
+                                type=float, metavar="N")
     resume: str | None = flag(None, "run", 'continue exactly from a checkpoint dir, a run dir, or "latest" in --out',
                               metavar="CKPT")
     overwrite: bool = flag(False, "run", "start fresh in an --out that holds another run: delete its checkpoints, "
@@ -169,6 +180,9 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
     exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
+        if meta.get("model_fields"):
+            model_flags.add_model_flags(p)
+            continue
         name = meta.pop("group")
         if name not in groups:
             groups[name] = p.add_argument_group(name)
@@ -184,10 +198,13 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
 
 
 def parse_train_args(backend: str, argv) -> tuple[TrainConfig, set[str]]:
-    """(config, the fields the user typed): the typed set tells --resume which settings override the checkpoint."""
+    """(config, the fields the user typed): the typed set tells --resume which settings override the checkpoint.
+    The --model.FIELD flags are one field, model_overrides ("model_overrides" in the typed set)."""
     parser = build_parser(backend)
     argv = list(argv)
-    return TrainConfig(**vars(parser.parse_args(argv))), explicit_flags(parser, argv)
+    model_flags.check_flag_names(parser, argv)
+    values, typed = model_flags.collect(parser, vars(parser.parse_args(argv)), explicit_flags(parser, argv))
+    return TrainConfig(**values), typed
 
 
 def build_generate_parser(backend: str) -> argparse.ArgumentParser:
@@ -201,7 +218,11 @@ def build_generate_parser(backend: str) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     p.add_argument("--top-k", type=int, default=50, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sample i (from 0) of --num-samples uses seed + i: it is "
+                   "the sample --seed SEED+i gives alone")
+    p.add_argument("--num-samples", type=int, default=1, metavar="N",
+                   help="N samples of the prompt, sampled together as one batch; each printed once done (1: the "
+                        "text is streamed as it is sampled)")
     p.add_argument("--device", default="auto", choices=DEVICES[backend],
                    help="where to run; auto picks the fastest available (default: auto)")
     return p

@@ -15,8 +15,9 @@ from nano_core.config import ModelConfig
 from nano_core.data_dir import default_data_dir, drop_stale_cache
 from nano_core.metrics import ASSUMED_MFU
 from nano_core.prepare import prepare
-from nano_core.settings import read_config_file
-from nano_io.sources import hub_reachable
+from nano_core.settings import requested_model_config
+from nano_io.sources import hub_reachable, open_sources
+from tokenizer import CharTokenizer, load_tokenizer
 
 # The no-argument FineWeb-Edu download is sized for one pass over the time budget at the expected speed (hub_documents):
 # a smaller corpus would end the run early at its DEFAULT_EPOCHS passes (nano_core/plan.py). Bounds: at least
@@ -76,8 +77,15 @@ def hub_download_size(config: TrainConfig, peak_flops) -> int:
 
 def resolve_data(config: TrainConfig, log=print, tokenizer=None, peak_flops=None) -> Path:
     """A shard directory to train on: --data as given, or --source prepared once into a cache directory (with
-    `tokenizer` when the model brings its own, else a new one of --vocab-size). The hub source with no --source is
-    sized by hub_download_size (`peak_flops` measures the machine)."""
+    `tokenizer` when the model brings its own, else a new one: BPE of --vocab-size, or --tokenizer char). The hub
+    source with no --source is sized by hub_download_size (`peak_flops` measures the machine)."""
+    data_dir = _shards(config, log, tokenizer, peak_flops)
+    if getattr(config, "sample_prompt", None) is not None and (data_dir / "tokenizer").is_dir():
+        check_sample_prompt(config, data_dir)
+    return data_dir
+
+
+def _shards(config: TrainConfig, log, tokenizer, peak_flops) -> Path:
     if config.data is not None:
         data = Path(config.data)
         if not (data / "manifest.json").is_file():
@@ -90,7 +98,9 @@ def resolve_data(config: TrainConfig, log=print, tokenizer=None, peak_flops=None
         if specs == ["builtin"]:
             log(BUILTIN_NOTICE)
     max_docs = None
-    key = config.vocab_size if tokenizer is None else f"tok-{tokenizer.hash[:12]}"
+    # (benchmark scripts pass a namespace of the data flags alone: no --tokenizer there means BPE)
+    char = tokenizer is None and getattr(config, "tokenizer", "bpe") == "char"
+    key = "char" if char else config.vocab_size if tokenizer is None else f"tok-{tokenizer.hash[:12]}"
     out = _source_cache_dir(specs, key)
     if specs == ["fineweb-edu"]:  # the download's size is part of the cache key
         max_docs = hub_download_size(config, peak_flops) if tokenizer is None else HUB_MIN_DOCS
@@ -100,19 +110,29 @@ def resolve_data(config: TrainConfig, log=print, tokenizer=None, peak_flops=None
     if _usable_cache(out, log):
         log(f"data: cached shards {out}")
         return out
-    what = f"vocab {config.vocab_size}" if tokenizer is None else f"the starting model's tokenizer, vocab " \
-                                                                  f"{tokenizer.vocab_size}"
+    if char:  # the alphabet of the very documents prepare encodes (the hub's: its first max_docs)
+        tokenizer = CharTokenizer.train(open_sources(list(specs), max_docs=max_docs))
+        what = f"characters, vocab {tokenizer.vocab_size}"
+    elif tokenizer is None:
+        what = f"vocab {config.vocab_size}"
+    else:
+        what = f"the starting model's tokenizer, vocab {tokenizer.vocab_size}"
     log(f"data: preparing {' + '.join(specs)} ({what}) into {out}")
     prepare(sources=specs, out_dir=out, vocab_size=None if tokenizer else config.vocab_size, tokenizer=tokenizer,
             progress=True, max_docs=max_docs)
     return out
 
 
+def check_sample_prompt(config: TrainConfig, data_dir: Path) -> None:
+    """The samples' prompt must be text the data's tokenizer can encode (a character tokenizer knows only the
+    characters of its training text): a one-line error now, not at the first sample."""
+    try:
+        load_tokenizer(Path(data_dir) / "tokenizer").encode(config.sample_prompt)
+    except ValueError as e:
+        raise ValueError(f"--sample-prompt {config.sample_prompt!r}: {e}; give a prompt in characters of the "
+                         f"training text") from None
+
+
 def resolve_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
-    """The model a fresh run asks for: --config or --preset, with --seq-len and the data's vocabulary."""
-    overrides = {"vocab_size": vocab_size}
-    if config.seq_len is not None:
-        overrides["seq_len"] = config.seq_len
-    if config.config is not None:
-        return ModelConfig.from_dict({**read_config_file(config.config), **overrides})
-    return ModelConfig.from_preset(config.preset, **overrides)
+    """The model a fresh run asks for, on the data's vocabulary (nano_core.settings.requested_model_config)."""
+    return requested_model_config(config, vocab_size)

@@ -10,6 +10,12 @@ then one token per step. When the cache reaches the model's context, the last ha
 of the text is fed again into a fresh cache, so any length can be sampled. The next token is chosen in numpy with
 a seeded generator (nano_core/sampling.py): it draws from no framework RNG (a sample in the middle of training
 leaves the run bit-identical) and the two backends pick alike from alike logits.
+
+--num-samples N samples the prompt N times as one batch of rows through the cache (generate_batch), each row with
+its own generator: sample i of --seed s is the sample --seed s+i gives alone (sample_seed). The rows' logits come
+from batched matmuls, which may round differently from a single row's, so "the same sample" holds as long as no
+draw lands within that rounding of a boundary between two tokens. With N > 1 each sample is printed whole once it
+is done, numbered, with its seed.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from nano_core.cli import build_generate_parser
 from nano_core.config import ModelConfig
 from nano_core.lora import LoraConfig
 from nano_core.pretrained import load_lora_base
-from nano_core.sampling import check_sampling, sample_next
+from nano_core.sampling import MAX_NUM_SAMPLES, check_sampling, sample_next
 from tokenizer import load_tokenizer
 
 
@@ -33,29 +39,63 @@ def generate(backend, model, prompt_ids, max_new_tokens: int, temperature: float
              top_p: float = 1.0, seed: int = 0, stop_id: int | None = None, on_token=None) -> list[int]:
     """The `max_new_tokens` ids that follow `prompt_ids` (fewer if `stop_id` is drawn; it is not returned).
     `on_token(id)` is called with each id as soon as it is drawn (the generate command streams text with it)."""
-    rng = np.random.default_rng(seed)
+    stream = None if on_token is None else (lambda row, token: on_token(token))
+    return generate_batch(backend, model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop_id,
+                          num_samples=1, on_token=stream)[0]
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """The seed of sample i (0-based) of a run with --seed `seed`: sample i of `--seed s --num-samples N` is the
+    sample of `--seed s+i` alone. One generator per sample, so no sample's draws depend on how many others there
+    are, or on when they stop."""
+    return seed + i
+
+
+def generate_batch(backend, model, prompt_ids, max_new_tokens: int, temperature: float = 0.8, top_k: int = 50,
+                   top_p: float = 1.0, seed: int = 0, stop_id: int | None = None, num_samples: int = 1,
+                   on_token=None, on_done=None) -> list[list[int]]:
+    """`num_samples` continuations of `prompt_ids`, sampled together: one batch of rows through the KV cache, row i
+    drawing from its own generator seeded sample_seed(seed, i). `on_token(row, id)` is called with each id as it
+    is drawn, `on_done(row, ids)` once a row has its last token. A row that draws `stop_id` is finished; it keeps
+    its place in the batch (fed its own last token, its logits unused) so that the rows stay aligned, until every
+    row is finished."""
+    rngs = [np.random.default_rng(sample_seed(seed, i)) for i in range(num_samples)]
     context = model.cfg.seq_len
-    ids = list(prompt_ids)[-context:] or [stop_id if stop_id is not None else 0]
-    out: list[int] = []
+    prompt = list(prompt_ids)[-context:] or [stop_id if stop_id is not None else 0]
+    texts = [list(prompt) for _ in range(num_samples)]  # what each row has been fed: a refill's source
+    outs: list[list[int]] = [[] for _ in range(num_samples)]
+    live = set(range(num_samples))
+
+    def finish(row: int) -> None:
+        live.discard(row)
+        if on_done is not None:
+            on_done(row, outs[row])
+
     with backend.inference(model):
-        cache = backend.make_cache(model, 1, context)
-        logits = backend.next_logits(model, ids, cache)  # prefill
+        cache = backend.make_cache(model, num_samples, context)
+        logits = backend.next_logits(model, texts, cache)  # prefill: (num_samples, V)
         for i in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, rng)
-            if nxt == stop_id:
+            for row in sorted(live):
+                nxt = sample_next(logits[row], temperature, top_k, top_p, rngs[row])
+                if nxt == stop_id:
+                    finish(row)
+                    continue
+                outs[row].append(nxt)
+                texts[row].append(nxt)
+                if on_token is not None:
+                    on_token(row, nxt)
+            if not live or i == max_new_tokens - 1:
                 break
-            out.append(nxt)
-            ids.append(nxt)
-            if on_token is not None:
-                on_token(nxt)
-            if i == max_new_tokens - 1:
-                break
+            for row in set(range(num_samples)) - live:  # finished rows: any token keeps them in step
+                texts[row].append(texts[row][-1])
             if cache.pos < context:
-                logits = backend.next_logits(model, [nxt], cache)
-            else:  # context full: refill a fresh cache with the last half of the text
-                cache = backend.make_cache(model, 1, context)
-                logits = backend.next_logits(model, ids[-(context // 2):], cache)
-    return out
+                logits = backend.next_logits(model, [t[-1:] for t in texts], cache)
+            else:  # context full: refill a fresh cache with the last half of each row's text
+                cache = backend.make_cache(model, num_samples, context)
+                logits = backend.next_logits(model, [t[-(context // 2):] for t in texts], cache)
+    for row in sorted(live):
+        finish(row)
+    return outs
 
 
 def slide_notice(prompt_tokens: int, max_new_tokens: int, context: int) -> str | None:
@@ -112,6 +152,8 @@ def main(backend_class, argv=None):
     try:
         check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
         check_number("--seed", args.seed, low=0, integer=True, hint="any integer from 0 up picks a sample")
+        check_number("--num-samples", args.num_samples, low=1, high=MAX_NUM_SAMPLES, integer=True,
+                     hint="the samples are one batch through the model")
         backend = backend_class(device=args.device, dtype="fp32")
         model, tok, meta = load_model(backend, args.ckpt, log=lambda m: print(m, file=sys.stderr))
         prompt_ids = tok.encode(args.prompt)
@@ -122,9 +164,19 @@ def main(backend_class, argv=None):
     notice = slide_notice(len(prompt_ids), args.max_new_tokens, model.cfg.seq_len)
     if notice:
         print(notice, file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    if args.num_samples == 1:
+        count = _stream_one(backend, model, tok, prompt_ids, args)
+    else:
+        count = _print_each(backend, model, tok, prompt_ids, args)
+    secs = time.perf_counter() - t0
+    print(f"[{count} tokens in {secs:.1f}s, {count / max(secs, 1e-9):.1f} tokens/s]", file=sys.stderr)
+
+
+def _stream_one(backend, model, tok, prompt_ids, args) -> int:
+    """One sample, written as it is drawn; the number of tokens."""
     stream = TextStream(tok)
     stream.write(args.prompt)
-    t0 = time.perf_counter()
     try:
         generate(backend, model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                  args.seed, stop_id=tok.eot_id, on_token=stream)
@@ -133,5 +185,23 @@ def main(backend_class, argv=None):
         print(f"interrupted after {stream.count} tokens", file=sys.stderr, flush=True)
         sys.exit(130)
     stream.close()
-    secs = time.perf_counter() - t0
-    print(f"[{stream.count} tokens in {secs:.1f}s, {stream.count / max(secs, 1e-9):.1f} tokens/s]", file=sys.stderr)
+    return stream.count
+
+
+def _print_each(backend, model, tok, prompt_ids, args) -> int:
+    """--num-samples N > 1: each sample printed whole once it is done, under a line with its number and seed
+    (the seed that gives it alone); the number of tokens."""
+    done = []
+
+    def show(row: int, ids: list[int]) -> None:
+        done.append(len(ids))
+        print(f"=== sample {row + 1} of {args.num_samples} (--seed {sample_seed(args.seed, row)}) ===", flush=True)
+        print(args.prompt + tok.decode(ids), flush=True)
+
+    try:
+        generate_batch(backend, model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                       args.seed, stop_id=tok.eot_id, num_samples=args.num_samples, on_done=show)
+    except KeyboardInterrupt:
+        print(f"interrupted with {len(done)} of {args.num_samples} samples done", file=sys.stderr, flush=True)
+        sys.exit(130)
+    return sum(done)

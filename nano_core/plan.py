@@ -109,6 +109,16 @@ def default_max_steps(device: str, train_tokens: int, tokens_per_step: int, log=
     return steps
 
 
+def epoch_steps(epochs: float, train_tokens: int, tokens_per_step: int, log=print) -> int:
+    """--epochs N as optimizer steps: N passes over the training tokens, in whole steps (at least one). The loader
+    cuts each shard into windows of seq_len, dropping a shard's last partial window, so its own epoch ends up to
+    that many tokens per shard sooner."""
+    steps = max(1, int(epochs * train_tokens // tokens_per_step))
+    log(f"plan: --epochs {epochs:g} = {steps:,} steps of {tokens_per_step:,} tokens over {train_tokens:,} training "
+        f"tokens")
+    return steps
+
+
 def make_plan(config: TrainConfig, typed: set[str], *, model_config: ModelConfig, lora: LoraConfig | None,
               run_dir: Path, data_dir: Path, train_tokens: int, device: str, world_size: int = 1,
               resume_meta: dict | None = None, log=print) -> Plan:
@@ -118,6 +128,8 @@ def make_plan(config: TrainConfig, typed: set[str], *, model_config: ModelConfig
     saved = saved_numbers(resume_meta) if resume_meta is not None else {}
     asked = {name: getattr(config, name) for name in (*RESUMED_NUMBERS, "max_time")}
     numbers = {k: asked[k] if k in typed or k not in saved else saved[k] for k in asked}
+    if "epochs" in typed:  # typed again on --resume: the passes replace the saved length
+        numbers["max_steps"] = numbers["max_time"] = None
     if numbers["warmup_steps"] is None:
         numbers["warmup_steps"] = config.warmup_steps
 
@@ -126,9 +138,11 @@ def make_plan(config: TrainConfig, typed: set[str], *, model_config: ModelConfig
                                          world_size)
     step_cap = max(1, DEFAULT_EPOCHS * train_tokens // total)
 
-    # 3. the length: typed or saved steps; else the time budget's horizon, measured during training; else the
-    # device's default number of steps
+    # 3. the length: typed or saved steps; else --epochs passes over the data; else the time budget's horizon,
+    # measured during training; else the device's default number of steps
     max_steps, max_time, warmup = numbers["max_steps"], numbers["max_time"], numbers["warmup_steps"]
+    if max_steps is None and max_time is None and config.epochs is not None:
+        max_steps = epoch_steps(config.epochs, train_tokens, total, log)
     if max_steps is None and max_time is None:
         max_steps = default_max_steps(device, train_tokens, total, log)
     if max_steps is None and step_cap <= TimeBudget.fix_step(warmup, start):

@@ -24,6 +24,7 @@ from nano_core.data_dir import load_manifest
 from nano_core.data_cache import resolve_data, resolve_model_config
 from nano_core.instruct_rows import encode_rows
 from nano_core.lora import LoraConfig
+from nano_core.model_flags import apply as apply_model_flags
 from nano_core.plan import Plan, make_plan
 from nano_core.pretrained import InitFrom, fit_context, load_init_from, load_lora_base, weights_hash
 from nano_core.rundir import LOCK_FILE, RunLock, check_run_dir, claim_run_dir, default_run_dir, undo_start
@@ -95,7 +96,8 @@ def _prepare(config: TrainConfig, typed: set[str], device: str, resume_path, res
         claim_run_dir(run_dir, fresh=resume_meta is None, overwrite=config.overwrite, log=log)
     init = load_init_from(config.init_from, log) if config.init_from and resume_meta is None else None
     model_config = (ModelConfig.from_dict(resume_meta["model_config"]) if resume_meta is not None
-                    else fit_context(init, config.seq_len) if init is not None else None)
+                    else apply_model_flags(fit_context(init, config.seq_len), config.model_overrides)
+                    if init is not None else None)
     rows = None
     if config.instruct_data:
         if model_config is None:

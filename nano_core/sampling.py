@@ -11,6 +11,8 @@ import numpy as np
 
 # --max-new-tokens above this is a typing slip, not a sample anyone reads (and it would run for days on a laptop)
 MAX_NEW_TOKENS = 1_000_000
+# --num-samples above this is a slip too: the samples are one batch, and its KV cache grows with each of them
+MAX_NUM_SAMPLES = 1024
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:

@@ -1,15 +1,16 @@
-"""Learning-rate schedules: linear warmup, then cosine to a floor, warmup-stable-decay (WSD), or constant.
+"""Learning-rate schedules: linear warmup, then cosine or linear decay to a floor, warmup-stable-decay (WSD), or
+constant.
 
 `lr_at(step, plan)` is a pure function of the step and the run's plan, so a resumed run recomputes exactly the
 rate an uninterrupted run would have used: the schedule itself holds no state that a checkpoint has to carry.
 
 `plan` is the run's resolved plan (nano_core/plan.py), or anything with these attributes (a SimpleNamespace):
   lr            peak learning rate
-  min_lr_frac   floor as a fraction of lr (cosine ends there, WSD decays to it)
+  min_lr_frac   floor as a fraction of lr (cosine and linear end there, WSD decays to it)
   warmup_steps  steps of linear warmup from lr/warmup_steps up to lr
   max_steps     the horizon the schedule is laid out over; None while a time budget has not fixed it yet
                 (TimeBudget below): the warm-up ramp, then the peak rate, which is where every schedule starts
-  schedule      "cosine" | "wsd" | "constant"
+  schedule      "cosine" | "linear" | "wsd" | "constant"
   decay_frac    WSD only: the last decay_frac of max_steps decay linearly to the floor
 """
 from __future__ import annotations
@@ -22,11 +23,23 @@ def _warmup(step: int, plan) -> float:
     return plan.lr * (step + 1) / plan.warmup_steps
 
 
+def _progress(step: int, plan) -> float:
+    """How far the decay after the warm-up has gone: 0 at the end of the warm-up, 1 at max_steps."""
+    span = max(1, plan.max_steps - plan.warmup_steps)
+    return min(1.0, max(0.0, (step - plan.warmup_steps) / span))
+
+
 def _cosine(step: int, plan) -> float:
     floor = plan.lr * plan.min_lr_frac
-    span = max(1, plan.max_steps - plan.warmup_steps)
-    progress = min(1.0, max(0.0, (step - plan.warmup_steps) / span))
-    return floor + 0.5 * (plan.lr - floor) * (1.0 + math.cos(math.pi * progress))
+    return floor + 0.5 * (plan.lr - floor) * (1.0 + math.cos(math.pi * _progress(step, plan)))
+
+
+def _linear(step: int, plan) -> float:
+    # A straight line from the peak to the floor: with --min-lr-frac 0 the decay of Transformers' default
+    # (get_linear_schedule_with_warmup: lr x (max_steps - step) / (max_steps - warmup)). Its warm-up differs by
+    # one step: nano's first step already trains at lr / warmup (_warmup), Transformers' at 0.
+    floor = plan.lr * plan.min_lr_frac
+    return plan.lr + (floor - plan.lr) * _progress(step, plan)
 
 
 def _wsd(step: int, plan) -> float:
@@ -45,7 +58,7 @@ def _constant(step: int, plan) -> float:
     return plan.lr
 
 
-SCHEDULES = {"cosine": _cosine, "wsd": _wsd, "constant": _constant}
+SCHEDULES = {"cosine": _cosine, "linear": _linear, "wsd": _wsd, "constant": _constant}
 
 
 def check_schedule(config) -> None:

@@ -17,9 +17,11 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
+from nano_core import model_flags
 from nano_core.checkpoint import read_meta, resolve_checkpoint
-from nano_core.checks import check_train_numbers
+from nano_core.checks import check_number, check_train_numbers
 from nano_core.cli import DEFAULT_PRESET, TrainConfig
+from nano_core.config import ModelConfig
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
 from nano_core.lora import LoraConfig
 from nano_core.muon import check_muon_args
@@ -39,7 +41,8 @@ NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl"
 # the checkpoint holds is an error (the flag would be ignored, yet recorded in the next checkpoint as if it applied).
 MODEL_FLAGS = ("preset", "config", "recipe", "seq_len", "vocab_size")
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_layers")
-DATA_FLAGS = ("source", "instruct_data")  # --data is checked against the shards once they are read (run.py)
+# --data is checked against the shards once they are read (run.py)
+DATA_FLAGS = ("source", "instruct_data", "tokenizer")
 
 
 def flag_name(name: str) -> str:
@@ -50,8 +53,16 @@ def flag_name(name: str) -> str:
 def resumed_config(config: TrainConfig, saved: dict, typed: set[str]) -> TrainConfig:
     """`config` with the checkpoint's run settings for every flag the user did not type again."""
     known = {f.name for f in fields(TrainConfig)}  # a checkpoint of an older version may hold flags gone since
-    return replace(config, **{name: value for name, value in saved.items()
-                              if name in known and name not in typed and name not in NOT_RESUMED})
+    taken = {name: value for name, value in saved.items()
+             if name in known and name not in typed and name not in NOT_RESUMED}
+    # a length typed again replaces the saved one: --epochs excludes --max-steps / --max-time
+    if typed & {"max_steps", "max_time"}:
+        taken["epochs"] = None
+    if "epochs" in typed:
+        taken["max_steps"] = None
+    if "model_overrides" in typed:  # typed again (agreeing with the checkpoint): the saved ones stay recorded too
+        taken["model_overrides"] = {**(saved.get("model_overrides") or {}), **config.model_overrides}
+    return replace(config, **taken)
 
 
 def resolve_resume(config: TrainConfig, typed: set[str], log=print) -> tuple[TrainConfig, Path | None, dict | None]:
@@ -92,6 +103,8 @@ def _held(name: str, meta: dict) -> tuple[object, str]:
             return None, "no LoRA adapters (all weights train)"
         value = LoraConfig.from_dict(lora).to_dict()[key]
         return value, f"LoRA adapters with {key} {','.join(value) if key == 'targets' else value}"
+    if name == "tokenizer":  # checkpoints from before --tokenizer were all BPE
+        return saved.get("tokenizer") or "bpe", f"a {saved.get('tokenizer') or 'bpe'} tokenizer"
     if name == "source":
         return saved.get("source"), (f"data from --source {' '.join(saved['source'])}" if saved.get("source")
                                      else f"the shards in {meta.get('data_dir')}")
@@ -99,8 +112,8 @@ def _held(name: str, meta: dict) -> tuple[object, str]:
 
 
 def _agrees(name: str, typed_value, held, meta: dict) -> bool:
-    if name == "config":  # another path to the same model is no conflict
-        fields_ = read_config_file(typed_value)
+    if name == "config":  # another path to the same model is no conflict (with the --model.* fields on top)
+        fields_ = {**read_config_file(typed_value), **(meta.get("train_config", {}).get("model_overrides") or {})}
         return all(meta["model_config"].get(k) == v for k, v in fields_.items() if k not in ("seq_len", "vocab_size"))
     if name == "lora_targets":
         return held is not None and set(LoraConfig(1, targets=typed_value).targets) == set(held)
@@ -122,9 +135,18 @@ def check_resume_flags(config: TrainConfig, typed: set[str], meta: dict, path) -
         held, what = _held(name, meta)
         if not _agrees(name, value, held, meta):
             shown = " ".join(value) if isinstance(value, list) else value
-            raise ValueError(f"{flag_name(name)} {shown} conflicts with the checkpoint {path}, which holds {what}; a "
-                             f"resumed run keeps its model, adapters and data: drop {flag_name(name)}, or start a new "
-                             f"run from its weights with --init-from {path}")
+            raise _conflict(f"{flag_name(name)} {shown}", flag_name(name), path, what)
+    if "model_overrides" in typed:
+        conflict = model_flags.resume_conflict(config.model_overrides, meta["model_config"])
+        if conflict is not None:
+            typed_flag, what = conflict
+            raise _conflict(typed_flag, typed_flag.partition("=")[0], path, what)
+
+
+def _conflict(typed_flag: str, name: str, path, what: str) -> ValueError:
+    return ValueError(f"{typed_flag} conflicts with the checkpoint {path}, which holds {what}; a resumed run keeps "
+                      f"its model, adapters and data: drop {name}, or start a new run from its weights with "
+                      f"--init-from {path}")
 
 
 # --- a fresh run: the device's recipe and preset -----------------------------------------------------------------
@@ -160,7 +182,8 @@ def apply_recipe(config: TrainConfig, recipe: Recipe, typed: set[str], log=print
         if name not in typed and getattr(config, name) == getattr(defaults, name):
             fills[name] = value
     # its time budget, unless the run has a length already (typed, or shrunk for tests through MAX_STEPS_ENV)
-    if config.max_steps is None and config.max_time is None and MAX_STEPS_ENV not in os.environ:
+    if config.max_steps is None and config.max_time is None and config.epochs is None and \
+            MAX_STEPS_ENV not in os.environ:
         fills["max_time"] = recipe.budget_s
     log(recipe.describe())
     return replace(config, **fills)
@@ -171,12 +194,22 @@ def check_config(config: TrainConfig) -> None:
     """One-line errors for settings that cannot run, before any data is prepared."""
     check_train_numbers(config)  # finite and in range, naming the flag (--lr nan, --seq-len 0, ...)
     check_schedule(config)
+    if config.epochs is not None:
+        check_number("--epochs", config.epochs, low=0, low_open=True, hint="passes over the training data, e.g. 2 "
+                     "or 0.5")
+        both = [flag_name(n) for n in ("max_steps", "max_time") if getattr(config, n) is not None]
+        if both:
+            raise ValueError(f"--epochs and {' and '.join(both)} each set the length of the run; give one of them")
     if config.optimizer == "muon":  # its settings before any data is prepared (LoRA is checked with the model)
         check_muon_args(config.lr, config.muon_lr, config.muon_momentum, None)
     if config.config is not None and config.resume is None:
         read_config_file(config.config)
+    if config.model_overrides and config.resume is None:
+        check_model_overrides(config)
     if config.data is None:
         check_vocab_size(config.vocab_size)
+    if config.tokenizer == "char":
+        check_char_tokenizer(config)
     for name in ("max_steps", "max_time", "batch_size", "eval_steps", "sample_tokens", "log_every"):
         if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ValueError(f"{flag_name(name)} must be positive, got {getattr(config, name)}")
@@ -187,6 +220,37 @@ def check_config(config: TrainConfig) -> None:
     for name in ("eval_every", "sample_every", "ckpt_every", "keep", "eval_tasks_every"):
         if getattr(config, name) < 0:
             raise ValueError(f"{flag_name(name)} must be >= 0, got {getattr(config, name)}")
+
+
+def check_char_tokenizer(config: TrainConfig) -> None:
+    """--tokenizer char makes a tokenizer from --source text: nothing else may bring or size one."""
+    brings = {"data": "--data's shards were encoded by their own tokenizer", "init_from": "--init-from's model "
+              "brings its own tokenizer", "instruct_data": "--instruct-data is encoded with the model's tokenizer"}
+    for name, why in brings.items():
+        if getattr(config, name) is not None and config.resume is None:
+            raise ValueError(f"--tokenizer char conflicts with {flag_name(name)}: {why}; drop --tokenizer char, or "
+                             f"train from --source text")
+    if config.vocab_size != TrainConfig.vocab_size:
+        raise ValueError(f"--vocab-size {config.vocab_size} does not apply to --tokenizer char (its vocabulary is "
+                         f"the characters of the text); drop --vocab-size")
+
+
+def check_model_overrides(config: TrainConfig) -> None:
+    """The --model.* fields on the model they change, validated before any data is prepared (the vocabulary is
+    the data's, known later: --vocab-size stands in for it here)."""
+    if config.init_from is not None:
+        model_flags.check_init_from(config.model_overrides)
+    else:
+        requested_model_config(config, config.vocab_size)
+
+
+def requested_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The model a fresh run asks for: --config or --preset, with --seq-len, the vocabulary and the --model.*
+    fields on top (validated: a spec error names the --model flags behind it)."""
+    base = read_config_file(config.config) if config.config is not None else ModelConfig.from_preset(
+        config.preset).to_dict()
+    sizes = {"vocab_size": vocab_size, **({"seq_len": config.seq_len} if config.seq_len is not None else {})}
+    return model_flags.apply({**base, **sizes}, config.model_overrides)
 
 
 def eval_settings(config: TrainConfig) -> EvalSettings:

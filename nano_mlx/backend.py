@@ -308,6 +308,8 @@ class Backend:
     def make_cache(self, model, batch_size: int, max_len: int):
         return model.make_cache(batch_size, max_len)
 
-    def next_logits(self, model, ids: list[int], cache) -> np.ndarray:
-        logits = model(mx.array([ids], dtype=mx.int32), cache=cache)
-        return np.array(logits[0, -1].astype(mx.float32))
+    def next_logits(self, model, ids, cache) -> np.ndarray:
+        rows = np.asarray(ids, dtype=np.int32)
+        logits = model(mx.array(rows.reshape(-1, rows.shape[-1])), cache=cache)
+        last = np.array(logits[:, -1].astype(mx.float32))
+        return last if rows.ndim == 2 else last[0]

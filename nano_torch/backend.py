@@ -326,6 +326,8 @@ class Backend:
     def make_cache(self, model, batch_size: int, max_len: int):
         return model.make_cache(batch_size, max_len)
 
-    def next_logits(self, model, ids: list[int], cache) -> np.ndarray:
-        logits = model(torch.tensor([ids], dtype=torch.long, device=self.torch_device), cache=cache)
-        return logits[0, -1].float().cpu().numpy()
+    def next_logits(self, model, ids, cache) -> np.ndarray:
+        rows = np.asarray(ids, dtype=np.int64)
+        logits = model(torch.tensor(rows.reshape(-1, rows.shape[-1]), device=self.torch_device), cache=cache)
+        last = logits[:, -1].float().cpu().numpy()
+        return last if rows.ndim == 2 else last[0]

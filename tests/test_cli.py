@@ -45,7 +45,8 @@ def test_train_parser_has_every_documented_flag_in_kebab_case():
               "--sample-every --sample-prompt --sample-tokens --ckpt-every --keep --resume --seed --wandb "
               "--grad-checkpoint --memory-limit --vocab-size --log-every").split()
     assert set(wanted) <= flags
-    assert not [f for f in flags if "_" in f]
+    # the --model.FIELD flags spell the field as ModelConfig (and a --config file) does: --model.n_kv_head
+    assert not [f for f in flags if "_" in f and not f.startswith("--model.")]
 
 
 def test_repeated_source_flags_accumulate_and_data_excludes_source():
@@ -174,12 +175,54 @@ def test_train_config_is_the_parser_one_field_per_flag_with_the_same_defaults():
     from dataclasses import fields
 
     parser = cli.build_parser("torch")
-    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
-    assert set(actions) == {f.name for f in fields(cli.TrainConfig)}
-    for f in fields(cli.TrainConfig):
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"
+               and not a.dest.startswith("model.")}  # the --model.FIELD flags: tests/test_model_flags.py
+    flagged = [f for f in fields(cli.TrainConfig) if f.name != "model_overrides"]
+    assert set(actions) == {f.name for f in flagged}
+    for f in flagged:
         assert actions[f.name].default == f.default, f.name
         assert actions[f.name].option_strings[0] == "--" + f.name.replace("_", "-")
     config, typed = cli.parse_train_args("mlx", ["--lr", "0.01", "--no-compile", "--source", "a", "b"])
     assert isinstance(config, cli.TrainConfig) and (config.lr, config.compile, config.source) == (0.01, False, ["a", "b"])
     assert typed == {"lr", "compile", "source"}
     assert cli.TrainConfig(**config.to_dict()) == config  # what a checkpoint records rebuilds the same config
+
+
+def epochs_plan(argv, train_tokens, resume_meta=None, log=print):
+    config, typed = cli.parse_train_args("torch", argv)
+    model_config = settings.requested_model_config(config, 512)
+    return plan_mod.make_plan(config, typed, model_config=model_config, lora=None, run_dir="run", data_dir="data",
+                              train_tokens=train_tokens, device="cpu", resume_meta=resume_meta, log=log)
+
+
+@pytest.mark.parametrize("epochs", ["1", "2", "0.5", "7"])
+def test_epochs_are_the_steps_that_pass_over_the_training_tokens_that_often(epochs, capsys):
+    plan = epochs_plan(["--preset", "tiny", "--batch-size", "4", "--epochs", epochs], train_tokens=100_000)
+    per_step = 4 * 256
+    assert plan.tokens_per_step == per_step and plan.max_time is None
+    # N passes in whole steps: the last step still within them, one more would pass them
+    assert plan.max_steps * per_step <= float(epochs) * 100_000 < (plan.max_steps + 1) * per_step
+    assert f"--epochs {epochs} = {plan.max_steps:,} steps" in capsys.readouterr().out
+    # more passes than the default budget's cap: asked for, so not capped
+    assert epochs_plan(["--preset", "tiny", "--epochs", "7"], train_tokens=2048 * 10).max_steps == 70
+
+
+def test_epochs_exclude_max_steps_and_max_time_and_must_be_positive():
+    for other in (["--max-steps", "10"], ["--max-time", "60"]):
+        config, _ = cli.parse_train_args("torch", ["--preset", "tiny", "--epochs", "2", *other])
+        with pytest.raises(ValueError, match=f"--epochs and {other[0]} each set the length of the run"):
+            settings.check_config(config)
+    for bad in ("0", "-1", "nan", "inf"):
+        config, _ = cli.parse_train_args("torch", ["--preset", "tiny", "--epochs", bad])
+        with pytest.raises(ValueError, match="--epochs must be a finite number > 0"):
+            settings.check_config(config)
+
+
+def test_a_resume_keeps_the_steps_its_epochs_planned_unless_a_length_is_typed():
+    meta = {"step": 5, "plan": {"max_steps": 40, "total_batch_tokens": 1024, "warmup_steps": 2, "max_time": None},
+            "train_config": {"epochs": 2.0}}
+    config, typed = cli.parse_train_args("torch", ["--resume", "x", "--max-steps", "60"])
+    assert settings.resumed_config(config, meta["train_config"], typed).epochs is None  # replaced by the new length
+    assert epochs_plan(["--preset", "tiny", "--batch-size", "4"], 100_000, resume_meta=meta).max_steps == 40
+    assert epochs_plan(["--preset", "tiny", "--batch-size", "4", "--epochs", "3"], 100_000,
+                       resume_meta=meta).max_steps == 3 * 100_000 // 1024

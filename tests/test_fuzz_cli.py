@@ -164,9 +164,12 @@ TRAIN_FLAGS = {"--max-steps": bad("pos_int"), "--batch-size": bad("pos_int"), "-
                "--lr": bad("pos_float"), "--eps": bad("pos_float"), "--max-time": bad("pos_float"),
                "--min-lr-frac": bad("unit"), "--decay-frac": bad("unit"), "--beta1": bad("unit_open"),
                "--beta2": bad("unit_open"), "--weight-decay": bad("nonneg_float"),
-               "--grad-clip": bad("nonneg_float")}
+               "--grad-clip": bad("nonneg_float"), "--epochs": bad("pos_float"),
+               "--model.n_layer": bad("pos_int"), "--model.dropout_attn": bad("unit_open"),
+               "--model.rope_theta": bad("pos_float")}
 GENERATE_FLAGS = {"--max-new-tokens": bad("nat_int", huge=10**6 + 1), "--temperature": bad("nonneg_float"),
-                  "--top-k": bad("nat_int"), "--top-p": bad("prob"), "--seed": bad("nat_int")}
+                  "--top-k": bad("nat_int"), "--top-p": bad("prob"), "--seed": bad("nat_int"),
+                  "--num-samples": bad("pos_int", huge=1025)}
 EVAL_FLAGS = {"--limit": bad("pos_int"), "--batch-size": bad("pos_int"), "--stride": bad("pos_int")}
 
 

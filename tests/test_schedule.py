@@ -1,4 +1,4 @@
-"""Learning-rate schedules: warmup, cosine to the floor, WSD's stable and decay phases, constant."""
+"""Learning-rate schedules: warmup, cosine and linear decay to the floor, WSD's stable and decay phases, constant."""
 import math
 from types import SimpleNamespace
 
@@ -12,7 +12,7 @@ def cfg(**kw):
     return SimpleNamespace(**{**base, **kw})
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "wsd", "constant"])
 def test_warmup_is_linear_and_reaches_peak(schedule):
     c = cfg(schedule=schedule)
     assert lr_at(0, c) == pytest.approx(1e-4)
@@ -29,6 +29,23 @@ def test_cosine_starts_at_peak_ends_at_floor_and_decreases():
     assert lr_at(500, c) == pytest.approx(1e-4)  # past the horizon it stays at the floor
     lrs = [lr_at(s, c) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_linear_falls_in_a_straight_line_from_the_peak_to_the_floor():
+    c = cfg(schedule="linear")  # warm-up 10, horizon 100, floor 1e-4
+    assert lr_at(10, c) == pytest.approx(1e-3)
+    assert lr_at(55, c) == pytest.approx(1e-3 - 0.5 * 9e-4)
+    assert lr_at(91, c) == pytest.approx(1e-3 - 0.9 * 9e-4)
+    assert lr_at(100, c) == pytest.approx(1e-4) and lr_at(300, c) == pytest.approx(1e-4)
+    diffs = [lr_at(s, c) - lr_at(s + 1, c) for s in range(10, 100)]
+    assert min(diffs) > 0 and max(diffs) == pytest.approx(min(diffs))  # every step down by the same amount
+    assert lr_at(30, c) < lr_at(30, cfg(schedule="cosine"))  # not the cosine: below it in the first half
+
+
+def test_linear_to_a_zero_floor_is_transformers_default_after_the_warmup():
+    c = cfg(schedule="linear", min_lr_frac=0.0)
+    for step in range(10, 101):  # get_linear_schedule_with_warmup's factor: (total - step) / (total - warmup)
+        assert lr_at(step, c) == pytest.approx(1e-3 * (100 - step) / (100 - 10), abs=1e-15)
 
 
 def test_wsd_is_flat_then_decays_linearly_to_floor():
@@ -54,7 +71,7 @@ def test_lr_is_a_pure_function_of_step():
     assert not any(math.isnan(x) for x in forward)
 
 
-@pytest.mark.parametrize("bad, msg", [(dict(schedule="linear"), "unknown schedule"), (dict(lr=0), "--lr"),
+@pytest.mark.parametrize("bad, msg", [(dict(schedule="exponential"), "unknown schedule"), (dict(lr=0), "--lr"),
                                       (dict(min_lr_frac=2), "--min-lr-frac"), (dict(warmup_steps=-1), "--warmup"),
                                       (dict(schedule="wsd", decay_frac=0), "--decay-frac")])
 def test_bad_schedule_settings_get_one_line_errors(bad, msg):
