@@ -153,7 +153,7 @@ class TrainConfig:
         return asdict(self)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show a flag's default unless its help already says it, or there is none to show (None/False)."""
 
     def _get_help_string(self, action):
@@ -175,7 +175,7 @@ def build_parser(backend: str) -> argparse.ArgumentParser:
         prog=f"python -m nano_{backend}.train",
         description=f"Train a GPT-style language model from scratch with {NAMES[backend]}. With no arguments: "
                     "prepare data, train the default preset for this device, evaluate, sample and checkpoint.",
-        formatter_class=_HelpFormatter)
+        formatter_class=HelpFormatter)
     groups: dict[str, argparse._ArgumentGroup] = {}
     exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
     for f in fields(TrainConfig):
@@ -211,7 +211,7 @@ def build_generate_parser(backend: str) -> argparse.ArgumentParser:
     _check_backend(backend)
     p = argparse.ArgumentParser(prog=f"python -m nano_{backend}.generate",
                                 description="Sample text from a checkpoint (with the model's KV cache).",
-                                formatter_class=_HelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint dir, or a run dir (its latest checkpoint)")
     p.add_argument("--prompt", default="The", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nano_core.checkpoint import resolve_checkpoint
-from nano_core.cli import DEVICES, _HelpFormatter
+from nano_core.cli import DEVICES, HelpFormatter
 from nano_core.eval_tasks import Scorer, task_bpb, task_hellaswag, task_wikitext2
 from nano_core.generate import load_model
 from nano_io.files import atomic_write
@@ -105,7 +105,7 @@ def table(results: dict) -> str:
 
 # ----------------------------------------------------------------------------- the command
 def build_parser(backend_name: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m nano_{backend_name}.eval", formatter_class=_HelpFormatter,
+    p = argparse.ArgumentParser(prog=f"python -m nano_{backend_name}.eval", formatter_class=HelpFormatter,
                                 description="Evaluate a checkpoint: bits per byte, WikiText-2 perplexity, HellaSwag.")
     p.add_argument("--ckpt", required=True, help="checkpoint dir, or a run dir (its newest good checkpoint)")
     p.add_argument("--tasks", default="bpb,wikitext2,hellaswag", help=f"comma-separated: {', '.join(TASK_VERSIONS)}")

@@ -101,7 +101,7 @@ def test_a_budget_shorter_than_the_warmup_stops_with_a_notice_and_a_checkpoint(s
 
 
 def test_max_time_must_be_positive(shared_data, tmp_path):
-    with pytest.raises(SystemExit, match="--max-time must be positive"):
+    with pytest.raises(SystemExit, match="--max-time must be a finite number > 0"):
         train_main("torch")(budget_args(shared_data, tmp_path / "bad", -1))
 
 
