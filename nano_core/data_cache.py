@@ -13,7 +13,7 @@ from pathlib import Path
 from nano_core.cli import TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.data_dir import default_data_dir, drop_stale_cache
-from nano_core.metrics import ASSUMED_MFU
+from nano_core.metrics import expected_tokens_per_s
 from nano_core.prepare import prepare
 from nano_core.settings import requested_model_config
 from nano_io.sources import hub_reachable, open_sources
@@ -51,11 +51,6 @@ def _usable_cache(out: Path, log=print) -> bool:
         s.get("split") == "train" and s.get("tokens", 0) > 0 for s in manifest.get("shards", []))
 
 
-def expected_tokens_per_s(model_config: ModelConfig, peak_flops: float) -> float:
-    """Training speed expected before the first step: the measured matmul peak at ASSUMED_MFU."""
-    return peak_flops * ASSUMED_MFU / model_config.estimate_flops()
-
-
 def hub_documents(budget_s: float | None, tokens_per_s: float | None) -> int:
     """FineWeb-Edu documents to download for a run of `budget_s` seconds at `tokens_per_s`: one pass of fresh text
     (so even a rate estimate 3x too low still fills the budget within the plan's DEFAULT_EPOCHS passes), within the
@@ -72,7 +67,7 @@ def hub_download_size(config: TrainConfig, peak_flops) -> int:
     if getattr(config, "max_time", None) is None or peak_flops is None:
         return HUB_MIN_DOCS
     model_config = resolve_model_config(config, config.vocab_size)
-    return hub_documents(config.max_time, expected_tokens_per_s(model_config, peak_flops()))
+    return hub_documents(config.max_time, expected_tokens_per_s(model_config.estimate_flops(), peak_flops()))
 
 
 def resolve_data(config: TrainConfig, log=print, tokenizer=None, peak_flops=None) -> Path:

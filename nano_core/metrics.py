@@ -29,6 +29,11 @@ LOSS_CURVE_FILE = "loss_curve.png"
 ASSUMED_MFU = 0.25
 
 
+def expected_tokens_per_s(flops_per_token: float, peak_flops: float) -> float:
+    """Training speed expected before the first step: the measured matmul peak at ASSUMED_MFU."""
+    return max(peak_flops * ASSUMED_MFU, 1.0) / flops_per_token
+
+
 # --- throughput ---------------------------------------------------------------------------------------------
 def mfu(flops_per_token: float, tok_per_s: float, peak_flops: float) -> float:
     """Fraction of peak FLOP/s the model's own arithmetic achieves (0..1, can exceed 1 if the peak is wrong)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from nano_core.hf import export_layout
-from nano_core.metrics import ASSUMED_MFU, format_count, format_flops
+from nano_core.metrics import ASSUMED_MFU, expected_tokens_per_s, format_count, format_flops
 
 
 def startup_line(backend, model_config, params: int, data_tokens: int, entropy: float, val_bar: float, peak: float,
@@ -60,7 +60,7 @@ def nothing_to_do(step: int, max_steps: int, checkpoint) -> str:
 def expected_time(steps: int, tokens_per_step: int, flops_per_token: float, peak: float) -> str:
     """A start-up estimate of the training time from the measured matmul peak at a typical utilisation (the
     evaluations, samples and checkpoints come on top)."""
-    seconds = steps * tokens_per_step * flops_per_token / max(peak * ASSUMED_MFU, 1.0)
+    seconds = steps * tokens_per_step / expected_tokens_per_s(flops_per_token, peak)
     when = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
     return (f"expect about {when} for {steps:,} steps (an estimate at {ASSUMED_MFU:.0%} of the measured matmul peak; "
             f"the progress bar's ETA is measured)")

@@ -20,6 +20,7 @@ from packaging.requirements import Requirement
 from nano_core import host
 from nano_core import data_cache
 from nano_core.cli import TrainConfig
+from nano_core.metrics import ASSUMED_MFU
 from nano_core.config import ModelConfig
 from nano_core.init import init_weights
 from nano_core.report import summary_line
@@ -173,7 +174,7 @@ def test_the_no_argument_download_holds_the_whole_budget(monkeypatch, tmp_path, 
     monkeypatch.setattr(data_cache, "prepare", lambda **kw: asked.update(kw))
     config = TrainConfig(max_time=3600.0, preset="modern-6x384")
     cfg = data_cache.resolve_model_config(config, config.vocab_size)
-    peak = rate * cfg.estimate_flops() / data_cache.ASSUMED_MFU  # the peak at which the estimate gives `rate`
+    peak = rate * cfg.estimate_flops() / ASSUMED_MFU  # the peak at which the estimate gives `rate`
     out = data_cache.resolve_data(config, log=lambda *a: None, peak_flops=lambda: peak)
     docs = asked["max_docs"]
     assert docs * data_cache.HUB_TOKENS_PER_DOC >= 3600 * rate
