@@ -46,13 +46,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from harness import ROOT, child_env, machine, pyplot, read_jsonl, run_child, save_figure, save_json, save_text
+from harness import (ROOT, child_env, free_ports, machine, pyplot, read_jsonl, run_child, save_figure, save_json,
+                     save_text)
 
 BIN = Path(sys.executable).parent  # torchrun and mlx.launch of this environment
 
@@ -200,31 +200,12 @@ def model_config(name: str):
 
 
 # ============================================================================= the parent: launches and reports
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A port p with p and p + 1 both free (mlx.launch listens on --starting-port + rank)."""
-    for _ in range(50):
-        p = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no two consecutive free ports on 127.0.0.1")
-
-
 def launcher(backend: str, n: int) -> list[str]:
     """The engine's own launcher for n processes on this machine, as a user would type it."""
     if backend == "torch":
         return [str(BIN / "torchrun"), "--nproc-per-node", str(n), "--master-addr", "127.0.0.1", "--master-port",
-                str(free_port())]
-    return [str(BIN / "mlx.launch"), "-n", str(n), "--starting-port", str(free_port_pair()), "--", sys.executable]
+                str(free_ports())]
+    return [str(BIN / "mlx.launch"), "-n", str(n), "--starting-port", str(free_ports(n)), "--", sys.executable]
 
 
 def train_records(run: Path) -> list[dict]:

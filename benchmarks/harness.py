@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +28,28 @@ from nano_io.files import atomic_path, atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENBLAS = installed_openblas() or "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
+
+
+def free_ports(n: int = 1) -> int:
+    """A port p with p .. p + n - 1 all free on 127.0.0.1, for a launcher's rendezvous (mlx.launch listens on
+    --starting-port + rank). Picked below the kernel's ephemeral range: a port the kernel hands out itself can be
+    taken again by any outgoing connection between this check and the launcher's bind (CI saw EADDRINUSE so)."""
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    lo = 20000 if low > 21000 else 10000
+    for _ in range(200):
+        p = random.randrange(lo, max(lo + 1, low - n))
+        try:
+            for q in range(p, p + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", q))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
 
 
 class StepError(Exception):

@@ -64,9 +64,12 @@ class Sampler:
             self.samples.append((self._step, rss))
 
 
-def window(pairs: list[tuple[int, float]], lo: int, hi: int) -> float:
-    """The median of the values logged at steps in (lo, hi]."""
+def window(pairs: list[tuple[int, float]], lo: int, hi: int, nearest: bool = False) -> float:
+    """The median of the values logged at steps in (lo, hi]. With `nearest`, a window no sample fell in (a short run
+    faster than the sampling: --quick on a fast machine) takes the sample closest to it instead of no value."""
     values = [v for s, v in pairs if lo < s <= hi]
+    if not values and nearest and pairs:
+        values = [min(pairs, key=lambda sv: min(abs(sv[0] - lo), abs(sv[0] - hi)))[1]]
     return statistics.median(values) if values else float("nan")
 
 
@@ -85,15 +88,15 @@ def soak(backend: str, args, out: Path) -> dict:
     env = child_env(backend)
     env["NANO_CACHE"] = str(out / "cache")
     record = run_child(f"soak {backend} ({args.steps:,} steps)", cmd, out / f"soak-{backend}.log", env,
-                       watch=sampler, poll_s=0.5)
+                       watch=sampler, poll_s=0.2)
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "tok_per_s" in r and "train_loss" in r]
     tokens_per_step = 4 * MICRO["seq_len"]
     step_ms = [(r["step"], 1000 * tokens_per_step / r["tok_per_s"]) for r in records if r["tok_per_s"] > 0]
     early_hi, late_lo = args.early, args.steps - args.early
     first_lo = max(every, args.early // 2)  # skip the very first records: compilation and warm-up
     result = {"backend": backend, "steps": args.steps, "seconds": record["seconds"],
-              "rss_early": window(sampler.samples, first_lo, early_hi), "rss_late": window(sampler.samples, late_lo,
-                                                                                           args.steps),
+              "rss_early": window(sampler.samples, first_lo, early_hi, nearest=True),
+              "rss_late": window(sampler.samples, late_lo, args.steps, nearest=True),
               "ms_early": window(step_ms, first_lo, early_hi), "ms_late": window(step_ms, late_lo, args.steps),
               "peak_rss_bytes": record["peak_rss_bytes"], "rss_samples": sampler.samples[::10], "step_ms": step_ms,
               "load_before": record["loadavg_before"], "load_after": record["loadavg_after"]}

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,31 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def free_ports(n: int = 1) -> int:
+    """p with p .. p + n - 1 free on 127.0.0.1, below the ephemeral range (the benchmarks' own finder)."""
+    return load_benchmark("harness").free_ports(n)
+
+
+def rank_pid(tag: str, rank: int, timeout: float = 120) -> int:
+    """The pid of the training process of `rank` in the launch tagged `tag` (NANO_TEST_TAG in its environment;
+    Linux /proc). nano's re-run to preload OpenBLAS is an exec: the same pid before and after."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
+                cmd = (proc / "cmdline").read_text()
+            except (OSError, ValueError):
+                continue
+            if env.get("NANO_TEST_TAG") == tag and ".train" in cmd and \
+                    str(rank) in (env.get("RANK"), env.get("MLX_RANK")):
+                return int(proc.name)
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} never started")
 
 
 EXPORT_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."

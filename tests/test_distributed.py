@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from nano_core.distributed import lost_peer_cause
 from nano_core.plan import grad_accum_steps
 from nano_core.run import check_distributed
 from helpers import make_dir, unique_shards
-from helpers import plain_env
+from helpers import free_ports, plain_env, rank_pid
 from helpers import micro_setup, train_args, train_main
 
 pytestmark = pytest.mark.e2e  # trains or runs commands end to end: outside the fast inner loop
@@ -44,20 +43,13 @@ BIN = Path(sys.executable).parent
 STEPS = 10
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launcher(backend: str, n: int) -> list[str]:
     """The engine's own launcher, as a user types it (from this venv)."""
     if backend == "torch":
         return [str(BIN / "torchrun"), "--nproc-per-node", str(n), "--master-addr", "127.0.0.1", "--master-port",
-                str(free_port()), "-m", "nano_torch.train"]
-    # mlx.launch listens on starting-port + rank: two free ports in a row, picked far from the usual 5000
-    port = free_port()
-    return [str(BIN / "mlx.launch"), "-n", str(n), "--starting-port", str(port), "--", sys.executable, "-m",
+                str(free_ports()), "-m", "nano_torch.train"]
+    # mlx.launch listens on starting-port + rank: n free ports in a row
+    return [str(BIN / "mlx.launch"), "-n", str(n), "--starting-port", str(free_ports(n)), "--", sys.executable, "-m",
             "nano_mlx.train"]
 
 
@@ -168,25 +160,6 @@ def test_resuming_on_another_world_size_says_so(shared_data, tmp_root, capsys):
             "position in the data") in said
 
 
-def _rank_pid(tag: str, rank: int, timeout: float = 120) -> int:
-    """The pid of the training process of `rank` in the launch tagged `tag` (from its environment)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
-                cmd = (proc / "cmdline").read_text()
-            except OSError:
-                continue
-            if env.get("NANO_TEST_TAG") == tag and ".train" in cmd and \
-                    (env.get("RANK") == str(rank) or env.get("MLX_RANK") == str(rank)) and "NANO_OPENBLAS_DONE" not in env:
-                return int(proc.name)
-        time.sleep(0.2)
-    raise AssertionError(f"rank {rank} never started")
-
-
 def _start_long_run(backend: str, shared_data: Path, out: Path) -> tuple[subprocess.Popen, str]:
     tag = uuid.uuid4().hex
     args = args_for(shared_data, out, 4, **{"max-steps": 100_000, "ckpt-every": 20, "eval-every": 0,
@@ -219,7 +192,7 @@ def test_a_killed_rank_ends_the_run_with_an_error_not_a_hang(backend, shared_dat
     out = tmp_root / f"{backend}-killed"
     proc, tag = _start_long_run(backend, shared_data, out)
     try:
-        os.kill(_rank_pid(tag, 1), signal.SIGKILL)
+        os.kill(rank_pid(tag, 1), signal.SIGKILL)
         code, output, took = _finish(proc, timeout=90)
     finally:
         if proc.poll() is None:
@@ -238,7 +211,7 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint(shar
     out = tmp_root / "torch-signalled"
     proc, tag = _start_long_run("torch", shared_data, out)
     try:
-        os.kill(_rank_pid(tag, 1), signal.SIGTERM)
+        os.kill(rank_pid(tag, 1), signal.SIGTERM)
         code, output, _ = _finish(proc, timeout=90)
     finally:
         if proc.poll() is None:
@@ -341,10 +314,10 @@ def test_a_peer_that_never_comes_is_an_error_within_the_timeout(backend, shared_
     data, config = micro_setup(shared_data)
     if backend == "torch":  # rank 0 of 2 with nobody else: the rendezvous waits for rank 1
         env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(free_port())}
+               "MASTER_PORT": str(free_ports())}
     else:  # rank 1 of a ring whose rank 0 is nowhere (a host that does not answer)
         hosts = tmp_path / "hosts.json"
-        hosts.write_text(json.dumps([[f"127.0.0.1:{free_port()}"], [f"127.0.0.1:{free_port()}"]]))
+        hosts.write_text(json.dumps([[f"127.0.0.1:{free_ports()}"], [f"127.0.0.1:{free_ports()}"]]))
         env = {"MLX_RANK": "0", "MLX_HOSTFILE": str(hosts)}
     t0 = time.time()
     r = _alone(["-m", f"nano_{backend}.train", *train_args(data, config, tmp_path / "run"), "--dist-timeout", "8"],

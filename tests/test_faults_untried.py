@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 
 from nano_core import checkpoint as ck
 from nano_core import metrics
+from helpers import free_ports, rank_pid
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = {"n_layer": 1, "n_head": 2, "n_embd": 32, "seq_len": 32}
@@ -157,34 +157,10 @@ def test_a_file_system_gone_read_only_mid_run_is_one_line_and_the_last_checkpoin
 
 # -- an mlx.launch rank killed mid-run, then resumed -------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rank_pid(tag: str, rank: int, timeout: float = 120) -> int:
-    """The pid of training rank `rank` of the launch tagged `tag` (found by its environment, Linux /proc)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                env = dict(kv.split("=", 1) for kv in (proc / "environ").read_text().split("\0") if "=" in kv)
-                cmd = (proc / "cmdline").read_text()
-            except (OSError, ValueError):
-                continue
-            if env.get("NANO_TEST_TAG") == tag and "nano_mlx.train" in cmd and env.get("MLX_RANK") == str(rank):
-                return int(proc.name)
-        time.sleep(0.2)
-    raise AssertionError(f"rank {rank} never started")
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's pid through /proc")
 def test_an_mlx_launch_rank_killed_mid_run_leaves_a_checkpoint_that_resumes(setup, tmp_path):
-    launch = [str(Path(sys.executable).parent / "mlx.launch"), "-n", "2", "--starting-port", str(free_port()), "--",
+    launch = [str(Path(sys.executable).parent / "mlx.launch"), "-n", "2", "--starting-port", str(free_ports(2)), "--",
               sys.executable, "-m", "nano_mlx.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "NANO_TEST_TAG": uuid.uuid4().hex,
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

@@ -18,6 +18,12 @@ def test_windows_take_the_median_of_the_steps_inside_them():
     assert soak.window(pairs, 300, 400) == 50.0
 
 
+def test_a_window_no_memory_sample_fell_in_takes_the_nearest_sample_only_when_asked():
+    pairs = [(5, 100.0), (40, 300.0), (90, 900.0)]  # a fast run: nothing sampled between steps 10 and 20
+    assert soak.window(pairs, 10, 20, nearest=True) == 100.0  # step 5 is 5 steps away, step 40 20 steps
+    assert soak.window(pairs, 10, 20) != soak.window(pairs, 10, 20)  # nan: step times are never filled in
+
+
 def test_the_verdict_says_over_when_either_figure_grows_past_the_tolerance():
     base = {"backend": "torch", "steps": 100, "rss_early": 2**20, "rss_late": 2**20, "ms_early": 1.0, "ms_late": 1.0}
     ok = soak.table([{**base, "rss_growth": 0.01, "ms_growth": 0.02}], 0.05)
