@@ -63,7 +63,8 @@ report.json fields
     .peak_memory               {bytes, method}: the largest Backend.peak_memory() read after each step, reset
                                (Backend.reset_peak_memory) before each chunk; method says what was measured
                                (mx.get_peak_memory, torch.cuda.max_memory_allocated,
-                               the largest torch.mps.driver_allocated_memory read, or the worker process's peak RSS on CPU)
+                               the largest torch.mps.driver_allocated_memory read, or the worker process's peak RSS on
+                               CPU)
     .loss                      training loss at every step (warm-up steps included), floats
     .final_loss                the last of them
     .val                       {val_loss, val_ppl, val_bpb} after training, on the first eval_batches val batches

@@ -119,7 +119,8 @@ def main():
         data_dir = preps[-1].pop("out")
         for r in preps:
             r.pop("out", None)
-        loads = [bench_loader(data_dir, b, t, s, args.seconds) for b, t in [(8, 256), (32, 1024)] for s in (True, False)]
+        loads = [bench_loader(data_dir, b, t, s, args.seconds)
+                 for b, t in [(8, 256), (32, 1024)] for s in (True, False)]
 
     step = tiny_step_tok_s(args.vocab_size)
     step_source = "measured: nano_torch tiny, B=8 T=256, fp32 CPU" if step else None

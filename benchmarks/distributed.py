@@ -19,7 +19,8 @@ the repository root, every rank on 127.0.0.1:
    own collective between 2 processes (torch.distributed.all_reduce over gloo under torchrun; mx.distributed.all_sum
    over the ring under mlx.launch), for 4 bytes (the latency of one collective: the loop does two of those per
    step, the mean loss and the stop agreement), for the bytes of the benchmarked model's gradients and for
-   gpt2-124m's (--quick: 16 MiB instead, enough to show the bandwidth). Data parallelism all-reduces every trainable parameter's fp32 gradient once per optimizer step:
+   gpt2-124m's (--quick: 16 MiB instead, enough to show the bandwidth). Data parallelism all-reduces every
+   trainable parameter's fp32 gradient once per optimizer step:
    4 x trainable parameters bytes. Neither engine changes that: DDP packs the gradients into ~25 MiB buckets
    (one all-reduce each, started as soon as a bucket's gradients are ready, so they overlap the backward pass) and
    mlx.nn.average_gradients concatenates them into >= 32 MiB groups; the bucket sizes add up to the same bytes
@@ -312,8 +313,10 @@ def tables(report: dict) -> str:
         rows = {(r["processes"], r["threads_per_process"]): r["tok_per_s"] for r in report["training"]
                 if r["backend"] == b}
         single = rows.get((1, 1))
-        lines.append(f"{b}: 2 processes / 1 process on the same cores = {s:.2f}x tok/s"
-                     + (f" (/ 1 process x 1 thread: {rows[max(k for k in rows if k[0] == 2)] / single:.2f}x)" if single else "") + ".  ")
+        versus_one_thread = ""
+        if single:
+            versus_one_thread = f" (/ 1 process x 1 thread: {rows[max(k for k in rows if k[0] == 2)] / single:.2f}x)"
+        lines.append(f"{b}: 2 processes / 1 process on the same cores = {s:.2f}x tok/s{versus_one_thread}.  ")
     lines.append(f"Why no speed-up here: {report['why_no_speedup']}")
     if any(s > 1.1 for s in report["speedup"].values()):
         lines.append("A ratio above 1 here comes from the other work on these cores, not from the second process: "
@@ -334,13 +337,15 @@ def tables(report: dict) -> str:
             if "ddp_bucket_bytes" in m:
                 what = report["model"] if name == "bench" else name
                 lines.append(f"DDP on {what}: {len(m['ddp_bucket_bytes'])} bucket(s) (cap "
-                             f"{m['ddp_bucket_cap_bytes'] / 2**20:.0f} MiB) holding {sum(m['ddp_bucket_bytes']):,} bytes = "
+                             f"{m['ddp_bucket_cap_bytes'] / 2**20:.0f} MiB) holding {sum(m['ddp_bucket_bytes']):,} "
+                             f"bytes = "
                              f"4 x {m['trainable_params']:,} trainable parameters.  ")
     lines += ["", f"On paper: a ring all-reduce of {GPT2}'s fp32 gradients ({fmt_bytes(report['gpt2_grad_bytes'])}) "
                   f"moves 2(N-1)/N x bytes over each link; at the links' nominal bandwidth, at least:", "",
               "| link | processes | GB/s each way per process | all-reduce time |", "|---|---:|---:|---:|"]
     for r in report["on_paper"]:
-        lines.append(f"| {r['link']} | {r['processes']} | {r['GBps_per_direction']:.2f} | {fmt_seconds(r['seconds'])} |")
+        lines.append(f"| {r['link']} | {r['processes']} | {r['GBps_per_direction']:.2f} | "
+                     f"{fmt_seconds(r['seconds'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -188,8 +188,8 @@ def fmt_params(n: float) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """A Markdown table: one line per fine-tune."""
-    lines = ["| fine-tune | backend | peak lr | trainable / total params | peak memory (as reported) | process peak RSS "
-             "| tok/s | Shakespeare val loss: base → tuned | val bpb | checkpoint | load avg |",
+    lines = ["| fine-tune | backend | peak lr | trainable / total params | peak memory (as reported) "
+             "| process peak RSS | tok/s | Shakespeare val loss: base → tuned | val bpb | checkpoint | load avg |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         share = r["trainable_params"] / r["total_params"]

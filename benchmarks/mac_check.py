@@ -175,7 +175,8 @@ def mac_check(args) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"mac-check-{time.strftime('%Y%m%d-%H%M%S')}"),
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"mac-check-{stamp}"),
                    help="output directory")
     p.add_argument("--quick", action="store_true", help="a very small model and few steps (seconds; CI)")
     args = p.parse_args(argv)

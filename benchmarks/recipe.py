@@ -240,7 +240,8 @@ def main(argv=None) -> dict:
     save_json(args.out / "recipe.json", report)
     save_text(args.out / "table.md", text)
     plot(results, args.out / "recipe.png")
-    print(f"\n{report['machine']['cpu']}, {report['machine']['cpu_count']} CPUs, {args.backend}, {args.budget:.0f} s each\n{text}")
+    cpu = report["machine"]
+    print(f"\n{cpu['cpu']}, {cpu['cpu_count']} CPUs, {args.backend}, {args.budget:.0f} s each\n{text}")
     print(f"wrote {args.out / 'recipe.json'}, table.md, recipe.png")
     return report
 

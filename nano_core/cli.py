@@ -3,10 +3,11 @@
 `TrainConfig` is the typed run configuration: one dataclass field per train flag, with its group, help text and
 argparse options in the field's metadata. It is frozen: what the user asked for is never written after parsing
 (the checkpoint's settings on --resume and a recipe's fills make a new one: nano_core/settings.py), and whatever
-nano works out from it lives in the run's plan (nano_core/plan.py). `build_parser` generates the parser from it, so the flags, the config a
-checkpoint records and the loop's settings are the same names by construction, and the two backends cannot drift
-apart: only the `--device` choices differ (mlx: auto|gpu|cpu, torch: auto|mps|cuda|cpu). One field is many flags:
-`model_overrides` holds the --model.FIELD flags, one per ModelConfig field (nano_core/model_flags.py).
+nano works out from it lives in the run's plan (nano_core/plan.py). `build_parser` generates the parser from it,
+so the flags, the config a checkpoint records and the loop's settings are the same names by construction, and the
+two backends cannot drift apart: only the `--device` choices differ (mlx: auto|gpu|cpu, torch: auto|mps|cuda|cpu).
+One field is many flags: `model_overrides` holds the --model.FIELD flags, one per ModelConfig field
+(nano_core/model_flags.py).
 """
 from __future__ import annotations
 

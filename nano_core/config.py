@@ -119,7 +119,8 @@ class ModelConfig:
         need(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         kv = self.kv_heads
         need(isinstance(kv, int) and kv > 0, f"n_kv_head={self.n_kv_head!r} must be a positive integer or None")
-        need(self.n_head % kv == 0, f"n_head={self.n_head} is not divisible by n_kv_head={kv} (GQA groups must be equal)")
+        need(self.n_head % kv == 0,
+             f"n_head={self.n_head} is not divisible by n_kv_head={kv} (GQA groups must be equal)")
         need(self.mlp_hidden is None or (isinstance(self.mlp_hidden, int) and self.mlp_hidden > 0),
              f"mlp_hidden={self.mlp_hidden!r} must be a positive integer or None")
         for name in ("norm_params", "emb_norm", "qk_norm", "bias", "tie_embeddings"):
@@ -141,16 +142,19 @@ class ModelConfig:
             rs = self.rope_scaling
             need(isinstance(rs, dict), f"rope_scaling={rs!r} must be a dict like {{'type': 'yarn', 'factor': 4.0}}")
             need(self.pos == "rope", f"rope_scaling is set but pos={self.pos!r}; use pos='rope' or drop rope_scaling")
-            need(rs.get("type") in ROPE_SCALINGS, f"rope_scaling type={rs.get('type')!r} is not one of {', '.join(ROPE_SCALINGS)}")
+            need(rs.get("type") in ROPE_SCALINGS,
+                 f"rope_scaling type={rs.get('type')!r} is not one of {', '.join(ROPE_SCALINGS)}")
             need(isinstance(rs.get("factor"), (int, float)) and rs.get("factor", 0) >= 1,
                  f"rope_scaling factor={rs.get('factor')!r} must be a number >= 1")
             unknown = set(rs) - {"type", "factor", "original_max_len", "beta_fast", "beta_slow"}
-            need(not unknown, f"rope_scaling has unknown keys {sorted(unknown)}; allowed: type, factor, original_max_len, beta_fast, beta_slow")
+            need(not unknown, f"rope_scaling has unknown keys {sorted(unknown)}; allowed: type, factor, "
+                              f"original_max_len, beta_fast, beta_slow")
             if rs["type"] == "yarn":
                 need(isinstance(rs.get("original_max_len"), int) and rs["original_max_len"] > 0,
                      "rope_scaling type='yarn' needs original_max_len (the context the model was trained on)")
         if self.window is not None:
-            need(isinstance(self.window, int) and self.window > 0, f"window={self.window!r} must be a positive integer or None")
+            need(isinstance(self.window, int) and self.window > 0,
+                 f"window={self.window!r} must be a positive integer or None")
             need(self.arch == "gpt", "window is set but arch='rnn' has no attention; drop window")
             need(len(self.window_pattern) > 0 and set(self.window_pattern) <= {"S", "L"},
                  f"window_pattern={self.window_pattern!r} must be a non-empty string of S (sliding) and L (full)")
@@ -249,7 +253,8 @@ class ModelConfig:
     def matmul_params(self) -> int:
         """Weights used in a matmul per token: every 2-D weight except the embedding lookups, plus the head (V*d)."""
         shapes = self.param_shapes()
-        n = sum(math.prod(v) for k, v in shapes.items() if len(v) == 2 and k not in ("wte.weight", "wpe.weight", "lm_head.weight"))
+        tables = ("wte.weight", "wpe.weight", "lm_head.weight")
+        n = sum(math.prod(v) for k, v in shapes.items() if len(v) == 2 and k not in tables)
         return n + self.vocab_size * self.n_embd
 
     def estimate_flops(self, seq_len: int | None = None) -> int:

@@ -99,8 +99,8 @@ def export_model(cfg: ModelConfig, weights: dict, tok, out, force: bool = False,
                  chat: bool = False) -> tuple[Path, str, list[str]]:
     """Write the HF directory OUT for (cfg, weights, tok) atomically; returns (OUT, layout, file names). chat: the
     model was fine-tuned on nano's instruct template (nano_core/instruct_rows.py), which goes into
-    tokenizer_config.json. tok may be None or a character tokenizer (the model is written alone, with a notice). ValueError (one line) for
-    a model with no stock form or a refused OUT."""
+    tokenizer_config.json. tok may be None or a character tokenizer (the model is written alone, with a notice).
+    ValueError (one line) for a model with no stock form or a refused OUT."""
     out = check_out(out, force, source)
     eos = None
     tok_conf = None

@@ -1,6 +1,7 @@
 """Hugging Face layouts: nano's canonical weights <-> the gpt2 / llama / qwen3 / nanochat / gpt_neox files that
 transformers and mlx-lm load with no custom code. One table per layout serves both directions (export:
-nano_core/export.py; import: `load_pretrained`, what `--init-from DIR` calls). Backend-free (numpy only), like the rest of nano_core.
+nano_core/export.py; import: `load_pretrained`, what `--init-from DIR` calls). Backend-free (numpy only), like the
+rest of nano_core.
 
 Which layout a ModelConfig exports to (`export_layout`):
   gpt2   learned or sinusoidal positions (a sinusoidal table is written as the learned wpe table), LayerNorm with

@@ -1,6 +1,7 @@
 """Text sources -> tokenizer -> token shards + manifest.json.  `python -m nano_core.prepare --help`
 
-    python -m nano_core.prepare --source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --out data/fw --vocab-size 512
+    python -m nano_core.prepare --source ../shared/data/fineweb_edu/sample-10BT-281docs.jsonl --out data/fw \\
+        --vocab-size 512
 
 What it does, in order:
 1. trains a BPE tokenizer on the same sources (or loads --tokenizer DIR) and saves it to OUT/tokenizer/
@@ -188,7 +189,8 @@ def _check_options(sources, shard_tokens, val_tokens, num_workers, encoder, max_
         sources = [sources]
     specs = [_source_spec(s) for s in sources]
     if not specs:
-        raise ValueError("no sources given; pass --source PATH (file, directory, .jsonl, .parquet, builtin, fineweb-edu)")
+        raise ValueError("no sources given; pass --source PATH (file, directory, .jsonl, .parquet, builtin, "
+                         "fineweb-edu)")
     named = {"shard_tokens": shard_tokens, "workers": num_workers}
     if val_tokens is not None:
         named["val_tokens"] = val_tokens
@@ -271,7 +273,8 @@ def main(argv=None):
                    help="text files, directories, .jsonl/.parquet, 'builtin' or 'fineweb-edu' (in this order)")
     p.add_argument("--out", required=True, help="output directory for shards, manifest.json and tokenizer/")
     p.add_argument("--tokenizer", help="directory of a saved tokenizer (default: train one on the sources)")
-    p.add_argument("--vocab-size", type=int, help=f"vocabulary size when training a tokenizer (default {DEFAULT_VOCAB})")
+    p.add_argument("--vocab-size", type=int,
+                   help=f"vocabulary size when training a tokenizer (default {DEFAULT_VOCAB})")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per training shard")
     p.add_argument("--val-tokens", type=int, default=None,
                    help=f"tokens (whole documents, from the start) in the validation shard_00000.bin (default: "

@@ -174,7 +174,8 @@ class Backend:
         if not any(v in os.environ for v in ("MLX_RANK", "MLX_HOSTFILE", "OMPI_COMM_WORLD_SIZE", "MLX_WORLD_SIZE")):
             return 0, 1  # started alone: no backend to try
         hostfile = os.environ.get("MLX_HOSTFILE")
-        what = f"the hostfile {hostfile}" if hostfile and not hostfile.lstrip().startswith("[") else "mlx.launch's hosts"
+        named = hostfile and not hostfile.lstrip().startswith("[")  # a path, not mlx.launch's inline JSON
+        what = f"the hostfile {hostfile}" if named else "mlx.launch's hosts"
         try:
             with Watchdog(timeout, f"rank {os.environ.get('MLX_RANK', '?')} could not connect to the other ranks "
                                    f"listed in {what}; check that every host is reachable at the IPs given and runs "

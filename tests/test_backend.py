@@ -170,7 +170,8 @@ def test_machine_figures_are_real_readings(backend):
 def test_both_backends_take_the_same_steps(shared_data):
     """Same init, same batches, same hyperparameters: the losses of 4 steps (with accumulation, clipping and a
     changing learning rate) and the weights after them agree across frameworks (fp32 rounding only)."""
-    torch_b, mlx_b = backend_class("torch")(device="cpu", dtype="fp32"), backend_class("mlx")(device="cpu", dtype="fp32")
+    torch_b = backend_class("torch")(device="cpu", dtype="fp32")
+    mlx_b = backend_class("mlx")(device="cpu", dtype="fp32")
     runs = {}
     for b in (torch_b, mlx_b):
         model, opt = fresh(b)

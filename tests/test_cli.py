@@ -183,7 +183,8 @@ def test_train_config_is_the_parser_one_field_per_flag_with_the_same_defaults():
         assert actions[f.name].default == f.default, f.name
         assert actions[f.name].option_strings[0] == "--" + f.name.replace("_", "-")
     config, typed = cli.parse_train_args("mlx", ["--lr", "0.01", "--no-compile", "--source", "a", "b"])
-    assert isinstance(config, cli.TrainConfig) and (config.lr, config.compile, config.source) == (0.01, False, ["a", "b"])
+    assert isinstance(config, cli.TrainConfig)
+    assert (config.lr, config.compile, config.source) == (0.01, False, ["a", "b"])
     assert typed == {"lr", "compile", "source"}
     assert cli.TrainConfig(**config.to_dict()) == config  # what a checkpoint records rebuilds the same config
 

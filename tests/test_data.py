@@ -194,7 +194,8 @@ def test_pickled_loader_reopens_its_memmaps_in_another_process(tmp_path, text_by
     blob = pickle.dumps(loader)
     assert pickle.loads(blob)._maps == {}  # the memmap is not shipped; the state is
     expected = loader.next_batch()
-    code = "import pickle,sys; l=pickle.loads(sys.stdin.buffer.read()); sys.stdout.buffer.write(l.next_batch().tobytes())"
+    code = ("import pickle,sys; l=pickle.loads(sys.stdin.buffer.read()); "
+            "sys.stdout.buffer.write(l.next_batch().tobytes())")
     out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True).stdout
     assert np.array_equal(np.frombuffer(out, dtype=np.int32).reshape(2, 51), expected)
 

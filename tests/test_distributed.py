@@ -305,7 +305,8 @@ def test_a_hostfile_that_is_not_json_is_a_one_line_error(shared_data, tmp_path):
     r = _alone(["-m", "nano_mlx.train", *train_args(data, config, tmp_path / "run")],
                launch_env() | {"MLX_RANK": "0", "MLX_HOSTFILE": str(bad)})
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1].startswith(f"error: could not start mx.distributed from the hostfile {bad}")
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not start mx.distributed from the hostfile {bad}")
     assert "Traceback" not in r.stderr
 
 

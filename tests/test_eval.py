@@ -32,8 +32,8 @@ def scorer_for(name: str, run: Path, batch_size: int = 16, seq_len: int | None =
     if seq_len:
         weights = {**weights, "wpe.weight": weights["wpe.weight"][:seq_len]}
     backend = backend_class(name)(device="cpu", dtype="fp32")
-    return eval_tasks.Scorer(backend, backend.build_model(cfg, weights), load_tokenizer(run / "ckpt_0000008" / "tokenizer"),
-                     batch_size, progress=False)
+    tokenizer = load_tokenizer(run / "ckpt_0000008" / "tokenizer")
+    return eval_tasks.Scorer(backend, backend.build_model(cfg, weights), tokenizer, batch_size, progress=False)
 
 
 # ----------------------------------------------------------------------------- windows
@@ -129,7 +129,8 @@ def test_hellaswag_context_is_lm_evals():
     split = {"activity_label": "Home", "ctx_a": "[header] How to paint [title] Buy  paint.", "ctx_b": "then PAINT",
              "endings": [" [step] Brush it. ", "b", "c", "d"]}
     # lm-eval strips before removing markers: the ending keeps the space after "[step]"
-    assert eval_tasks.lm_eval_request(split) == ("Home: How to paint. Buy paint. Then paint", [" Brush it.", "b", "c", "d"])
+    want = ("Home: How to paint. Buy paint. Then paint", [" Brush it.", "b", "c", "d"])
+    assert eval_tasks.lm_eval_request(split) == want
 
 
 @pytest.mark.e2e
@@ -212,7 +213,8 @@ def test_eval_cli_prints_a_table_and_writes_every_figure_with_its_settings(name,
     assert report["step"] == 8 and report["tokens_seen"] == 8 * 4 * 64 and report["backend"] == name
     assert report["limit"] == 12 and report["context"] == 64 and report["seconds"] > 0
     tasks = report["tasks"]
-    assert set(tasks) == {"bpb", "wikitext2", "hellaswag"} and all(t["version"] == ev.TASK_VERSIONS[k] for k, t in tasks.items())
+    assert set(tasks) == {"bpb", "wikitext2", "hellaswag"}
+    assert all(t["version"] == ev.TASK_VERSIONS[k] for k, t in tasks.items())
     assert tasks["hellaswag"]["items"] == 12 and len(tasks["hellaswag"]["logliks"]) == 12
     assert tasks["hellaswag"]["items_per_s"] > 0 and 0 <= tasks["hellaswag"]["acc"] <= 1
     wt = tasks["wikitext2"]

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO = {"n_layer": 1, "n_head": 2, "n_embd": 32, "seq_len": 32}
 QUICK = settings(max_examples=12, deadline=None, derandomize=True, database=None,
                  suppress_health_check=list(HealthCheck))
-MANY = settings(max_examples=int(os.environ.get("NANO_FUZZ_EXAMPLES", 300)), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+MANY = settings(max_examples=int(os.environ.get("NANO_FUZZ_EXAMPLES", 300)), deadline=None, database=None,
+                suppress_health_check=list(HealthCheck))
 
 # -- values that no flag of that kind may take ---------------------------------------------------------------------
 WRONG_TYPE = st.sampled_from(["abc", "", "1,5", "0x10", "[]", "--", "1e", "None", "true"])

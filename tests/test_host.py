@@ -31,7 +31,8 @@ def faults(mode):
     return applied, int(count)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only (a no-op elsewhere)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="glibc malloc tuning is Linux-only (a no-op elsewhere)")
 def test_reused_64mb_buffer_is_not_page_faulted_again_after_keep_freed_memory():
     _, default_faults = faults("default")
     applied, tuned_faults = faults("tuned")

@@ -69,8 +69,9 @@ def test_nano_hellaswag_acc_and_acc_norm_equal_lm_evals_on_the_exported_model(sh
 
     env = {**os.environ, "NANO_CACHE": str(tmp_path / "cache"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     run(["nano_torch.train", "--preset", "nanochat-3x192", "--source", str(shared_data / "tinyshakespeare"),
-         "--vocab-size", "512", "--batch-size", "8", "--max-steps", "30", "--eval-every", "0", "--eval-steps", "1", "--sample-every", "0",
-         "--sample-tokens", "4", "--dtype", "fp32", "--lr", "3e-3", "--out", str(tmp_path / "run")], env)
+         "--vocab-size", "512", "--batch-size", "8", "--max-steps", "30", "--eval-every", "0", "--eval-steps", "1",
+         "--sample-every", "0", "--sample-tokens", "4", "--dtype", "fp32", "--lr", "3e-3",
+         "--out", str(tmp_path / "run")], env)
     run(["nano_core.export", "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "hf")], env)
     items = tmp_path / "items.jsonl"
     local_items(shared_data, items, ITEMS)

@@ -395,7 +395,8 @@ def test_python_m_nano_core_fuse_writes_a_plain_checkpoint_of_the_merged_model(t
         step(real_batch(shared_data, offset=i * 900), 1e-2, i)
     plain = {"model_config": cfg.to_dict(), "train_config": {}, "loader_state": {}}
     base = save_checkpoint(tmp_path / "base", 0, b.model_weights(model), {}, plain)
-    meta = {**plain, "lora": lora.to_dict(), "base": {"source": str(base), "hash": weights_hash(b.model_weights(model))}}
+    base_info = {"source": str(base), "hash": weights_hash(b.model_weights(model))}
+    meta = {**plain, "lora": lora.to_dict(), "base": base_info}
     ckpt = save_checkpoint(tmp_path / "sft", 2, b.adapter_weights(model), b.optimizer_state(opt, model), meta)
     main(["--ckpt", str(ckpt), "--out", str(tmp_path / "fused")])
     weights, optim, fmeta = load_checkpoint(tmp_path / "fused")

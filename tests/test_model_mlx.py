@@ -87,7 +87,8 @@ def test_window_at_least_as_long_as_the_sequence_equals_full_attention():
 def test_rope_scores_depend_only_on_relative_position(name):
     model = make(name)
     k1, k2 = mx.random.split(mx.random.key(0))
-    q, k = mx.random.normal((1, 1, 1, model.cfg.head_dim), key=k1), mx.random.normal((1, 1, 1, model.cfg.head_dim), key=k2)
+    shape = (1, 1, 1, model.cfg.head_dim)
+    q, k = mx.random.normal(shape, key=k1), mx.random.normal(shape, key=k2)
 
     def score(m, n):
         def cs(p):

@@ -16,7 +16,8 @@ from tokenizer.hf import load_hf_tokenizer
 from tokenizer.io import bytes_to_unicode
 from tokenizer.patterns import PATTERNS
 
-LLAMA3 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+LLAMA3 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+          r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 QWEN = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2/3: single digits
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -1,6 +1,6 @@
-"""nano_torch.train and nano_mlx.train end to end on real shards (CPU, a micro model): metrics, checkpoints, samples, exact resume,
-Ctrl-C, the no-argument pipeline, generation. The run helpers (tests/helpers.py) are memoized, so each backend's
-reference run happens once per session."""
+"""nano_torch.train and nano_mlx.train end to end on real shards (CPU, a micro model): metrics, checkpoints, samples,
+exact resume, Ctrl-C, the no-argument pipeline, generation. The run helpers (tests/helpers.py) are memoized, so
+each backend's reference run happens once per session."""
 import json
 import math
 import signal
@@ -186,7 +186,8 @@ def test_ctrl_c_saves_checkpoint_exits_zero_and_resume_latest_continues(backend,
     check_ctrl_c(backend, shared_data, tmp_path)
 
 
-def test_no_argument_run_prepares_builtin_offline_trains_tiny_and_checkpoints(backend, tmp_path_factory, monkeypatch, capsys):
+def test_no_argument_run_prepares_builtin_offline_trains_tiny_and_checkpoints(backend, tmp_path_factory, monkeypatch,
+                                                                              capsys):
     check_no_argument_run(backend, tmp_path_factory, monkeypatch, capsys)
 
 

@@ -57,7 +57,8 @@ class CharTokenizer(Tokenizer):
         return self._itos[i].encode("utf-8")
 
     def to_dict(self) -> dict:
-        return {"format": self.FORMAT, "version": self.VERSION, "chars": self.chars, "special_tokens": self.special_tokens}
+        return {"format": self.FORMAT, "version": self.VERSION, "chars": self.chars,
+                "special_tokens": self.special_tokens}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CharTokenizer":

@@ -4,7 +4,8 @@
       [--pattern gpt4|gpt4-2digit|gpt2] [--special "<|endoftext|>" ...] [--max-chars N] [--max-chars-per-doc N]
       [--workers 2] [--val ../shared/data/wikitext2/wiki.test.raw] [--export hf,tiktoken] [--char]
 
-Writes OUT/nano_tokenizer.json (our format; BPE also OUT/tokenizer.json, its HF export); --export adds OUT/hf/tokenizer.json and OUT/tiktoken/.
+Writes OUT/nano_tokenizer.json (our format; BPE also OUT/tokenizer.json, its HF export); --export adds
+OUT/hf/tokenizer.json and OUT/tiktoken/.
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ from pathlib import Path
 CKPT_RE = re.compile(r"^ckpt_(\d{7,})$")
 TMP_PREFIX = ".tmp_ckpt_"
 TMP_RE = re.compile(r"^\.tmp_ckpt_\d+_(?:pid(\d+)_)?")  # older code wrote no pid
-MODEL_FILE, OPTIM_FILE, META_FILE, TOKENIZER_DIR = "model.safetensors", "optimizer.safetensors", "meta.json", "tokenizer"
+MODEL_FILE, OPTIM_FILE = "model.safetensors", "optimizer.safetensors"
+META_FILE, TOKENIZER_DIR = "meta.json", "tokenizer"
 MANIFEST_FILE = "checksums.json"
 REQUIRED_META = ("step", "model_config", "train_config", "loader_state")  # what a resume (and generate) reads
 ORPHAN_AGE_S = 3600  # a temp dir whose writer cannot be asked (no pid, or Windows) is an orphan after this long
