@@ -55,6 +55,9 @@ class TrainConfig:
     seq_len: int | None = flag(None, "model", "context length (default: the preset's)", type=int)
     grad_checkpoint: bool = flag(False, "model", "recompute each block in backward (less memory)",
                                  action="store_true")
+    zero_init_proj: bool = flag(False, "model", "start the residual output projections (attention out, MLP down) at "
+                                "zero, so each block starts as the identity (modded-nanogpt); a fresh run only",
+                                action="store_true")
     attn_impl: str = flag("auto", "model", "attention kernel; auto: the fastest measured for the device and dtype "
                           "(flash: PyTorch on CUDA with flash-attn installed)", choices=ATTN_IMPLS)
     # not one flag but one per ModelConfig field, --model.FIELD (nano_core/model_flags.py): field -> value

@@ -14,9 +14,11 @@ from nano_core.config import ModelConfig
 STD = 0.02  # GPT-2
 
 
-def init_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+def init_weights(cfg: ModelConfig, seed: int = 0, zero_proj: bool = False) -> dict[str, np.ndarray]:
     """Canonical name -> float32 array. GPT-2 style: N(0, 0.02) for matrices and embeddings, residual output
     projections (attn.wo, mlp.proj) N(0, 0.02 / sqrt(2 * n_layer)), zero biases, unit norm weights.
+    zero_proj: those projections start at zero instead (modded-nanogpt's init): every block is the identity at step
+    0 and the first update sizes them. They are drawn and then zeroed, so every other weight is the same draw.
 
     The Elman RNN does not follow GPT-2: tiny 0.02 matrices would shrink the signal layer by layer, so its
     input matrix is N(0, 1/sqrt(d)) and its recurrent matrix N(0, 0.5/sqrt(d)) (spectral radius ~0.5, stable).
@@ -41,6 +43,8 @@ def init_weights(cfg: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
             elif name.endswith("w_hh.weight"):
                 std = 0.5 / math.sqrt(d)
             w = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+            if zero_proj and name.endswith(("attn.wo.weight", "mlp.proj.weight")):
+                w = np.zeros(shape, np.float32)  # after the draw: the rest of the stream is unchanged
         out[name] = np.ascontiguousarray(w, dtype=np.float32)
     return out
 

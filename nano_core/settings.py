@@ -39,7 +39,7 @@ NOT_RESUMED = ("resume", "out", "device", "compile", "memory_limit", "attn_impl"
                "init_from", "dist_timeout")
 # What a resumed run cannot change: its model, its adapters, its data. Typing one of these with another value than
 # the checkpoint holds is an error (the flag would be ignored, yet recorded in the next checkpoint as if it applied).
-MODEL_FLAGS = ("preset", "config", "recipe", "seq_len", "vocab_size")
+MODEL_FLAGS = ("preset", "config", "recipe", "seq_len", "vocab_size", "zero_init_proj")
 LORA_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_layers")
 # --data is checked against the shards once they are read (run.py)
 DATA_FLAGS = ("source", "instruct_data", "tokenizer")
@@ -103,6 +103,9 @@ def _held(name: str, meta: dict) -> tuple[object, str]:
             return None, "no LoRA adapters (all weights train)"
         value = LoraConfig.from_dict(lora).to_dict()[key]
         return value, f"LoRA adapters with {key} {','.join(value) if key == 'targets' else value}"
+    if name == "zero_init_proj":  # checkpoints from before the flag started from GPT-2's init
+        held = bool(saved.get(name))
+        return held, "a run started with " + ("zero-initialised projections" if held else "GPT-2's initialisation")
     if name == "tokenizer":  # checkpoints from before --tokenizer were all BPE
         return saved.get("tokenizer") or "bpe", f"a {saved.get('tokenizer') or 'bpe'} tokenizer"
     if name == "source":
@@ -206,6 +209,9 @@ def check_config(config: TrainConfig) -> None:
         read_config_file(config.config)
     if config.model_overrides and config.resume is None:
         check_model_overrides(config)
+    if config.zero_init_proj and config.init_from is not None and config.resume is None:
+        raise ValueError("--zero-init-proj sets a fresh model's starting weights and --init-from brings trained "
+                         "ones; drop one of them")
     if config.data is None:
         check_vocab_size(config.vocab_size)
     if config.tokenizer == "char":

@@ -107,7 +107,7 @@ class Trainer:
         elif run.init is not None:  # --init-from: trained weights, a fresh optimizer
             weights, opt_state, meta = run.init.weights, None, None
         else:
-            weights, opt_state, meta = init_weights(plan.model_config, config.seed), None, None
+            weights, opt_state, meta = init_weights(plan.model_config, config.seed, config.zero_init_proj), None, None
         if plan.lora is not None:  # the base is frozen; a LoRA checkpoint holds the adapters alone
             adapters = weights if meta is not None else None
             self.model = backend.build_model(plan.model_config, run.base, grad_checkpoint=config.grad_checkpoint,
