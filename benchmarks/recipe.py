@@ -3,6 +3,7 @@
     python benchmarks/recipe.py                                   # every candidate at 600 s
     python benchmarks/recipe.py --budget 120 --only modern-muon tiny-adamw   # a screening pass over some of them
     python benchmarks/recipe.py --quick                           # micro models, seconds each: does it run
+    python benchmarks/recipe.py --quick --only qwen3-3x192-opt4   # a candidate's flags on the micro model
 
 Every candidate trains with nothing but `--max-time BUDGET` for its length (nano_core/schedule.py TimeBudget: the
 schedule is laid out over the steps that fit and ends annealed at the deadline), from scratch, seed 0, on the same
@@ -62,6 +63,7 @@ SHAPES = {
 }
 ADAMW = ["--optimizer", "adamw"]
 MUON = ["--optimizer", "muon"]
+QWEN3 = MUON + ["--lr", "3e-3", "--batch-size", "32"]  # the qwen3-3x192 candidate's flags (= cpu-10min's)
 # name -> (shape, train flags, what it tests). Every flag not given is nano's default (lr 1e-3, cosine to 10%,
 # warm-up 50, batch 8, AdamW betas (0.9, 0.95), weight decay 0.1, grad clip 1, dtype auto).
 CANDIDATES: dict[str, tuple[str, list[str], str]] = {
@@ -113,6 +115,14 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "nc-4x256": ("nanochat-4x256", MUON + ["--lr", "3e-3", "--batch-size", "32"], "... 4 x 256"),
     "qwen3-3x192": ("qwen3-3x192", MUON + ["--lr", "3e-3", "--batch-size", "32"],
                     "cpu-10min's settings on a SwiGLU block with weighted norms (the qwen3 layout)"),
+    # fourth round: Muon's opt-in variants (nano_core/muon.py) on the cpu-10min candidate, one at a time and together
+    "qwen3-3x192-polar": ("qwen3-3x192", QWEN3 + ["--muon-ns", "polar"], "... Polar Express coefficients"),
+    "qwen3-3x192-normuon": ("qwen3-3x192", QWEN3 + ["--normuon"], "... NorMuon"),
+    "qwen3-3x192-cwd": ("qwen3-3x192", QWEN3 + ["--cautious-wd"], "... cautious weight decay"),
+    "qwen3-3x192-mwarm": ("qwen3-3x192", QWEN3 + ["--muon-momentum-warmup", "300"],
+                          "... Muon momentum 0.85 -> 0.95 over 300 steps"),
+    "qwen3-3x192-opt4": ("qwen3-3x192", QWEN3 + ["--muon-ns", "polar", "--normuon", "--cautious-wd",
+                                                 "--muon-momentum-warmup", "300"], "... all four Muon variants"),
 }
 QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
          "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}
@@ -222,10 +232,13 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-tokens", type=int, default=131_072, help="held-out tokens every candidate is scored on")
     p.add_argument("--baseline", default="tiny-adamw", help="the row the others are compared with")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "recipe_bench")
-    p.add_argument("--quick", action="store_true", help="micro models, 4 s each, the FineWeb sample at vocab 512")
+    p.add_argument("--quick", action="store_true", help="micro models, 4 s each, the FineWeb sample at vocab 512 "
+                   "(with --only: any candidate's flags on the micro model)")
     p.add_argument("--fresh", action="store_true", help="rerun candidates OUT already holds")
     args = p.parse_args(argv)
-    candidates = QUICK if args.quick else CANDIDATES
+    candidates = CANDIDATES
+    if args.quick:  # QUICK by default; --only may also name any candidate: its flags on the micro model
+        candidates = {**{n: ("micro", flags, what) for n, (_, flags, what) in CANDIDATES.items()}, **QUICK}
     if args.quick:
         args.budget, args.eval_tokens, args.baseline = min(args.budget, 4.0), 8192, "micro-adamw"
     unknown = [n for n in args.only or [] if n not in candidates]
@@ -233,7 +246,8 @@ def main(argv=None) -> dict:
         p.error(f"unknown candidate {unknown[0]!r}; choose from {', '.join(candidates)}")
     args.out = args.out.resolve()
     data = prepare_data(args.out, args.quick)
-    results = [run_candidate(n, candidates[n], args, data) for n in (args.only or candidates)]
+    results = [run_candidate(n, candidates[n], args, data) for n in (args.only or (QUICK if args.quick else
+                                                                                   candidates))]
     text = table(results, args.baseline)
     report = {"budget_s": args.budget, "backend": args.backend, "eval_tokens": args.eval_tokens,
               "baseline": args.baseline, "machine": machine(), "results": results}

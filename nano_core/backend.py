@@ -103,15 +103,21 @@ class Backend(Protocol):
 
     # -- optimizer --------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                        optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95) -> Any:
+                        optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95,
+                        muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False) -> Any:
         """"adamw": AdamW over the trainable parameters only: bias-corrected, decoupled weight decay on parameters
         with ndim >= 2 only (LoRA's A and B included), fp32 moments. "muon": Muon (nano_core/muon.py) at muon_lr on
         the blocks' hidden matrices, that AdamW at lr on the rest; ValueError under LoRA. `set_lr` (inside the
-        train step) moves both parts with the one schedule."""
+        train step) moves both parts with the one schedule. muon_ns ("keller" | "polar"), normuon, cautious_wd:
+        Muon's opt-in variants (nano_core/muon.py); ValueError with "adamw"."""
+
+    def set_momentum(self, optimizer, momentum: float) -> None:
+        """Muon's momentum for the next train step (nano_core.muon.momentum_at, the loop calls it before each step of
+        a Muon run); it reaches a compiled step as the lr does. ValueError for an optimizer without Muon."""
 
     def optimizer_state(self, optimizer, model) -> Weights:
         """`{name}.exp_avg`, `{name}.exp_avg_sq` (float32) per AdamW parameter (exactly the adapters under LoRA),
-        `{name}.momentum` per Muon parameter, and `step` (0-d int64)."""
+        `{name}.momentum` per Muon parameter (and `{name}.second_moment` with NorMuon), and `step` (0-d int64)."""
 
     def load_optimizer_state(self, optimizer, model, state: Weights) -> None:
         """The inverse of optimizer_state; ValueError (one line) when the state does not fit the model."""

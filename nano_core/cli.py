@@ -128,6 +128,18 @@ class TrainConfig:
     muon_lr: float = flag(0.02, "optimization", "Muon's peak learning rate (follows the schedule as --lr does)",
                           type=float)
     muon_momentum: float = flag(0.95, "optimization", "Muon's momentum (Nesterov)", type=float)
+    muon_ns: str = flag("keller", "optimization", "Muon's orthogonalisation: keller (Keller Jordan's quintic, 5 "
+                        "steps) or polar (Polar Express, Amsel et al. 2025: a tuned quintic per step, as nanochat "
+                        "and modded-nanogpt)", choices=("keller", "polar"))
+    normuon: bool = flag(False, "optimization", "NorMuon (Li et al. 2025, as nanochat): each neuron's Muon update "
+                         "divided by the root of an EMA (0.95) of its mean square, the update's norm kept",
+                         action="store_true")
+    cautious_wd: bool = flag(False, "optimization", "cautious weight decay (Chen et al. 2025, as nanochat): Muon "
+                             "decays only the weights its update moves towards zero (same sign); AdamW's parameters "
+                             "keep plain decay", action="store_true")
+    muon_momentum_warmup: int = flag(0, "optimization", "Muon's momentum rises linearly from 0.85 to "
+                                     "--muon-momentum over the first N steps (modded-nanogpt: 300; 0: off)",
+                                     type=int, metavar="N")
     beta1: float = flag(0.9, "optimization", type=float)
     beta2: float = flag(0.95, "optimization", type=float)
     eps: float = flag(1e-8, "optimization", type=float)

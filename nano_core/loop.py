@@ -12,7 +12,8 @@ from numpy, run the compiled train step, give per-token losses and next-token lo
 
 Loop invariants: one loader batch holds all micro-batches of a step (the window stream does not depend on the
 batch size, so the loader state is the same whatever the accumulation, and checkpoints move between backends);
-the loss is read (a host sync) only on logging steps; the schedule is a pure function of the step and the plan.
+the loss is read (a host sync) only on logging steps; the schedule (and Muon's momentum warm-up) is a pure function
+of the step and the plan.
 
 Names: `config` is the run's TrainConfig (what was asked, never written), `plan` its Plan (what nano made of it),
 `model_config` a ModelConfig.
@@ -31,6 +32,7 @@ from nano_core.cli import TrainConfig, parse_train_args
 from nano_core.data import unigram_entropy
 from nano_core.distributed import agree_to_stop, lost_peer_cause, lost_peer_message, quiet_unless_rank0
 from nano_core.metrics import plot_loss_curve, unigram_val_loss
+from nano_core.muon import momentum_at
 from nano_core.report import expected_time, next_steps, nothing_to_do, startup_line, summary_line
 from nano_core.run import Run, prepare_run
 from nano_core.schedule import TimeBudget, lr_at
@@ -73,6 +75,9 @@ def train(backend, run: Run, log=print) -> Path:
     try:
         while run.plan.max_steps is None or t.step < run.plan.max_steps:
             lr = lr_at(t.step, run.plan)
+            if config.optimizer == "muon":  # its momentum, like the lr, is a pure function of the step (its warm-up)
+                backend.set_momentum(t.optimizer, momentum_at(t.step, config.muon_momentum,
+                                                              config.muon_momentum_warmup))
             batch, mask = split_batch(t.loader.next_batch())
             unread.append((t.step + 1, lr, t.train_step(batch, lr, t.step, mask=mask)))
             t.step += 1

@@ -1,6 +1,7 @@
 """Muon (Keller Jordan, 2024: "Muon: an optimizer for hidden layers in neural networks"), written once for both
-backends: which parameters it takes, the Newton-Schulz iteration, the update, its hyperparameters, and a numpy
-reference of all of it that the tests hold nano_torch/optim.py and nano_mlx/optim.py to. numpy only (no framework).
+backends: which parameters it takes, the Newton-Schulz iteration, the update, its hyperparameters, its opt-in
+variants, and a numpy reference of all of it that the tests hold nano_torch/optim.py and nano_mlx/optim.py to.
+numpy only (no framework).
 
 Muon takes the 2-D hidden matrices inside the blocks (`h.{i}.attn.{wq,wk,wv,wo}.weight`, `h.{i}.mlp.{fc,gate,proj}
 .weight`, and `rnn.{i}.w_ih/w_hh.weight` for the RNN); everything else -- the token and position embeddings, an
@@ -39,12 +40,45 @@ Conventions chosen, and why:
 - LoRA: Muon never applies under LoRA (build_optimizer with optimizer="muon" on a LoRA model is a one-line
   ValueError). Adapters are rank-r factors of an update, not hidden maps, and orthogonalising them is untested.
 - State, under canonical names so a checkpoint moves between backends: AdamW params keep `{name}.exp_avg`,
-  `{name}.exp_avg_sq`; Muon params have `{name}.momentum` (the EMA buffer); `step` counts optimizer steps. A state
-  of one optimizer loaded into the other is a one-line ValueError (check_state).
+  `{name}.exp_avg_sq`; Muon params have `{name}.momentum` (the EMA buffer), and `{name}.second_moment` with NorMuon
+  (below); `step` counts optimizer steps. A state of one optimizer loaded into the other, or a NorMuon state into a
+  run without it and the reverse, is a one-line ValueError (check_state).
+
+Opt-in variants (the public speedruns' and nanochat's Muon; every default is off, so the plain Muon above is what a
+run gets unless it asks). Each combines with the others; in the order of the step:
+- Momentum warm-up (--muon-momentum-warmup N, modded-nanogpt and nanochat, which use N = 300): mu goes linearly from
+  0.85 at step 0 to --muon-momentum at step N and stays there: mu_k = (1 - f) * 0.85 + f * mu, f = min(k / N, 1)
+  (`momentum_at`). It is a pure function of the step, pushed to the optimizer before each step as the lr is
+  (set_momentum), so a resumed run is bit-exact without storing it.
+- Polar Express (--muon-ns polar; Amsel, Persson, Musco, Gower 2025, "The Polar Express"; nanochat's and
+  modded-nanogpt's Muon): the same quintic form, but a different (a, b, c) at each of the 5 steps (POLAR_COEFFS,
+  computed by the paper's method for 5 iterations with a 2e-2 safety factor and cushion 2), and the input
+  normalised as X = u / (||u||_F * 1.02 + 1e-6): the 2 % keeps the top singular value safely below 1, where the
+  first, steep polynomial is tuned. Each normalised singular value x ends at the composition of the five
+  polynomials at x / 1.02: every x >= 1e-3 lands in [0.84, 1.15] (POLAR_BAND), where Keller's steps give [0.68,
+  1.21] and only from 2e-3 up.
+- NorMuon (--normuon; Li et al. 2025, "NorMuon", as nanochat computes it): after the orthogonalisation, an EMA of
+  the mean square of O along its shorter side, v <- beta2 * v + (1 - beta2) * mean(O^2), beta2 = 0.95, no bias
+  correction; O' = O / sqrt(max(v, 1e-10)), rescaled so that ||O'||_F = ||O||_F (the normalisation changes how the
+  update is spread over neurons, not its size). Orientation (nanochat's): v has one entry per row -- per output
+  neuron, the paper's choice -- when rows >= cols, shape (rows, 1), and one per column, shape (1, cols), for a wide
+  matrix (the MLP's proj, d x 4d): the statistics live along the longer side. At the first step (v from zero) every
+  row (column) of O' has the same RMS, ||O||_F / sqrt(rows * cols). State: `{name}.second_moment`, fp32, that
+  shape. The paper instead sets the step size by 0.2 sqrt(rows * cols) / ||O'||_F (AdamW's RMS); nanochat keeps
+  Muon's lr and lr scale, and so do we.
+- Cautious weight decay (--cautious-wd; Chen et al. 2025, "Cautious Weight Decay", nanochat): the decoupled decay
+  only where the update and the parameter have the same sign, i.e. where the step already moves p towards 0:
+  p <- p * (1 - lr * wd) on the coordinates with O * p >= 0 (nanochat's mask, ties included), p unchanged by the
+  decay elsewhere; then the update as above. Muon's matrices only: AdamW's parameters keep plain decoupled decay.
+  nanochat multiplies the decay by the shape-scaled lr; nano keeps its unscaled lr * wd, as for the plain decay.
+Not taken from nanochat's latest Muon: its row equilibration before the iteration (MuonEq) and its snap of ||O||_F
+to sqrt(min(rows, cols)) (Muon+); nanochat's recent normalisation factor is 1.01 and its NorMuon beta2 0.9 (1.02 and
+0.95 when it introduced the variants above, and in modded-nanogpt: the values used here).
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -59,6 +93,24 @@ MUON_LR = 0.02
 NS_BAND = (0.68, 1.21)                  # where 5 steps put every normalised singular value >= NS_BAND_FROM
 NS_BAND_FROM = 0.002
 BLOCK_PREFIXES = ("h.", "rnn.")         # the blocks: transformer layers h.{i}, RNN layers rnn.{i}
+# -- the opt-in variants (all off by default)
+NS_KINDS = ("keller", "polar")          # --muon-ns: Keller's fixed quintic, or Polar Express's per-step ones
+POLAR_COEFFS = (                        # (a, b, c) of each of the 5 steps (Amsel et al. 2025; safety 2e-2, cushion 2)
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_SAFETY = 1.02                     # Polar Express's input: u / (||u||_F * POLAR_SAFETY + POLAR_EPS)
+POLAR_EPS = 1e-6
+POLAR_BAND = (0.84, 1.15)               # where its 5 steps put every normalised singular value >= POLAR_BAND_FROM
+POLAR_BAND_FROM = 1e-3
+NORMUON_BETA2 = 0.95                    # NorMuon: EMA of the mean square of the orthogonalised update
+NORMUON_EPS = 1e-10                     # floor of that second moment and of the rescaled norm (clamps, as nanochat)
+MOMENTUM_WARMUP_FROM = 0.85             # --muon-momentum-warmup: mu rises from this to --muon-momentum
+VARIANT_FLAGS = {"muon_ns": "--muon-ns", "normuon": "--normuon", "cautious_wd": "--cautious-wd",
+                 "muon_momentum_warmup": "--muon-momentum-warmup"}
 
 
 def check_optimizer_name(optimizer: str) -> str:
@@ -91,54 +143,131 @@ def check_muon_args(lr: float, muon_lr: float, muon_momentum: float, lora) -> No
         raise ValueError(f"--muon-momentum (muon_momentum) must be in [0, 1), got {muon_momentum}")
 
 
+def check_variants(optimizer: str, muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False,
+                   muon_momentum_warmup: int = 0) -> None:
+    """One-line refusals of the Muon variants (the train command's and build_optimizer's): a known --muon-ns, a
+    warm-up of >= 0 steps, and none of them without --optimizer muon (AdamW would silently ignore them)."""
+    if muon_ns not in NS_KINDS:
+        raise ValueError(f"--muon-ns must be one of {', '.join(NS_KINDS)}, got {muon_ns!r}")
+    warmup = muon_momentum_warmup
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral) or warmup < 0:
+        raise ValueError(f"--muon-momentum-warmup must be an integer >= 0 (steps; 0: off), got {warmup!r}")
+    asked = {"muon_ns": muon_ns != "keller", "normuon": normuon, "cautious_wd": cautious_wd,
+             "muon_momentum_warmup": warmup > 0}
+    on = [VARIANT_FLAGS[k] for k, v in asked.items() if v]
+    if on and optimizer != "muon":
+        raise ValueError(f"{' '.join(on)} {'is a Muon setting' if len(on) == 1 else 'are Muon settings'} but this run "
+                         f"uses --optimizer {optimizer}; add --optimizer muon or drop {on[0]}")
+
+
+def momentum_at(step: int, momentum: float, warmup: int) -> float:
+    """Muon's momentum for optimizer step `step` (0-based): MOMENTUM_WARMUP_FROM at step 0, linearly up to
+    `momentum` at step `warmup`, `momentum` from then on (and always when warmup is 0). A pure function of the step,
+    like the lr: a resumed run recomputes it."""
+    if warmup <= 0 or step >= warmup:
+        return momentum
+    frac = step / warmup
+    return (1 - frac) * MOMENTUM_WARMUP_FROM + frac * momentum
+
+
+def ns_coefficients(ns: str = "keller", steps: int = NS_STEPS) -> tuple[tuple[float, float, float], ...]:
+    """The (a, b, c) of each Newton-Schulz step: Keller's one quintic `steps` times, or Polar Express's own ones."""
+    if ns not in NS_KINDS:
+        raise ValueError(f"unknown Newton-Schulz kind {ns!r}; choose one of {', '.join(NS_KINDS)}")
+    if ns == "keller":
+        return (NS_COEFFS,) * steps
+    if steps > len(POLAR_COEFFS):
+        raise ValueError(f"Polar Express has coefficients for {len(POLAR_COEFFS)} steps, not {steps}")
+    return POLAR_COEFFS[:steps]
+
+
+def normuon_shape(shape) -> tuple[int, int]:
+    """The NorMuon second moment's shape for a (rows, cols) matrix: (rows, 1) when rows >= cols, else (1, cols)."""
+    rows, cols = tuple(shape)
+    return (rows, 1) if rows >= cols else (1, cols)
+
+
 def lr_scale(shape) -> float:
     """Keller Jordan's per-shape factor: sqrt(max(1, rows / cols)) for a (rows = out, cols = in) weight."""
     rows, cols = tuple(shape)
     return math.sqrt(max(1.0, rows / cols))
 
 
-def ns_polynomial(x, steps: int = NS_STEPS):
-    """What NS does to one normalised singular value x = s / ||G||_F: the quintic applied `steps` times."""
-    a, b, c = NS_COEFFS
-    for _ in range(steps):
+def ns_polynomial(x, steps: int = NS_STEPS, ns: str = "keller"):
+    """What NS does to one normalised singular value x = s / ||G||_F: each step's quintic in turn (Polar Express
+    first divides x by its safety factor, as its normalisation does)."""
+    if ns == "polar":
+        x = x / POLAR_SAFETY
+    for a, b, c in ns_coefficients(ns, steps):
         x = a * x + b * x ** 3 + c * x ** 5
     return x
 
 
 # ----------------------------------------------------------------------------- numpy reference
-def newton_schulz(G: np.ndarray, steps: int = NS_STEPS, eps: float = NS_EPS, dtype=np.float64) -> np.ndarray:
-    """The orthogonalisation, as the backends run it (same operation order), in `dtype` (float64: the reference)."""
+def newton_schulz(G: np.ndarray, steps: int = NS_STEPS, eps: float = NS_EPS, dtype=np.float64,
+                  ns: str = "keller") -> np.ndarray:
+    """The orthogonalisation, as the backends run it (same operation order), in `dtype` (float64: the reference);
+    `ns`: Keller's iteration or Polar Express (its coefficients and its normalisation)."""
     if G.ndim != 2:
         raise ValueError(f"Newton-Schulz takes a 2-D matrix, got shape {G.shape}")
-    a, b, c = NS_COEFFS
+    coeffs = ns_coefficients(ns, steps)
     X = np.asarray(G, dtype=dtype)
     tall = X.shape[0] > X.shape[1]
     if tall:
         X = X.T
-    X = X / max(np.linalg.norm(X), dtype(eps))
-    for _ in range(steps):
+    norm = np.linalg.norm(X)
+    X = X / (norm * dtype(POLAR_SAFETY) + dtype(POLAR_EPS)) if ns == "polar" else X / max(norm, dtype(eps))
+    for a, b, c in coeffs:
         A = X @ X.T
         B = b * A + c * (A @ A)
         X = a * X + B @ X
     return X.T if tall else X
 
 
+def normuon(U: np.ndarray, v: np.ndarray, beta2: float = NORMUON_BETA2) -> tuple[np.ndarray, np.ndarray]:
+    """NorMuon's step on one orthogonalised update U (rows, cols) with second moment v (normuon_shape): (the
+    normalised update, the new v), in float64, in the backends' operation order."""
+    U, v = np.asarray(U, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    axis = 1 if U.shape[0] >= U.shape[1] else 0  # averaged over the shorter side: one entry per row of the longer
+    n = U.shape[axis]
+    mean_sq = np.mean(np.square(U), axis=axis, keepdims=True)
+    v = beta2 * v + (1 - beta2) * mean_sq
+    scale = 1 / np.sqrt(np.maximum(v, NORMUON_EPS))
+    norm = np.sqrt(np.sum(mean_sq) * n)                               # ||U||_F
+    new_norm = np.sqrt(np.sum(mean_sq * n * np.square(scale)))        # ||U * scale||_F
+    return U * (scale * (norm / max(new_norm, NORMUON_EPS))), v
+
+
+def decay_mask(update: np.ndarray, param: np.ndarray) -> np.ndarray:
+    """Cautious weight decay's mask: the coordinates where the update and the parameter have the same sign (or one
+    is 0), i.e. where p - lr * update moves p towards 0 as the decay does."""
+    return update * param >= 0
+
+
 def muon_step(param: np.ndarray, grad: np.ndarray, buf: np.ndarray, lr: float, weight_decay: float,
-              momentum: float = MOMENTUM, nesterov: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """One Muon update of one matrix, in float64: (new param, new momentum buffer)."""
+              momentum: float = MOMENTUM, nesterov: bool = True, ns: str = "keller", second_moment=None,
+              cautious_wd: bool = False) -> tuple[np.ndarray, ...]:
+    """One Muon update of one matrix, in float64: (new param, new momentum buffer), and the new second moment as a
+    third item when `second_moment` (NorMuon's, normuon_shape) is given."""
     p, g, buf = (np.asarray(x, dtype=np.float64) for x in (param, grad, buf))
     buf = momentum * buf + (1 - momentum) * g
     u = (1 - momentum) * g + momentum * buf if nesterov else buf
-    p = p * (1 - lr * weight_decay) - lr * lr_scale(p.shape) * newton_schulz(u)
-    return p, buf
+    update = newton_schulz(u, ns=ns)
+    if second_moment is not None:
+        update, second_moment = normuon(update, second_moment)
+    decayed = p * (1 - lr * weight_decay)
+    p = np.where(decay_mask(update, p), decayed, p) if cautious_wd else decayed
+    p = p - lr * lr_scale(p.shape) * update
+    return (p, buf) if second_moment is None else (p, buf, second_moment)
 
 
 # ----------------------------------------------------------------------------- state checks
-def check_state(state: dict[str, np.ndarray], optimizer: str, shapes: dict[str, tuple[int, ...]]) -> int:
+def check_state(state: dict[str, np.ndarray], optimizer: str, shapes: dict[str, tuple[int, ...]],
+                normuon: bool = False) -> int:
     """The checks both backends' load_optimizer_state make before loading `state` into an `optimizer` ("adamw" |
-    "muon") over the trainable parameters `shapes`: the state was saved by the same optimizer (one-line ValueError
-    saying which it was), every entry has its parameter's shape (a missing one is allowed only at step 0). Returns
-    the step."""
+    "muon", with or without `normuon`) over the trainable parameters `shapes`: the state was saved by the same
+    optimizer and the same NorMuon setting (one-line ValueError saying which it was), every entry has its
+    parameter's shape (a missing one is allowed only at step 0, where it is zeros anyway). Returns the step."""
     muon, adamw = split_params(shapes) if optimizer == "muon" else ([], list(shapes))
     saved_muon = next((k for k in state if k.endswith(".momentum")), None)
     if optimizer == "adamw" and saved_muon:
@@ -148,14 +277,26 @@ def check_state(state: dict[str, np.ndarray], optimizer: str, shapes: dict[str, 
     if saved_adam:
         raise ValueError(f"optimizer state was saved by AdamW (it has {saved_adam}) but this run uses Muon; "
                          f"resume with optimizer 'adamw' or start without the optimizer state")
+    saved_normuon = next((k for k in state if k.endswith(".second_moment")), None)
+    if saved_normuon and not normuon:
+        raise ValueError(f"optimizer state was saved with NorMuon (it has {saved_normuon}) but this run does not use "
+                         f"--normuon; resume with --normuon or start without the optimizer state")
     step = check_optimizer_state(state, {n: shapes[n] for n in adamw})
+    if normuon and step > 0 and muon and not saved_normuon:
+        raise ValueError(f"optimizer state was saved without NorMuon (it has no {muon[0]}.second_moment) but this run "
+                         f"uses --normuon; resume without --normuon or start without the optimizer state")
     for name in muon:
-        if f"{name}.momentum" not in state:
-            if step > 0:
-                raise ValueError(f"optimizer state has no entry for {name}; was it saved from a different model?")
-            continue
-        got = tuple(np.shape(state[f"{name}.momentum"]))
-        if got != tuple(shapes[name]):
-            raise ValueError(f"optimizer state {name}.momentum has shape {got}, parameter {tuple(shapes[name])}; "
-                             f"was it saved from a different model?")
+        wanted = {"momentum": tuple(shapes[name])}
+        if normuon:
+            wanted["second_moment"] = normuon_shape(shapes[name])
+        for key, shape in wanted.items():
+            if f"{name}.{key}" not in state:
+                if step > 0:
+                    raise ValueError(f"optimizer state has no entry for {name}.{key}; was it saved from a different "
+                                     f"model?")
+                continue
+            got = tuple(np.shape(state[f"{name}.{key}"]))
+            if got != shape:
+                raise ValueError(f"optimizer state {name}.{key} has shape {got}, parameter {tuple(shapes[name])} "
+                                 f"needs {shape}; was it saved from a different model?")
     return step

@@ -116,7 +116,8 @@ class Trainer:
             self.model = backend.build_model(plan.model_config, weights, grad_checkpoint=config.grad_checkpoint)
         self.optimizer = backend.build_optimizer(self.model, config.lr, (config.beta1, config.beta2), config.eps,
                                                  config.weight_decay, config.optimizer, config.muon_lr,
-                                                 config.muon_momentum)
+                                                 config.muon_momentum, muon_ns=config.muon_ns,
+                                                 normuon=config.normuon, cautious_wd=config.cautious_wd)
         if meta is not None:
             self._resume(opt_state, meta)
         if plan.world_size > 1 and backend.all_max(self.step) != -backend.all_max(-self.step):

@@ -32,7 +32,7 @@ from nano_core.lora import LoraConfig, init_adapters, mask_weights
 from nano_core.metrics import probe_peak_flops
 from nano_mlx.model import GPT
 from nano_mlx.optim import (build_optimizer, clip_grad_norm, load_optimizer_state_numpy, optimizer_state_numpy,
-                            set_lr)
+                            set_lr, set_momentum)
 
 COMPUTE_DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16}
 
@@ -225,10 +225,15 @@ class Backend:
 
     # -- optimizer ------------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
-                        optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95):
+                        optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95,
+                        muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False):
         # Muon's Newton-Schulz runs in the compute dtype: bf16 matmuls where the run is bf16, fp32 otherwise
         return build_optimizer(model, lr, betas, eps, weight_decay, optimizer, muon_lr, muon_momentum,
-                               ns_dtype="bf16" if self.dtype == "bf16" else "fp32")
+                               ns_dtype="bf16" if self.dtype == "bf16" else "fp32", muon_ns=muon_ns,
+                               normuon=normuon, cautious_wd=cautious_wd)
+
+    def set_momentum(self, optimizer, momentum: float) -> None:
+        set_momentum(optimizer, momentum)
 
     def optimizer_state(self, optimizer, model) -> dict[str, np.ndarray]:
         return optimizer_state_numpy(optimizer, model)

@@ -9,8 +9,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from nano_core.muon import (MOMENTUM, MUON_LR, NS_COEFFS, NS_EPS, NS_STEPS, check_muon_args, check_optimizer_name,
-                            check_state, lr_scale, split_params)
+from nano_core.muon import (MOMENTUM, MUON_LR, NORMUON_BETA2, NORMUON_EPS, NS_EPS, NS_STEPS, POLAR_EPS, POLAR_SAFETY,
+                            check_muon_args, check_optimizer_name, check_state, check_variants, lr_scale,
+                            normuon_shape, ns_coefficients, split_params)
 
 
 NS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -23,13 +24,18 @@ class Muon(torch.optim.Optimizer):
     dtype: fp32 runs match nano_mlx to 1e-5 (tests/test_muon.py holds it to torch.optim.Muon with NS swapped for ours,
     and loosely without), bf16 runs take the faster bf16 matmuls. Matrices of one shape are orthogonalised together
     (one batched matmul per NS operation instead of one per matrix: the same math, fewer, larger kernels).
-    State per parameter: 'momentum_buffer' (fp32)."""
+    The opt-in variants of nano_core/muon.py: `ns` "polar" (Polar Express), `normuon`, `cautious_wd`; the momentum
+    is the group's 'momentum', which set_momentum changes between steps (its warm-up).
+    State per parameter: 'momentum_buffer' (fp32), and 'second_moment' (fp32, normuon_shape) with NorMuon."""
 
     def __init__(self, params, lr: float = MUON_LR, weight_decay: float = 0.0, momentum: float = MOMENTUM,
-                 nesterov: bool = True, ns_dtype: str = "fp32"):
+                 nesterov: bool = True, ns_dtype: str = "fp32", ns: str = "keller", normuon: bool = False,
+                 cautious_wd: bool = False, beta2: float = NORMUON_BETA2):
         if ns_dtype not in NS_DTYPES:
             raise ValueError(f"ns_dtype must be one of {', '.join(NS_DTYPES)}, got {ns_dtype!r}")
+        check_variants("muon", ns, normuon, cautious_wd)
         self.ns_dtype = NS_DTYPES[ns_dtype]
+        self.ns, self.normuon, self.cautious_wd, self.beta2 = ns, normuon, cautious_wd, beta2
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov))
         for group in self.param_groups:
             for p in group["params"]:
@@ -50,34 +56,62 @@ class Muon(torch.optim.Optimizer):
                     continue
                 g = p.grad.float()
                 state = self.state[p]
-                if not state:
+                if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
+                if self.normuon and "second_moment" not in state:
+                    state["second_moment"] = torch.zeros(normuon_shape(p.shape), dtype=torch.float32,
+                                                         device=p.device)
                 buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g, alpha=1 - mu)              # buf <- mu * buf + (1 - mu) * g
                 by_shape[tuple(p.shape)].append((p, g * (1 - mu) + buf * mu if group["nesterov"] else buf))
             for shape, items in by_shape.items():
-                updates = newton_schulz(torch.stack([u for _, u in items]), dtype=self.ns_dtype)
+                updates = newton_schulz(torch.stack([u for _, u in items]), dtype=self.ns_dtype, ns=self.ns)
+                if self.normuon:
+                    v = torch.stack([self.state[p]["second_moment"] for p, _ in items])
+                    updates, v = normuon(updates, v, self.beta2)
+                    for (p, _), v_p in zip(items, v.unbind(0)):
+                        self.state[p]["second_moment"].copy_(v_p)
                 for (p, _), update in zip(items, updates.unbind(0)):
-                    p.mul_(1 - lr * wd)  # decoupled (mlx.optimizers.Muon sends it through the momentum)
+                    if self.cautious_wd:  # decay only where the update already moves p towards 0
+                        p.copy_(torch.where(update * p >= 0, p * (1 - lr * wd), p))
+                    else:
+                        p.mul_(1 - lr * wd)  # decoupled (mlx.optimizers.Muon sends it through the momentum)
                     p.add_(update.to(p.dtype), alpha=-lr * lr_scale(shape))
         return loss
 
 
 def newton_schulz(G: torch.Tensor, steps: int = NS_STEPS, eps: float = NS_EPS,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32, ns: str = "keller") -> torch.Tensor:
     """The quintic Newton-Schulz orthogonalisation of nano_core.muon.newton_schulz (same operation order) of a matrix,
-    or of each matrix of a stack (..., rows, cols), computed in `dtype`; returned in fp32."""
-    a, b, c = NS_COEFFS
+    or of each matrix of a stack (..., rows, cols), computed in `dtype`; returned in fp32. `ns`: Keller's iteration
+    or Polar Express (its per-step coefficients and its normalisation)."""
+    coeffs = ns_coefficients(ns, steps)
     X = G.to(dtype)
     tall = X.shape[-2] > X.shape[-1]
     if tall:  # iterate on the wide orientation: the Gram matrix X X^T is then the smaller one
         X = X.mT
-    X = X / torch.linalg.vector_norm(X.float(), dim=(-2, -1), keepdim=True).clamp(min=eps).to(dtype)  # sv in [0, 1]
-    for _ in range(steps):
+    norm = torch.linalg.vector_norm(X.float(), dim=(-2, -1), keepdim=True)
+    norm = norm * POLAR_SAFETY + POLAR_EPS if ns == "polar" else norm.clamp(min=eps)
+    X = X / norm.to(dtype)  # every singular value now in [0, 1]
+    for a, b, c in coeffs:
         A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
     return (X.mT if tall else X).float()
+
+
+def normuon(U: torch.Tensor, v: torch.Tensor, beta2: float = NORMUON_BETA2) -> tuple[torch.Tensor, torch.Tensor]:
+    """NorMuon (nano_core.muon.normuon, same operation order) of an orthogonalised update U (..., rows, cols) fp32
+    with its second moment v (..., normuon_shape): (the update, each row -- column when wide -- divided by the root
+    of its EMA mean square and the whole rescaled to U's Frobenius norm, the new v)."""
+    axis = -1 if U.shape[-2] >= U.shape[-1] else -2  # averaged over the shorter side
+    n = U.shape[axis]
+    mean_sq = U.square().mean(dim=axis, keepdim=True)
+    v = beta2 * v + (1 - beta2) * mean_sq
+    scale = v.clamp(min=NORMUON_EPS).rsqrt()
+    norm = (mean_sq.sum(dim=(-2, -1), keepdim=True) * n).sqrt()
+    new_norm = (mean_sq * n * scale.square()).sum(dim=(-2, -1), keepdim=True).sqrt()
+    return U * (scale * (norm / new_norm.clamp(min=NORMUON_EPS))), v
 
 
 class MuonAdamW:
@@ -118,11 +152,13 @@ def _adamw(params: list, lr: float, betas, eps: float, weight_decay: float) -> t
 
 def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
                     optimizer: str = "adamw", muon_lr: float = MUON_LR, muon_momentum: float = MOMENTUM,
-                    ns_dtype: str = "fp32"):
+                    ns_dtype: str = "fp32", muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False):
     """"adamw": AdamW over the trainable parameters. "muon": Muon at muon_lr on the hidden matrices
     (nano_core.muon.is_muon_param), its Newton-Schulz in ns_dtype (the backend passes its compute dtype), AdamW at
-    lr on the rest, both decaying with weight_decay; not under LoRA."""
+    lr on the rest, both decaying with weight_decay; not under LoRA. muon_ns, normuon, cautious_wd: Muon's opt-in
+    variants (nano_core/muon.py), refused with "adamw"."""
     check_optimizer_name(optimizer)
+    check_variants(optimizer, muon_ns, normuon, cautious_wd)
     params = trainable(model)
     if optimizer == "adamw":
         return _adamw([p for _, p in params], lr, betas, eps, weight_decay)
@@ -131,7 +167,7 @@ def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weig
     if not hidden:
         raise ValueError("optimizer 'muon' found no hidden matrices in this model; use 'adamw'")
     muon = Muon([p for name, p in params if name in hidden], lr=muon_lr, weight_decay=weight_decay,
-                momentum=muon_momentum, ns_dtype=ns_dtype)
+                momentum=muon_momentum, ns_dtype=ns_dtype, ns=muon_ns, normuon=normuon, cautious_wd=cautious_wd)
     adamw = _adamw([p for name, p in params if name not in hidden], lr, betas, eps, weight_decay)
     return MuonAdamW(muon, adamw, muon_lr / lr)
 
@@ -143,6 +179,15 @@ def set_lr(opt, lr: float):
         opt = opt.adamw
     for g in opt.param_groups:
         g["lr"] = lr
+
+
+def set_momentum(opt, momentum: float):
+    """Muon's momentum for the next step (nano_core.muon.momentum_at: its warm-up), as set_lr sets the lr."""
+    muon = opt.muon if isinstance(opt, MuonAdamW) else opt
+    if not isinstance(muon, Muon):
+        raise ValueError("set_momentum sets Muon's momentum; this optimizer is not optimizer 'muon'")
+    for g in muon.param_groups:
+        g["momentum"] = momentum
 
 
 def clip_grad_norm_(model, max_norm: float):
@@ -163,16 +208,20 @@ def trainable(model) -> list:
 
 def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
     """{name}.exp_avg / {name}.exp_avg_sq (float32, canonical parameter names) of every parameter AdamW updates,
-    {name}.momentum of every one Muon updates, and 'step' (0-d int64)."""
+    {name}.momentum (and {name}.second_moment with NorMuon) of every one Muon updates, and 'step' (0-d int64)."""
     adamw, muon = (opt.adamw, opt.muon) if isinstance(opt, MuonAdamW) else (opt, None)
     hidden = {p for group in muon.param_groups for p in group["params"]} if muon is not None else set()
     out: dict[str, np.ndarray] = {}
     step = 0
     for name, p in trainable(model):
         if p in hidden:
-            st = muon.state.get(p)  # before the first step: zeros, as in MLX
-            out[f"{name}.momentum"] = st["momentum_buffer"].detach().float().cpu().numpy().copy() if st else \
-                np.zeros(tuple(p.shape), dtype=np.float32)
+            st = muon.state.get(p) or {}  # before the first step: zeros, as in MLX
+            keys = {"momentum": ("momentum_buffer", tuple(p.shape))}
+            if muon.normuon:
+                keys["second_moment"] = ("second_moment", normuon_shape(p.shape))
+            for key, (theirs, shape) in keys.items():
+                out[f"{name}.{key}"] = st[theirs].detach().float().cpu().numpy().copy() if theirs in st else \
+                    np.zeros(shape, dtype=np.float32)
             continue
         st = adamw.state.get(p)
         if not st:  # torch creates the state at the first step; before it, the moments are zeros (as in MLX)
@@ -186,22 +235,28 @@ def optimizer_state_numpy(opt, model) -> dict[str, np.ndarray]:
 
 
 def load_optimizer_state_numpy(opt, model, state: dict[str, np.ndarray]):
-    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model or of the other
-    optimizer (nano_core.muon.check_state)."""
+    """The inverse of optimizer_state_numpy, in place; one-line errors for a state of another model, of the other
+    optimizer or of the other NorMuon setting (nano_core.muon.check_state)."""
     params = trainable(model)
     kind = "muon" if isinstance(opt, MuonAdamW) else "adamw"
-    step = check_state(state, kind, {name: tuple(p.shape) for name, p in params})
+    step = check_state(state, kind, {name: tuple(p.shape) for name, p in params},
+                       normuon=kind == "muon" and opt.muon.normuon)
     adamw = opt.adamw if kind == "muon" else opt
     fused = any(g.get("fused") for g in adamw.param_groups)
+
+    def tensor(key: str, p):
+        return torch.from_numpy(np.array(state[key], dtype=np.float32)).to(p.device)
+
     for name, p in params:
         if f"{name}.momentum" in state:  # (only a Muon state has these: check_state refused them for AdamW)
-            opt.muon.state[p] = {"momentum_buffer": torch.from_numpy(
-                np.array(state[f"{name}.momentum"], dtype=np.float32)).to(p.device)}
+            opt.muon.state[p] = {"momentum_buffer": tensor(f"{name}.momentum", p)}
+            if f"{name}.second_moment" in state:  # (only with NorMuon: check_state saw to it; absent at step 0)
+                opt.muon.state[p]["second_moment"] = tensor(f"{name}.second_moment", p)
         elif f"{name}.exp_avg" in state:  # absent: step 0, the fresh state stays
             adamw.state[p] = {
                 # torch keeps 'step' as a float32 tensor: on the parameter's device when fused, on the CPU otherwise
                 "step": torch.tensor(float(step), dtype=torch.float32, device=p.device if fused else "cpu"),
-                "exp_avg": torch.from_numpy(np.array(state[f"{name}.exp_avg"], dtype=np.float32)).to(p.device),
-                "exp_avg_sq": torch.from_numpy(np.array(state[f"{name}.exp_avg_sq"], dtype=np.float32)).to(p.device),
+                "exp_avg": tensor(f"{name}.exp_avg", p),
+                "exp_avg_sq": tensor(f"{name}.exp_avg_sq", p),
             }
     return opt

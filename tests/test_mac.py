@@ -51,15 +51,18 @@ def test_torch_tables_say_mps_has_fused_adamw_but_no_foreach_api():
     assert "mps" in foreach_utils._get_fused_kernels_supported_devices()
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_a_whole_mps_train_step_runs_where_the_foreach_api_is_missing(monkeypatch, optimizer):
-    """`clip_grad_norm_(..., foreach=True)` raised on mps at the first step: the step (clipping, AdamW or Muon)
-    must run on a device without foreach kernels."""
+@pytest.mark.parametrize("optimizer, variants", [("adamw", {}), ("muon", {}),
+                                                 ("muon", dict(muon_ns="polar", normuon=True, cautious_wd=True))])
+def test_a_whole_mps_train_step_runs_where_the_foreach_api_is_missing(monkeypatch, optimizer, variants):
+    """`clip_grad_norm_(..., foreach=True)` raised on mps at the first step: the step (clipping, AdamW or Muon, with
+    and without its variants) must run on a device without foreach kernels."""
     b = simulated_mps_backend(monkeypatch)
     cfg = ModelConfig.from_preset("modern-3x192", vocab_size=256, seq_len=16, n_layer=1)
     model = b.build_model(cfg, init_weights(cfg, seed=0))
     assert next(model.parameters()).device.type == "meta"
-    opt = b.build_optimizer(model, 1e-3, optimizer=optimizer)
+    opt = b.build_optimizer(model, 1e-3, optimizer=optimizer, **variants)
+    if optimizer == "muon":
+        b.set_momentum(opt, 0.9)
     step = b.make_train_step(model, opt, grad_accum=2, grad_clip=1.0, seed=0)
     loss = step(np.zeros((4, 17), dtype=np.int32), 1e-3, 0)
     assert loss.shape == () and loss.device.type == "meta"
