@@ -110,9 +110,9 @@ def test_normuon_keeps_one_second_moment_per_row_of_the_longer_side():
 
 @pytest.mark.parametrize("shape", [(48, 32), (32, 48)])
 def test_normuon_equalises_the_rows_at_the_first_step_and_keeps_the_frobenius_norm(shape):
-    """From a zero second moment, v = 0.05 * mean(ortho^2): every row (column when wide) of the result has the same RMS,
-    ||ortho||_F / sqrt(rows * cols), and ||result||_F = ||ortho||_F. A second step's v mixes two updates: the rows differ
-    again, the norm is still kept."""
+    """From a zero second moment, v = 0.05 * mean(ortho^2): every row (column when wide) of the result has the same
+    RMS, ||ortho||_F / sqrt(rows * cols), and ||result||_F = ||ortho||_F. A second step's v mixes two updates: the
+    rows differ again, the norm is still kept."""
     rng = np.random.default_rng(6)
     axis = 1 if shape[0] >= shape[1] else 0
     ortho = muon.newton_schulz(rng.standard_normal(shape) * np.linspace(0.1, 3, shape[0])[:, None])
