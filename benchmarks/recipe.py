@@ -119,10 +119,11 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "qwen3-3x192-polar": ("qwen3-3x192", QWEN3 + ["--muon-ns", "polar"], "... Polar Express coefficients"),
     "qwen3-3x192-normuon": ("qwen3-3x192", QWEN3 + ["--normuon"], "... NorMuon"),
     "qwen3-3x192-cwd": ("qwen3-3x192", QWEN3 + ["--cautious-wd"], "... cautious weight decay"),
-    "qwen3-3x192-mwarm": ("qwen3-3x192", QWEN3 + ["--muon-momentum-warmup", "300"],
-                          "... Muon momentum 0.85 -> 0.95 over 300 steps"),
+    "qwen3-3x192-mwarm": ("qwen3-3x192", QWEN3 + ["--muon-momentum-warmup", "100"],
+                          "... Muon momentum 0.85 -> 0.95 over 100 steps"),
     "qwen3-3x192-opt4": ("qwen3-3x192", QWEN3 + ["--muon-ns", "polar", "--normuon", "--cautious-wd",
-                                                 "--muon-momentum-warmup", "300"], "... all four Muon variants"),
+                                                 "--muon-momentum-warmup", "100"], "... all four Muon variants"),
+    "qwen3-3x192-zproj": ("qwen3-3x192", QWEN3 + ["--zero-init-proj"], "... zero-initialised output projections"),
 }
 QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
          "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}
