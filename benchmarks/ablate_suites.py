@@ -5,6 +5,7 @@ not a result about large models.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -40,13 +41,19 @@ def base(quick: bool, vocab: int, **kw) -> dict:
 
 
 def positions(quick: bool, vocab: int) -> Suite:
+    sinusoidal = base(quick, vocab, pos="sinusoidal")
+    sinusoidal["emb_scale"] = math.sqrt(sinusoidal["n_embd"])
     v = [Variant("rope", base(quick, vocab), what="RoPE on every head dim"),
          Variant("rope-0.5", base(quick, vocab, rope_pct=0.5), what="partial RoPE: half the head dims rotated"),
          Variant("rope-0.25", base(quick, vocab, rope_pct=0.25), what="partial RoPE: a quarter (GPT-NeoX's default)"),
          Variant("learned", base(quick, vocab, pos="learned"), what="a learned position table (GPT-2)"),
-         Variant("sinusoidal", base(quick, vocab, pos="sinusoidal"), what="fixed sinusoids added to the input"),
+         # a new name, not "sinusoidal": an older OUT/results/sinusoidal-s*.json (unscaled) is not reused
+         Variant("sinusoidal-x-sqrt-d", sinusoidal,
+                 what="fixed sinusoids added to the token embeddings x sqrt(n_embd) (Vaswani et al.)"),
+         Variant("sinusoidal-unscaled", {**sinusoidal, "emb_scale": 1.0},
+                 what="fixed sinusoids added to the unscaled token embeddings (std 0.02: drowned by the table)"),
          Variant("none", base(quick, vocab, pos="none"), what="no positions (the causal mask alone)")]
-    return Suite("RoPE vs learned vs sinusoidal vs none, and partial RoPE", v)
+    return Suite("RoPE vs learned vs sinusoidal (embeddings x sqrt d, and unscaled) vs none, and partial RoPE", v)
 
 
 def heads(quick: bool, vocab: int) -> Suite:

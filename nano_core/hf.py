@@ -95,6 +95,9 @@ def export_layout(cfg: ModelConfig) -> str:
         raise _refuse(f"arch={cfg.arch!r} (an RNN)", "arch='gpt' (e.g. --preset tiny: gpt2, or --preset modern: llama)")
     if cfg.window is not None:
         raise _refuse(f"window={cfg.window} (sliding-window attention)", "the same model with window=None")
+    if cfg.emb_scale != 1.0:  # no stock forward multiplies the token embeddings
+        raise _refuse(f"emb_scale={cfg.emb_scale} (token embeddings multiplied before the blocks)",
+                      "emb_scale=1.0, retrained (pos='learned' or pos='rope' need no scale)")
     if cfg.pos == "none":
         raise _refuse("pos='none' (no position encoding)", "pos='learned' (gpt2) or pos='rope' with norm='rmsnorm' "
                       "and mlp='swiglu' (llama)")

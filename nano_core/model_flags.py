@@ -48,6 +48,7 @@ HELP = {
     "norm_eps": "epsilon of every norm",
     "norm_params": "false: parameter-free norms",
     "emb_norm": "a norm right after the embedding",
+    "emb_scale": "token embeddings x this before positions are added (sqrt(n_embd) as Vaswani et al.)",
     "pos": " | ".join(POSITIONS),
     "rope_theta": "RoPE base",
     "rope_pct": "partial rotary: the fraction of each head's dims rotated",
@@ -191,8 +192,11 @@ def check_init_from(overrides: dict | None) -> None:
 
 def resume_conflict(overrides: dict | None, held: dict) -> tuple[str, str] | None:
     """The first typed field whose value the checkpoint's model (`held`, its model_config) does not have, as
-    (the flag, what the checkpoint holds); None when they all agree."""
+    (the flag, what the checkpoint holds); None when they all agree. A field the checkpoint predates holds the
+    spec's default (what ModelConfig.from_dict gives it)."""
+    defaults = ModelConfig().to_dict()
     for name, value in (overrides or {}).items():
-        if held.get(name) != value:
-            return f"{PREFIX}{name}={value}", f"{name} {held.get(name)}"
+        have = held.get(name, defaults.get(name))
+        if have != value:
+            return f"{PREFIX}{name}={value}", f"{name} {have}"
     return None

@@ -375,6 +375,8 @@ class GPT(nn.Module):
         if p + T > self.table_len and self.cfg.pos in ("rope", "sinusoidal", "learned"):
             raise ValueError(f"sequence of {p + T} tokens is longer than the model context {self.table_len}")
         x = self.wte(idx)
+        if self.cfg.emb_scale != 1.0:  # the lookup only: a tied head uses the unscaled weight (as Vaswani et al.)
+            x = x * self.cfg.emb_scale
         if self.wpe is not None:
             x = x + self.wpe.weight[p:p + T]
         if self.cfg.pos == "sinusoidal":

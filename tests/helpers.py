@@ -36,6 +36,7 @@ VARIANTS = {
     "learned-gelu": {},
     "learned-gelu-tanh": dict(mlp="gelu_tanh"),
     "sinusoidal-relu-mqa": dict(pos="sinusoidal", mlp="relu", n_kv_head=1),
+    "sinusoidal-x-sqrt-d": dict(pos="sinusoidal", mlp="relu", emb_scale=SMALL["n_embd"] ** 0.5),  # Vaswani's
     "rope-swiglu-gqa": dict(pos="rope", mlp="swiglu", norm="rmsnorm", n_kv_head=2, bias=False,
                             tie_embeddings=False, qk_norm=True),
     "rope-partial-yarn": dict(pos="rope", rope_pct=0.5, rope_scaling={"type": "yarn", "factor": 4.0,
@@ -48,6 +49,7 @@ VARIANTS = {
     "layernorm-paramfree-embnorm": dict(norm_params=False, emb_norm=True),
     "rnn-tanh": dict(arch="rnn", pos="none"),
     "rnn-slide": dict(arch="rnn", pos="none", rnn_act="slide"),
+    "rnn-emb-scale": dict(arch="rnn", pos="none", emb_scale=2.0),  # the RNN shares the embedding path
 }
 GPT_VARIANTS = [k for k in VARIANTS if not k.startswith("rnn")]
 

@@ -36,6 +36,11 @@ INVALID = [
     (dict(dropout_attn=1.0), "dropout_attn=1.0 must be in [0, 1)"),
     (dict(dropout_emb=-0.1), "dropout_emb=-0.1 must be in [0, 1)"),
     (dict(logit_softcap=0.0), "logit_softcap=0.0 must be > 0"),
+    (dict(emb_scale=0.0), "emb_scale=0.0 must be a finite number > 0"),
+    (dict(emb_scale=-22.6), "emb_scale=-22.6 must be a finite number > 0"),
+    (dict(emb_scale=float("inf")), "emb_scale=inf must be a finite number > 0"),
+    (dict(emb_scale=float("nan")), "emb_scale=nan must be a finite number > 0"),
+    (dict(emb_scale="16"), "emb_scale='16' must be a finite number > 0"),
     (dict(pos="rope", rope_pct=0.0), "rope_pct=0.0 must be in (0, 1]"),
     (dict(pos="rope", rope_pct=0.1), "rotates no dims"),
     (dict(pos="rope", rope_theta=-1.0), "rope_theta=-1.0 must be > 0"),
@@ -93,6 +98,8 @@ def test_preset_sizes_match_their_names():
     nano = ModelConfig.from_preset("nano44m")
     assert (nano.n_layer, nano.n_embd, nano.n_head, nano.mlp, nano.pos, nano.seq_len) == \
         (12, 512, 8, "relu", "sinusoidal", 1024)
+    assert nano.emb_scale == math.sqrt(512)  # Vaswani's sqrt(d): the fixed table does not drown the embeddings
+    assert all(ModelConfig.from_preset(p).emb_scale == 1.0 for p in PRESETS if p != "nano44m")
     modern = ModelConfig.from_preset("modern")
     assert modern.kv_heads < modern.n_head and modern.pos == "rope" and not modern.tie_embeddings
 
@@ -187,6 +194,16 @@ def test_a_config_dict_without_the_norm_keys_loads_as_before():
     cfg = ModelConfig.from_dict(old)
     assert cfg.norm_params and not cfg.emb_norm
     assert "h.0.attn.q_norm.weight" in cfg.param_shapes() and "ln_emb.weight" not in cfg.param_shapes()
+
+
+def test_a_config_dict_without_emb_scale_loads_unscaled():
+    """Checkpoints written before emb_scale existed record no such key: the same model, embeddings x 1.0."""
+    old = ModelConfig.from_preset("nano44m").to_dict()
+    del old["emb_scale"]
+    cfg = ModelConfig.from_dict(old)
+    assert cfg.emb_scale == 1.0 and cfg.param_shapes() == ModelConfig.from_preset("nano44m").param_shapes()
+    assert ModelConfig.from_json(cfg.to_json()).emb_scale == 1.0
+    assert ModelConfig.from_dict({**old, "emb_scale": 16}).emb_scale == 16  # an integer in a JSON file is fine
 
 
 def test_nanochat_presets_have_no_norm_tensors_and_an_embedding_norm():

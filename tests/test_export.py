@@ -231,6 +231,7 @@ def test_checkpoints_transformers_wrote_import_with_the_same_logits(name, tmp_pa
     with torch.no_grad():
         ref = model.float()(torch.tensor([ids])).logits.numpy()[0]
     assert np.abs(nano_logits(cfg, w, ids) - ref).max() <= 1e-4
+    assert cfg.emb_scale == 1.0  # no stock layout scales its embeddings
     if "untied" in name:
         assert not cfg.tie_embeddings
     if name == "llama-untied":
@@ -320,6 +321,8 @@ REFUSED = {  # option -> (config, words the message must hold)
     "gpt2-qk_norm": (spec(GPT2, qk_norm=True), "qk_norm"),
     "gpt2-untied": (spec(GPT2, tie_embeddings=False), "tie_embeddings=False"),
     "qwen3-with-bias": (spec(LLAMA, qk_norm=True, bias=True), "bias=True"),
+    "emb-scale-sinusoidal": (spec(GPT2, pos="sinusoidal", emb_scale=32 ** 0.5), "emb_scale=5.656854249492381"),
+    "emb-scale-llama": (spec(LLAMA, emb_scale=2.0), "emb_scale=2.0"),
 }
 
 

@@ -59,6 +59,14 @@ def test_values_are_parsed_by_the_fields_type_in_both_spellings():
     assert cli.TrainConfig(**json.loads(json.dumps(config.to_dict()))) == config  # as a checkpoint records it
 
 
+def test_emb_scale_is_a_float_flag_on_top_of_the_preset():
+    config, _ = parse("--preset", "nano44m", "--model.n_embd=256", "--model.emb_scale=16")
+    model = settings.requested_model_config(config, 512)
+    assert (model.n_embd, model.emb_scale, model.pos) == (256, 16.0, "sinusoidal")
+    config, _ = parse("--preset", "nano44m", "--model.n_embd=256")  # the preset's sqrt(512) stays unless typed
+    assert settings.requested_model_config(config, 512).emb_scale == 512 ** 0.5
+
+
 def test_no_model_flags_leave_the_preset_alone():
     config, typed = parse("--preset", "tiny")
     assert config.model_overrides is None and "model_overrides" not in typed
@@ -104,6 +112,7 @@ def test_an_unknown_field_or_a_bad_value_is_one_line_naming_the_flag(capsys, arg
     (["--model.dropout_attn=1"], "--model.dropout_attn=1.0: dropout_attn=1.0 must be in [0, 1)"),
     (["--model.rope_scaling", '{"type": "ntk", "factor": 2}'], "use pos='rope' or drop rope_scaling"),
     (["--model.arch=rnn"], "arch='rnn' has no position encoding"),
+    (["--model.emb_scale=0"], "--model.emb_scale=0.0: emb_scale=0.0 must be a finite number > 0"),
 ])
 def test_the_spec_refuses_a_bad_model_before_any_data(capsys, tmp_path, argv, words):
     """Through the train command: the spec's one line, naming the flag, and no data prepared (--source is a file
@@ -132,6 +141,17 @@ def test_a_resumed_run_refuses_a_field_its_checkpoint_does_not_hold():
     config, typed = parse("--resume", "ckpt", "--model.pos=learned")
     with pytest.raises(ValueError, match=re.escape("--model.pos=learned conflicts with the checkpoint ckpt, which "
                                                    "holds pos rope") + ".*drop --model.pos"):
+        settings.check_resume_flags(config, typed, meta, "ckpt")
+
+
+def test_a_checkpoint_from_before_a_field_existed_holds_its_default():
+    old = ModelConfig.from_preset("tiny").to_dict()
+    del old["emb_scale"]
+    meta = {"model_config": old, "train_config": {"preset": "tiny"}}
+    config, typed = parse("--resume", "ckpt", "--model.emb_scale=1")
+    settings.check_resume_flags(config, typed, meta, "ckpt")  # the model it holds runs with emb_scale 1.0
+    config, typed = parse("--resume", "ckpt", "--model.emb_scale=2")
+    with pytest.raises(ValueError, match=re.escape("holds emb_scale 1.0")):
         settings.check_resume_flags(config, typed, meta, "ckpt")
 
 

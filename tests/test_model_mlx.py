@@ -113,6 +113,27 @@ def test_kv_cache_incremental_logits_equal_a_full_forward(name):
     assert cache.pos == 20
 
 
+@pytest.mark.parametrize("name", ["sinusoidal-x-sqrt-d", "rnn-emb-scale"])
+def test_emb_scale_multiplies_the_embedding_lookup_and_not_a_tied_head(name):
+    x = tokens(2, 24)
+    s = make(name).cfg.emb_scale
+    untied = make(name, tie_embeddings=False)
+    w = untied.to_numpy()
+    plain = GPT(ModelConfig(**{**untied.cfg.to_dict(), "emb_scale": 1.0}))
+    plain.load_numpy({**w, "wte.weight": w["wte.weight"] * s})
+    tied = make(name)
+    wt = tied.to_numpy()
+    # tied with emb_scale=s == untied, unscaled, with the lookup table x s and the head the unscaled weight
+    two = GPT(ModelConfig(**{**tied.cfg.to_dict(), "emb_scale": 1.0, "tie_embeddings": False}))
+    two.load_numpy({**wt, "wte.weight": wt["wte.weight"] * s, "lm_head.weight": wt["wte.weight"]})
+    naive = GPT(ModelConfig(**{**tied.cfg.to_dict(), "emb_scale": 1.0}))
+    naive.load_numpy({**wt, "wte.weight": wt["wte.weight"] * s})  # would scale the tied head too
+    assert_close(untied(x), plain(x))
+    assert_close(tied(x), two(x))
+    assert mx.abs(tied(x) - naive(x)).max().item() > 1e-2
+    assert mx.abs(tied(x) - make(name, emb_scale=1.0)(x)).max().item() > 1e-3  # the scale does change the model
+
+
 def test_rope_cache_can_grow_past_the_training_context():
     model = make("rope-partial-yarn")
     x = tokens(1, 40)

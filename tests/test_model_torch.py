@@ -128,6 +128,28 @@ def test_kv_cache_incremental_logits_equal_a_full_forward(name):
     assert cache.pos == 20
 
 
+@pytest.mark.parametrize("name", ["sinusoidal-x-sqrt-d", "rnn-emb-scale"])
+def test_emb_scale_multiplies_the_embedding_lookup_and_not_a_tied_head(name):
+    x = tokens(2, 24)
+    s = make(name).cfg.emb_scale
+    untied = make(name, tie_embeddings=False)
+    w = untied.to_numpy()
+    plain = GPT(ModelConfig(**{**untied.cfg.to_dict(), "emb_scale": 1.0}))
+    plain.load_numpy({**w, "wte.weight": w["wte.weight"] * s})
+    tied = make(name)
+    wt = tied.to_numpy()
+    # tied with emb_scale=s == untied, unscaled, with the lookup table x s and the head the unscaled weight
+    two = GPT(ModelConfig(**{**tied.cfg.to_dict(), "emb_scale": 1.0, "tie_embeddings": False}))
+    two.load_numpy({**wt, "wte.weight": wt["wte.weight"] * s, "lm_head.weight": wt["wte.weight"]})
+    naive = GPT(ModelConfig(**{**tied.cfg.to_dict(), "emb_scale": 1.0}))
+    naive.load_numpy({**wt, "wte.weight": wt["wte.weight"] * s})  # would scale the tied head too
+    with torch.no_grad():
+        torch.testing.assert_close(untied(x), plain(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tied(x), two(x), rtol=1e-5, atol=1e-5)
+        assert (tied(x) - naive(x)).abs().max() > 1e-2
+        assert (tied(x) - make(name, emb_scale=1.0)(x)).abs().max() > 1e-3  # the scale does change the model
+
+
 def test_rope_cache_can_grow_past_the_training_context():
     model = make("rope-partial-yarn")
     x = tokens(1, 40)
@@ -154,6 +176,43 @@ def test_tiny_model_overfits_one_batch_of_real_text(name, shared_data):
         optim.clip_grad_norm_(model, 1.0)
         opt.step()
     assert first > 5.0 and loss.item() < 0.5
+
+
+def test_sinusoidal_positions_train_only_with_the_embeddings_scaled(shared_data):
+    """docs/studies.md, the 44M reproduction: the fixed table (RMS 0.71) added to std-0.02 token embeddings drowns
+    them and the model stays near the unigram loss (3.32 nats here); x sqrt(d) it learns (2.57 after 200 steps;
+    with seeds 0-3 for init and batches the two are 0.70-0.76 nats apart)."""
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_bytes()[:200_000]
+    data = torch.tensor(list(text), dtype=torch.long)
+    train, val = data[:-20_000], data[-20_000:]
+    T, B = 64, 8
+
+    def windows(src, rng):
+        ix = rng.integers(0, len(src) - T - 1, B)
+        x = torch.stack([src[i:i + T + 1] for i in ix])
+        return x[:, :-1], x[:, 1:]
+
+    def val_loss(scale):
+        model = GPT(ModelConfig(vocab_size=256, n_layer=2, n_head=2, n_embd=64, seq_len=T, mlp="relu",
+                                pos="sinusoidal", emb_scale=scale)).init_weights(0)
+        opt = optim.build_optimizer(model, lr=1e-2, weight_decay=0.0)
+        rng = np.random.default_rng(0)
+        for _ in range(200):
+            loss = model.loss(*windows(train, rng))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        vrng = np.random.default_rng(123)
+        with torch.no_grad():
+            return float(np.mean([model.loss(*windows(val, vrng)).item() for _ in range(4)]))
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: 2 threads on a busy 2-core machine took 60 s instead of 3 (test_muon.py)
+    try:
+        losses = {scale: val_loss(scale) for scale in (1.0, 8.0)}
+    finally:
+        torch.set_num_threads(saved)
+    assert losses[8.0] < losses[1.0] - 0.3, losses
 
 
 @pytest.mark.parametrize("name", ["learned-gelu", "sliding-SL-rope-gqa"])

@@ -28,6 +28,7 @@ SMALL = dict(vocab_size=256, n_layer=2, n_head=4, n_embd=32, seq_len=32)
 VARIANTS = {
     "gpt2-learned-gelu": {},
     "sinusoidal-relu": dict(pos="sinusoidal", mlp="relu"),
+    "sinusoidal-relu-x-sqrt-d": dict(pos="sinusoidal", mlp="relu", emb_scale=SMALL["n_embd"] ** 0.5),
     "gpt2-gelu-tanh": dict(mlp="gelu_tanh"),
     "nopos-relu2": dict(pos="none", mlp="relu2"),
     "rope-swiglu-rmsnorm-untied": dict(pos="rope", mlp="swiglu", norm="rmsnorm", bias=False, tie_embeddings=False),
