@@ -109,10 +109,12 @@ def schedules(quick: bool, vocab: int) -> Suite:
     v = [Variant("cosine", m, warm + ["--schedule", "cosine"], "cosine to 10% (nano's default)", "schedule"),
          Variant("wsd", m, warm + ["--schedule", "wsd", "--decay-frac", "0.2"], "warm-up, stable, last 20% decay",
                  "schedule"),
+         Variant("linear", m, warm + ["--schedule", "linear"], "warm-up then linear decay to 10% (Transformers' "
+                 "default shape)", "schedule"),
          Variant("constant", m, warm + ["--schedule", "constant"], "warm-up then constant", "schedule"),
          Variant("muon", m, warm + ["--optimizer", "muon"], "Muon on the hidden matrices, AdamW elsewhere; "
                  "cosine (`cosine` is its AdamW twin)", "optimizer")]
-    return Suite("cosine vs WSD vs constant; AdamW vs Muon (linear decay: pending in nano_core/schedule.py)", v,
+    return Suite("cosine vs WSD vs linear vs constant; AdamW vs Muon", v,
                  seeds=(0,))
 
 

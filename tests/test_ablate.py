@@ -48,7 +48,8 @@ def test_quick_schedules_suite_on_torch_runs_each_schedule_and_optimizer(tmp_pat
     r = run_ablate("schedules", "--quick", "--out", str(tmp_path))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rows = check_outputs(tmp_path, "schedules", "torch")
-    for name, flag in (("cosine", "cosine"), ("wsd", "wsd"), ("constant", "constant"), ("muon", "muon")):
+    for name, flag in (("cosine", "cosine"), ("wsd", "wsd"), ("linear", "linear"), ("constant", "constant"),
+                       ("muon", "muon")):
         assert flag in rows[name]["runs"][0]["cmd"]
 
 
