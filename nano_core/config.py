@@ -58,7 +58,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     norm_params: bool = True          # False: every norm is parameter-free (no weight/bias tensors), as nanochat's
     emb_norm: bool = False            # a norm right after the embedding (and positions), before the first block
-    emb_scale: float = 1.0            # token embeddings x this before positions are added (sqrt(n_embd): Vaswani's)
+    emb_scale: float = 1.0            # token embeddings x this before positions are added (50 = 1 / init std)
     pos: str = "learned"              # learned | sinusoidal | rope | none
     rope_theta: float = 10000.0
     rope_pct: float = 1.0             # partial rotary: rotate the first rope_pct of each head dim
@@ -130,7 +130,7 @@ class ModelConfig:
         need(self.norm_eps > 0, f"norm_eps={self.norm_eps} must be > 0")
         es = self.emb_scale
         need(isinstance(es, (int, float)) and not isinstance(es, bool) and math.isfinite(es) and es > 0,
-             f"emb_scale={es!r} must be a finite number > 0 (1.0: unscaled; sqrt(n_embd) as Vaswani et al.)")
+             f"emb_scale={es!r} must be a finite number > 0 (1.0: unscaled; 50: embeddings at RMS 1)")
         for name in ("dropout_emb", "dropout_attn", "dropout_resid"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"{name}={v} must be in [0, 1)")
@@ -291,11 +291,12 @@ PRESETS: dict[str, dict] = {
     # ~30M at vocab 8192: the default on Apple Metal.
     "small": dict(n_layer=8, n_head=8, n_embd=512, seq_len=512, mlp="gelu", norm="layernorm", pos="learned"),
     # 12 x 512, ReLU MLP, sinusoidal positions, LayerNorm, 1024 context: 37.8M in the blocks + V*512 (42M at 8192).
-    # The token embeddings are multiplied by sqrt(512) (Vaswani et al. 2017, 3.4) before the fixed table (RMS 0.71)
-    # is added: unscaled, their std-0.02 init is drowned by it and the model stalls at the unigram loss
-    # (docs/studies.md, "The 44M reproduction"). A --model.n_embd override keeps sqrt(512); set emb_scale with it.
+    # The token embeddings are multiplied by 50 = 1 / the init's std 0.02 before the fixed table (RMS 0.71) is added:
+    # unscaled, they are drowned by it and the model stalls at the unigram loss. Vaswani et al. (2017, 3.4) multiply
+    # by sqrt(d) embeddings initialised at std d^-1/2, i.e. bring them to RMS 1; 50 does that for nano's init (sqrt(d)
+    # alone leaves them at 0.02 sqrt(d): measured behind learned positions, docs/studies.md "The 44M reproduction").
     "nano44m": dict(n_layer=12, n_head=8, n_embd=512, seq_len=1024, mlp="relu", norm="layernorm", pos="sinusoidal",
-                    emb_scale=math.sqrt(512)),
+                    emb_scale=50.0),
     # Classic GPT-2 small.
     "gpt2-124m": dict(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, seq_len=1024, mlp="gelu",
                       norm="layernorm", pos="learned", bias=True, tie_embeddings=True),

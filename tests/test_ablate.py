@@ -76,7 +76,7 @@ def test_the_full_suites_compare_what_they_name():
     pos = {v.name: ModelConfig(**v.model) for v in suites.positions(False, 1024).variants}
     assert {c.pos for c in pos.values()} == {"rope", "learned", "sinusoidal", "none"}
     assert sorted(c.rope_dim / c.head_dim for c in pos.values() if c.pos == "rope") == [0.25, 0.5, 1.0]
-    assert pos["sinusoidal-x-sqrt-d"].emb_scale == math.sqrt(64) and pos["sinusoidal-unscaled"].emb_scale == 1.0
+    assert pos["sinusoidal-x50"].emb_scale == 50.0 and pos["sinusoidal-unscaled"].emb_scale == 1.0
     assert all(c.emb_scale == 1.0 for c in pos.values() if c.pos != "sinusoidal")
     heads = [ModelConfig(**v.model).kv_heads for v in suites.heads(False, 1024).variants]
     assert heads == [8, 2, 1]

@@ -98,7 +98,7 @@ def test_preset_sizes_match_their_names():
     nano = ModelConfig.from_preset("nano44m")
     assert (nano.n_layer, nano.n_embd, nano.n_head, nano.mlp, nano.pos, nano.seq_len) == \
         (12, 512, 8, "relu", "sinusoidal", 1024)
-    assert nano.emb_scale == math.sqrt(512)  # Vaswani's sqrt(d): the fixed table does not drown the embeddings
+    assert nano.emb_scale == 50.0  # 1 / init std: the fixed table does not drown the embeddings
     assert all(ModelConfig.from_preset(p).emb_scale == 1.0 for p in PRESETS if p != "nano44m")
     modern = ModelConfig.from_preset("modern")
     assert modern.kv_heads < modern.n_head and modern.pos == "rope" and not modern.tie_embeddings

@@ -63,8 +63,8 @@ def test_emb_scale_is_a_float_flag_on_top_of_the_preset():
     config, _ = parse("--preset", "nano44m", "--model.n_embd=256", "--model.emb_scale=16")
     model = settings.requested_model_config(config, 512)
     assert (model.n_embd, model.emb_scale, model.pos) == (256, 16.0, "sinusoidal")
-    config, _ = parse("--preset", "nano44m", "--model.n_embd=256")  # the preset's sqrt(512) stays unless typed
-    assert settings.requested_model_config(config, 512).emb_scale == 512 ** 0.5
+    config, _ = parse("--preset", "nano44m", "--model.n_embd=256")  # the preset's 50 stays unless typed
+    assert settings.requested_model_config(config, 512).emb_scale == 50.0
 
 
 def test_no_model_flags_leave_the_preset_alone():
