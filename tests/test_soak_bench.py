@@ -26,9 +26,9 @@ def test_a_window_no_memory_sample_fell_in_takes_the_nearest_sample_only_when_as
 
 def test_the_verdict_says_over_when_either_figure_grows_past_the_tolerance():
     base = {"backend": "torch", "steps": 100, "rss_early": 2**20, "rss_late": 2**20, "ms_early": 1.0, "ms_late": 1.0}
-    ok = soak.table([{**base, "rss_growth": 0.01, "ms_growth": 0.02}], 0.05)
+    ok = soak.table([{**base, "rss_growth": 0.01, "ms_growth": 0.02, "rss_growth_2nd_half": 0.003}], 0.05)
     leak = soak.table([{**base, "rss_growth": 0.20, "ms_growth": 0.0}], 0.05)
-    assert "within 5%" in ok and "OVER 5%" in leak
+    assert "within 5%" in ok and "OVER 5%" in leak and "| +0.3% |" in ok
 
 
 @pytest.mark.e2e
@@ -41,4 +41,5 @@ def test_a_short_soak_of_both_backends_samples_memory_against_steps(tmp_path):
     for r in report["results"]:
         assert r["rss_samples"] and all(step <= 200 for step, _ in r["rss_samples"])
         assert r["rss_early"] > 10 * 2**20 and r["ms_early"] > 0 and r["ms_late"] > 0
+        assert r["rss_mid"] > 10 * 2**20 and abs(r["rss_growth_2nd_half"]) < 1
     assert (tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG" and "| torch | 200 |" in proc.stdout
