@@ -173,7 +173,7 @@ def table(rows: dict) -> str:
         cells = [fmt(v) for v in r["tok_s"]] + [""] * (n - len(r["tok_s"]))
         med = median(r["tok_s"])
         if name in rel:
-            vs = f"{rel[name][1]:.2f}x {rel[name][0]}"
+            vs = f"{rel[name][1]:.3g}x {rel[name][0]}"
         elif r.get("peer"):
             vs = f"({r['peer']} not run)"
         else:
