@@ -4,6 +4,7 @@
     python benchmarks/step_speed.py --backend torch --dtype fp32 --aten-gemm  # fp32 GEMMs by MKL, not oneDNN
     python benchmarks/step_speed.py --backend torch --dtype bf16            # torch.autocast("cpu", bfloat16)
     python benchmarks/step_speed.py --backend torch --dtype bf16 --compile  # torch.compile(model.loss)
+    python benchmarks/step_speed.py --backend torch --dtype auto            # as the CLI's default resolves it
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 \
         python benchmarks/step_speed.py --backend mlx --dtype fp32           # compiled MLX step, OpenBLAS matmul
     python benchmarks/step_speed.py --preset small --batch-size 4 --steps 10 --out runs/speed.json
@@ -118,7 +119,8 @@ def run(args) -> dict:
     med = statistics.median(times)
     flops = cfg.estimate_flops()
     return {
-        "backend": args.backend, "device": backend.device, "dtype": backend.dtype, "compile": backend.compile,
+        "backend": args.backend, "device": backend.device, "dtype": backend.dtype, "dtype_asked": args.dtype,
+        "compile": backend.compile,
         "attn_impl": backend.attn_impl, "aten_gemm": bool(args.aten_gemm),
         "runtime": runtime, "config": cfg.to_dict(), "batch_size": args.batch_size, "tokens_per_step": tokens,
         "flops_per_token": flops, "warmup_steps": args.warmup, "warmup_s": warmup_s,
@@ -163,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--device", default="cpu", help="as the training CLI's --device (default: %(default)s)")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "auto"), default="fp32",
+                   help="auto: what the training CLI's --dtype auto resolves to on --device (the JSON records it)")
     p.add_argument("--preset", default=None, help="a ModelConfig preset instead of the comparison config")
     p.add_argument("--config", default=None, help="JSON overrides of the config, e.g. '{\"n_layer\": 2}'")
     p.add_argument("--batch-size", type=int, default=8)
