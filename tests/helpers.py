@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nano_core import host, metrics
 from nano_core.shards import write_shard
@@ -155,6 +156,19 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def one_line_error(fn, match: str):
+    """fn() raises a ValueError matching `match`, in one line (the tests of nano_core/muon.py's refusals)."""
+    with pytest.raises(ValueError, match=match) as err:
+        fn()
+    assert "\n" not in str(err.value)
+
+
+def orthogonal_pair(rng, m: int, n: int):
+    """Two matrices with orthonormal columns, (m, k) and (n, k), k = min(m, n): U and V of a chosen SVD."""
+    k = min(m, n)
+    return np.linalg.qr(rng.standard_normal((m, k)))[0], np.linalg.qr(rng.standard_normal((n, k)))[0]
 
 
 def free_ports(n: int = 1) -> int:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import BACKEND_CFG as CFG
-from helpers import backend_class, real_batch
+from helpers import backend_class, one_line_error, orthogonal_pair, real_batch
 
 import nano_mlx.optim as mlx_optim
 import nano_torch.optim as torch_optim
@@ -64,17 +64,6 @@ def close(a: dict, b: dict, rtol=1e-4, atol=1e-5):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
-
-
-def one_line_error(fn, match: str):
-    with pytest.raises(ValueError, match=match) as err:
-        fn()
-    assert "\n" not in str(err.value)
-
-
-def orthogonal_pair(rng, m: int, n: int):
-    k = min(m, n)
-    return np.linalg.qr(rng.standard_normal((m, k)))[0], np.linalg.qr(rng.standard_normal((n, k)))[0]
 
 
 # ----------------------------------------------------------------------------- which parameters, which errors

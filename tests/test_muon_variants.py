@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import BACKEND_CFG as CFG
-from helpers import backend_class, losses, micro_setup, real_batch, train_args, train_main
+from helpers import backend_class, losses, micro_setup, one_line_error, orthogonal_pair, real_batch, train_args
+from helpers import train_main
 
 import nano_mlx.optim as mlx_optim
 import nano_torch.optim as torch_optim
@@ -51,17 +52,6 @@ def fresh(b, weights=None, **variants):
     cfg = ModelConfig.from_dict(CFG)
     model = b.build_model(cfg, init_weights(cfg, 0) if weights is None else weights)
     return model, b.build_optimizer(model, LR, (0.9, 0.95), 1e-8, WD, "muon", MUON_LR, 0.95, **variants)
-
-
-def one_line_error(fn, match: str):
-    with pytest.raises(ValueError, match=match) as err:
-        fn()
-    assert "\n" not in str(err.value)
-
-
-def orthogonal_pair(rng, m: int, n: int):
-    k = min(m, n)
-    return np.linalg.qr(rng.standard_normal((m, k)))[0], np.linalg.qr(rng.standard_normal((n, k)))[0]
 
 
 # ----------------------------------------------------------------------------- the reference's claims
