@@ -199,6 +199,32 @@ def rank_pid(tag: str, rank: int, timeout: float = 120) -> int:
 EXPORT_PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak."
 
 
+def greedy_in_three(cfg, weights: dict, tok, out: Path, n: int = 8):
+    """An export in `out` of (cfg, weights) generating greedily from the first 16 tokens of EXPORT_PROMPT: (nano's
+    tokens, transformers' tokens, mlx-lm's stream steps, the exported HF tokenizer). nano's own run gives n tokens and
+    the HF tokenizer encodes the prompt to the same ids (asserted here); the callers compare the three."""
+    import mlx_lm
+    import torch
+    from mlx_lm.sample_utils import make_sampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nano_core.generate import generate
+    from nano_torch.backend import Backend
+
+    ids = tok.encode(EXPORT_PROMPT)[:16]
+    be = Backend(device="cpu", dtype="fp32")
+    ours = generate(be, be.build_model(cfg, weights), ids, n, temperature=0.0, stop_id=tok.eot_id)
+    assert len(ours) == n
+    htok = AutoTokenizer.from_pretrained(out)
+    assert htok.encode(EXPORT_PROMPT)[:16] == ids
+    with torch.no_grad():  # the files are float32
+        theirs = AutoModelForCausalLM.from_pretrained(out).eval().generate(
+            torch.tensor([ids]), max_new_tokens=n, do_sample=False)[0, len(ids):].tolist()
+    model, mtok = mlx_lm.load(str(out))
+    steps = list(mlx_lm.stream_generate(model, mtok, ids, max_tokens=n, sampler=make_sampler(temp=0.0)))
+    return ours, theirs, steps, htok
+
+
 def shakespeare_tokenizer(shared_data: Path, vocab_size: int):
     """A small BPE trained on TinyShakespeare's first 200k characters: the export tests' tokenizer."""
     from tokenizer import BPETokenizer

@@ -12,7 +12,7 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import EXPORT_PROMPT, shakespeare_tokenizer, torch_logits as nano_logits  # noqa: E402
+from helpers import EXPORT_PROMPT, greedy_in_three, shakespeare_tokenizer, torch_logits as nano_logits  # noqa: E402
 import torch  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
@@ -20,9 +20,7 @@ from nano_core import checkpoint as ck  # noqa: E402
 from nano_core import hf  # noqa: E402
 from nano_core.config import ModelConfig  # noqa: E402
 from nano_core.export import export_model, main as export_main  # noqa: E402
-from nano_core.generate import generate  # noqa: E402
 from nano_core.init import init_weights  # noqa: E402
-from nano_torch.backend import Backend  # noqa: E402
 
 mx.set_default_device(mx.cpu)
 
@@ -115,29 +113,13 @@ def test_exported_model_gives_nanos_logits_in_transformers_and_mlx_lm(name, tok,
 
 @pytest.mark.parametrize("name", ["gpt2-gelu_tanh", "llama-gqa-untied", "qwen3-qk_norm"])
 def test_greedy_generation_is_the_same_in_nano_transformers_and_mlx_lm(name, tok, tmp_path):
-    import mlx_lm
-    from mlx_lm.sample_utils import make_sampler
-    from transformers import AutoTokenizer
     spec, _, _ = EXPORTS[name]
     cfg = ModelConfig(**TINY, **spec).validate()
     w = random_weights(cfg, seed=3, scale=8.0)  # larger weights: well-separated logits, no near-ties in argmax
     export(cfg, w, tok, tmp_path / "out")
-    n = 8
-    ids = tok.encode(PROMPT)[:16]
-    be = Backend(device="cpu", dtype="fp32")
-    ours = generate(be, be.build_model(cfg, w), ids, n, temperature=0.0, stop_id=tok.eot_id)
-    assert len(ours) == n
-
-    htok = AutoTokenizer.from_pretrained(tmp_path / "out")
-    assert htok.encode(PROMPT)[:16] == ids and htok.eos_token_id == tok.eot_id
-    with torch.no_grad():
-        out = hf_model(tmp_path / "out").generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
-    assert out[0, len(ids):].tolist() == ours
-    assert htok.decode(ours) == tok.decode(ours)
-
-    model, mtok = mlx_lm.load(str(tmp_path / "out"))
-    steps = list(mlx_lm.stream_generate(model, mtok, ids, max_tokens=n, sampler=make_sampler(temp=0.0)))
-    assert [s.token for s in steps] == ours
+    ours, theirs, steps, htok = greedy_in_three(cfg, w, tok, tmp_path / "out")
+    assert theirs == ours and [s.token for s in steps] == ours
+    assert htok.eos_token_id == tok.eot_id and htok.decode(ours) == tok.decode(ours)
     assert "".join(s.text for s in steps) == tok.decode(ours)
 
 

@@ -10,17 +10,15 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import EXPORT_PROMPT, shakespeare_tokenizer, torch_logits as nano_logits  # noqa: E402
+from helpers import EXPORT_PROMPT, greedy_in_three, shakespeare_tokenizer, torch_logits as nano_logits  # noqa: E402
 import torch  # noqa: E402
 
 from nano_core import hf  # noqa: E402
 from nano_core.config import ModelConfig  # noqa: E402
 from nano_core.export import export_model  # noqa: E402
-from nano_core.generate import generate  # noqa: E402
 from nano_core.hf_nanochat import NANOCHAT_MLX_FILE  # noqa: E402
 from nano_core.init import init_weights  # noqa: E402
 from nano_core.pretrained import load_init_from  # noqa: E402
-from nano_torch.backend import Backend  # noqa: E402
 
 mx.set_default_device(mx.cpu)
 
@@ -71,25 +69,11 @@ def test_nanochat_export_gives_nanos_logits_in_transformers_and_mlx_lm(shape, to
 
 
 def test_greedy_generation_is_the_same_in_nano_transformers_and_mlx_lm(tok, tmp_path):
-    import mlx_lm
-    from mlx_lm.sample_utils import make_sampler
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     cfg = ModelConfig(**NANOCHAT, n_kv_head=2).validate()
     w = weights(cfg, seed=3, scale=8.0)
     export(cfg, w, tok, tmp_path / "out")
-    n, ids = 8, tok.encode(PROMPT)[:16]
-    be = Backend(device="cpu", dtype="fp32")
-    ours = generate(be, be.build_model(cfg, w), ids, n, temperature=0.0, stop_id=tok.eot_id)
-    assert len(ours) == n
-    htok = AutoTokenizer.from_pretrained(tmp_path / "out")
-    assert htok.encode(PROMPT)[:16] == ids
-    with torch.no_grad():
-        out = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval().generate(
-            torch.tensor([ids]), max_new_tokens=n, do_sample=False)
-    assert out[0, len(ids):].tolist() == ours
-    model, mtok = mlx_lm.load(str(tmp_path / "out"))
-    steps = list(mlx_lm.stream_generate(model, mtok, ids, max_tokens=n, sampler=make_sampler(temp=0.0)))
-    assert [s.token for s in steps] == ours
+    ours, theirs, steps, _ = greedy_in_three(cfg, w, tok, tmp_path / "out")
+    assert theirs == ours and [s.token for s in steps] == ours
 
 
 def test_nanochat_export_imports_back_with_init_from_unchanged(tok, tmp_path):
