@@ -75,7 +75,9 @@ def train(backend, run: Run, log=print) -> Path:
     try:
         while run.plan.max_steps is None or t.step < run.plan.max_steps:
             lr = lr_at(t.step, run.plan)
-            if config.optimizer == "muon":  # its momentum, like the lr, is a pure function of the step (its warm-up)
+            # Muon's momentum, like the lr, is a pure function of the step; it changes only during its warm-up (the
+            # optimizer was built with --muon-momentum), so it is pushed only until the warm-up's last step
+            if config.optimizer == "muon" and t.step <= config.muon_momentum_warmup:
                 backend.set_momentum(t.optimizer, momentum_at(t.step, config.muon_momentum,
                                                               config.muon_momentum_warmup))
             batch, mask = split_batch(t.loader.next_batch())
