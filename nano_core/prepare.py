@@ -222,9 +222,6 @@ def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int
     val_tokens = options["val_tokens"]
     sharder = Sharder(out, manifest, dtype, options["shard_tokens"], val_tokens, on_shard, auto_val)
     total_bytes = sum(x.num_bytes() for x in src) if options["max_docs"] is None else 0
-    # the bar counts UTF-8 text bytes against file sizes: close enough for an ETA (jsonl escapes, CRLF aside)
-    bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="prepare",
-               disable=not progress, smoothing=0.1)
     skipped_bytes, encoded_bytes = 0, 0
 
     def on_skip(text):
@@ -234,6 +231,10 @@ def _write_shards(src, out: Path, manifest: dict, encoder: str, num_workers: int
         bar.update(n)
 
     end_doc = resume["next_doc"]  # one past the last document seen: where a rerun would start
+    # the bar counts UTF-8 text bytes against file sizes: close enough for an ETA (jsonl escapes, CRLF
+    # aside); made just before the try that closes it, so that a Ctrl-C leaves no bar unfinished
+    bar = tqdm(total=total_bytes or None, unit="B", unit_scale=True, desc="prepare",
+               disable=not progress, smoothing=0.1)
     try:
         chunks = chunks_of(interleaved_documents(src), resume["next_doc"], on_skip)
         for first, (ids, lengths, nbytes) in encoded_chunks(chunks, out / "tokenizer", encoder, dtype, num_workers):

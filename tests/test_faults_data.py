@@ -230,6 +230,25 @@ def test_cli_ctrl_c_while_encoding_is_one_line_and_exit_130(shared_data, ts_ref,
     assert sorted(p.name for p in out.glob("shard_*")) == [s["file"] for s in m["shards"]]
 
 
+def test_ctrl_c_right_after_the_counting_bar_appears_closes_it_so_the_message_has_its_own_line(shakespeare,
+                                                                                              monkeypatch, capsys):
+    # The CLI test above interrupts as soon as "split+count" shows; in CI the Ctrl-C once landed while the work was
+    # being split between the workers, before the bar's try/finally, and "interrupted: ..." was glued to the bar.
+    from nano_io.sources import Source
+    from tokenizer.count import count_chunks
+    from tokenizer.patterns import PATTERNS
+
+    def ctrl_c(self, n):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Source, "split", ctrl_c)
+    try:
+        count_chunks(open_sources([shakespeare]), PATTERNS["gpt4"], num_workers=2, progress=True)
+    except KeyboardInterrupt:  # as nano_core.prepare.main does: the message while the traceback is still alive
+        print("interrupted: ...", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert "split+count" in err and "\ninterrupted: ...\n" in err, repr(err)
+
+
 # -- 5. interrupts in-process: resumed output is byte-identical ----------------------------------------------------
 
 def test_interrupt_during_tokenizer_training_then_rerun_is_byte_identical(ts_ref, shakespeare, tmp_path,

@@ -106,35 +106,14 @@ def count_chunks(sources: list[Source], pattern: str, num_workers: int = 2, max_
         total = min(total, max_chars) if total else max_chars
     bar = tqdm(total=total or None, unit="B", unit_scale=True, desc="split+count", disable=not progress,
                smoothing=0.1)
-    if num_workers <= 1 or not all(isinstance(s, Source) for s in sources):  # plain iterators: in-process
-        try:
-            return _count(sources, pattern, max_chars, max_chars_per_doc, report=bar.update)
-        finally:
-            bar.close()
-
-    tasks = []
-    for k in range(num_workers):
-        part = [src.split(num_workers)[k] for src in sources]
-        budget = None if max_chars is None else max_chars // num_workers + (k < max_chars % num_workers)
-        tasks.append((part, pattern, budget, max_chars_per_doc))
-    # fork is cheapest on Linux (nothing to re-import); macOS and Windows use their default (spawn).
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() and os.name == "posix"
-                         and os.uname().sysname == "Linux" else None)
-    q = ctx.Queue()
+    # Everything after the bar's first line runs under this try, so that a Ctrl-C at any moment (the bar is the
+    # first thing a user sees, and a test interrupts right then) closes it and the next line starts on its own.
     try:
-        # workers ignore Ctrl-C (nano_io.pool); the main process gets it and `with` terminates the pool
-        with worker_pool(ctx, num_workers, _init_worker, (q,)) as pool:
-            pending = pool.map_async(_count_worker, tasks, chunksize=1)
-            while not pending.ready():
-                try:
-                    bar.update(q.get(timeout=0.1))
-                except queue.Empty:
-                    pass
-            parts = pending.get()  # re-raises a worker's exception (our one-line errors) here
-        while not q.empty():
-            bar.update(q.get())
+        if num_workers <= 1 or not all(isinstance(s, Source) for s in sources):  # plain iterators: in-process
+            return _count(sources, pattern, max_chars, max_chars_per_doc, report=bar.update)
+        parts = _count_in_workers(sources, pattern, num_workers, max_chars, max_chars_per_doc, bar)
     finally:
-        bar.close()  # also on Ctrl-C: the line after the bar starts on a line of its own
+        bar.close()
     with notices_once():  # two workers reading parts of one file report the same thing once
         for key, message in (n for r in parts for n in r.notices):
             notice(key, message)
@@ -144,3 +123,28 @@ def count_chunks(sources: list[Source], pattern: str, num_workers: int = 2, max_
     for r in parts[1:]:
         counts.update(r.counts)
     return CountResult(counts, sum(r.chars for r in parts), sum(r.docs for r in parts))
+
+
+def _count_in_workers(sources, pattern, num_workers, max_chars, max_chars_per_doc, bar) -> list[CountResult]:
+    """One CountResult per worker process, each reading its own part of every source; progress goes to `bar`."""
+    tasks = []
+    for k in range(num_workers):
+        part = [src.split(num_workers)[k] for src in sources]
+        budget = None if max_chars is None else max_chars // num_workers + (k < max_chars % num_workers)
+        tasks.append((part, pattern, budget, max_chars_per_doc))
+    # fork is cheapest on Linux (nothing to re-import); macOS and Windows use their default (spawn).
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() and os.name == "posix"
+                         and os.uname().sysname == "Linux" else None)
+    q = ctx.Queue()
+    # workers ignore Ctrl-C (nano_io.pool); the main process gets it and `with` terminates the pool
+    with worker_pool(ctx, num_workers, _init_worker, (q,)) as pool:
+        pending = pool.map_async(_count_worker, tasks, chunksize=1)
+        while not pending.ready():
+            try:
+                bar.update(q.get(timeout=0.1))
+            except queue.Empty:
+                pass
+        parts = pending.get()  # re-raises a worker's exception (our one-line errors) here
+    while not q.empty():
+        bar.update(q.get())
+    return parts
