@@ -60,7 +60,14 @@ SHAPES = {
     "nanochat-4x256": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256, norm_params=False, emb_norm=True,
                            logit_softcap=15.0),
     "qwen3-3x192": dict(MODERN, n_layer=3, n_head=3, n_embd=192, seq_len=256, mlp="swiglu"),  # the `qwen3` layout
+    "qwen3-4x256": dict(MODERN, n_layer=4, n_head=4, n_embd=256, seq_len=256, mlp="swiglu"),
 }
+# Candidates trained on their own tokenizer (OUT/data-v{size}: the same sources, another --vocab-size); every other
+# candidate uses vocab 8192 in OUT/data. bpb is per byte of text, so these compare directly; the held-out text is
+# the first --eval-tokens tokens of the same interleaved validation documents, which a smaller vocabulary spreads
+# over fewer bytes (docs/training.md also scores such runs on one fixed text: `eval --tasks wikitext2`).
+VOCAB = {"qwen3-3x192-v4096": 4096, "qwen3-3x192-v2048": 2048, "qwen3-3x192-v1024": 1024, "qwen3-4x256-v4096": 4096}
+DEFAULT_VOCAB = 8192
 ADAMW = ["--optimizer", "adamw"]
 MUON = ["--optimizer", "muon"]
 QWEN3 = MUON + ["--lr", "3e-3", "--batch-size", "32"]  # the qwen3-3x192 candidate's flags (= cpu-10min's)
@@ -124,24 +131,41 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "qwen3-3x192-opt4": ("qwen3-3x192", QWEN3 + ["--muon-ns", "polar", "--normuon", "--cautious-wd",
                                                  "--muon-momentum-warmup", "100"], "... all four Muon variants"),
     "qwen3-3x192-zproj": ("qwen3-3x192", QWEN3 + ["--zero-init-proj"], "... zero-initialised output projections"),
+    # AdamW's embedding and head learning rates (--embed-lr, --head-lr; the recipe's --lr is 3e-3)
+    "qwen3-3x192-e10": ("qwen3-3x192", QWEN3 + ["--embed-lr", "0.03"], "... embeddings at 10x the lr"),
+    "qwen3-3x192-e30": ("qwen3-3x192", QWEN3 + ["--embed-lr", "0.09"], "... embeddings at 30x the lr"),
+    "qwen3-3x192-e100": ("qwen3-3x192", QWEN3 + ["--embed-lr", "0.3"], "... embeddings at 100x the lr"),
+    "qwen3-3x192-h3": ("qwen3-3x192", QWEN3 + ["--head-lr", "0.009"], "... the head at 3x the lr"),
+    "qwen3-3x192-e30h3": ("qwen3-3x192", QWEN3 + ["--embed-lr", "0.09", "--head-lr", "0.009"],
+                          "... embeddings at 30x, the head at 3x the lr"),
+    "qwen3-3x192-e100h3": ("qwen3-3x192", QWEN3 + ["--embed-lr", "0.3", "--head-lr", "0.009"],
+                           "... embeddings at 100x, the head at 3x the lr"),
+    # issue 21's vocabulary lever: the head is half of a 3 x 192 model's FLOPs at 8,192 tokens
+    "qwen3-3x192-v4096": ("qwen3-3x192", QWEN3, "... a 4,096-token vocabulary"),
+    "qwen3-3x192-v2048": ("qwen3-3x192", QWEN3, "... a 2,048-token vocabulary"),
+    "qwen3-3x192-v1024": ("qwen3-3x192", QWEN3, "... a 1,024-token vocabulary"),
+    "qwen3-4x256-v4096": ("qwen3-4x256", QWEN3, "4 x 256 on a 4,096-token vocabulary (the head's FLOPs to the body)"),
 }
 QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
          "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}
 
 
-def prepare_data(out: Path, quick: bool) -> Path:
-    """The shared shards, prepared once (python -m nano_core.prepare resumes and refuses another tokenizer)."""
-    data = out / "data"
+def prepare_data(out: Path, quick: bool, vocab: int = DEFAULT_VOCAB) -> Path:
+    """The shared shards, prepared once per vocabulary (python -m nano_core.prepare resumes and refuses another
+    tokenizer). --quick trains every candidate on the FineWeb sample at vocab 512."""
+    vocab = 512 if quick else vocab
+    data = out / ("data" if vocab in (512, DEFAULT_VOCAB) else f"data-v{vocab}")
     if (data / "manifest.json").is_file():
         return data
     if DATA != "../shared/data" and not quick:
         print(f"notice: ../shared/data is absent; preparing the excerpts in {DATA} (figures from them are not the "
               f"ones in docs/training.md)", flush=True)
     sources = SOURCES[:1] if quick else SOURCES
-    cmd = [sys.executable, "-m", "nano_core.prepare", "--out", str(data), "--vocab-size", "512" if quick else "8192"]
+    cmd = [sys.executable, "-m", "nano_core.prepare", "--out", str(data), "--vocab-size", str(vocab)]
     for s in sources:
         cmd += ["--source", s]
-    run_child("preparing the shared data", cmd, out / "logs" / "prepare.log", child_env("torch"))
+    run_child(f"preparing the shared data (vocab {vocab})", cmd, out / "logs" / f"prepare-v{vocab}.log",
+              child_env("torch"))
     return data
 
 
@@ -176,6 +200,7 @@ def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
     speeds = sorted(r["tok_per_s"] for r in train[2:]) or [float("nan")]
     result = {
         "name": name, "what": spec[2], "shape": spec[0], "model": SHAPES[spec[0]], "flags": spec[1],
+        "vocab_size": json.loads((data / "manifest.json").read_text())["vocab_size"],
         "command": cmd[1:], "budget_s": args.budget, "wall_s": child["seconds"],
         "val_bpb": final["val_bpb"], "val_loss": final["val_loss"], "steps": final["step"],
         "planned_steps": plan.get("schedule_steps"), "tokens": meta["tokens_seen"],
@@ -194,11 +219,12 @@ def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
 
 def table(results: list[dict], baseline: str | None) -> str:
     base = next((r["val_bpb"] for r in results if r["name"] == baseline), None)
-    lines = ["| candidate | model | params | steps | tokens | tok/s | val bpb | vs baseline |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| candidate | model | vocab | params | steps | tokens | tok/s | val bpb | vs baseline |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: r["val_bpb"]):
         vs = f"{(r['val_bpb'] / base - 1) * 100:+.1f}%" if base else ""
-        lines.append(f"| {r['name']} | {r['shape']} | {r['params']} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | "
+        lines.append(f"| {r['name']} | {r['shape']} | {r.get('vocab_size', DEFAULT_VOCAB):,} | {r['params']} | "
+                     f"{r['steps']:,} | {r['tokens'] / 1e6:.2f}M | "
                      f"{r['tok_per_s_median']:,.0f} | {r['val_bpb']:.4f} | {vs} |")
     return "\n".join(lines)
 
@@ -246,9 +272,8 @@ def main(argv=None) -> dict:
     if unknown:
         p.error(f"unknown candidate {unknown[0]!r}; choose from {', '.join(candidates)}")
     args.out = args.out.resolve()
-    data = prepare_data(args.out, args.quick)
-    results = [run_candidate(n, candidates[n], args, data) for n in (args.only or (QUICK if args.quick else
-                                                                                   candidates))]
+    results = [run_candidate(n, candidates[n], args, prepare_data(args.out, args.quick, VOCAB.get(n, DEFAULT_VOCAB)))
+               for n in (args.only or (QUICK if args.quick else candidates))]
     text = table(results, args.baseline)
     report = {"budget_s": args.budget, "backend": args.backend, "eval_tokens": args.eval_tokens,
               "baseline": args.baseline, "machine": machine(), "results": results}

@@ -104,12 +104,14 @@ class Backend(Protocol):
     # -- optimizer --------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
                         optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95,
-                        muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False) -> Any:
+                        muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False,
+                        embed_lr: float | None = None, head_lr: float | None = None) -> Any:
         """"adamw": AdamW over the trainable parameters only: bias-corrected, decoupled weight decay on parameters
         with ndim >= 2 only (LoRA's A and B included), fp32 moments. "muon": Muon (nano_core/muon.py) at muon_lr on
         the blocks' hidden matrices, that AdamW at lr on the rest; ValueError under LoRA. `set_lr` (inside the
         train step) moves both parts with the one schedule. muon_ns ("keller" | "polar"), normuon, cautious_wd:
-        Muon's opt-in variants (nano_core/muon.py); ValueError with "adamw"."""
+        Muon's opt-in variants (nano_core/muon.py); ValueError with "adamw". embed_lr, head_lr: AdamW's peak lr
+        for the embeddings and an untied head (nano_core/lr_groups.py; None: lr)."""
 
     def set_momentum(self, optimizer, momentum: float) -> None:
         """Muon's momentum for the next train step (nano_core.muon.momentum_at, the loop calls it before each step of

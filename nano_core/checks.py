@@ -47,6 +47,8 @@ TRAIN_RANGES: dict[str, dict] = {
     "decay_frac": dict(low=0, high=1),
     "weight_decay": dict(low=0),
     "muon_lr": dict(low=0, low_open=True),
+    "embed_lr": dict(low=0, low_open=True),
+    "head_lr": dict(low=0, low_open=True),
     "muon_momentum": dict(low=0, high=1, high_open=True),
     "muon_momentum_warmup": dict(low=0, integer=True, hint="steps; 0 turns the warm-up off"),
     "beta1": dict(low=0, high=1, high_open=True),

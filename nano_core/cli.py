@@ -117,6 +117,11 @@ class TrainConfig:
                                           "gradient accumulation = this / (batch-size x seq-len x processes) "
                                           "(default: one micro-batch per process)", type=int)
     lr: float = flag(1e-3, "optimization", "peak learning rate", type=float)
+    embed_lr: float | None = flag(None, "optimization", "AdamW's peak learning rate for the token and position "
+                                  "embeddings (a tied head too); follows the schedule as --lr does (default: --lr)",
+                                  type=float)
+    head_lr: float | None = flag(None, "optimization", "AdamW's peak learning rate for an untied head (default: --lr)",
+                                 type=float)
     min_lr_frac: float = flag(0.1, "optimization", "final learning rate as a fraction of --lr", type=float)
     warmup_steps: int = flag(50, "optimization", "linear warmup steps", type=int)
     schedule: str = flag("cosine", "optimization", "learning-rate schedule", choices=tuple(SCHEDULES))

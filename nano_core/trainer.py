@@ -117,7 +117,8 @@ class Trainer:
         self.optimizer = backend.build_optimizer(self.model, config.lr, (config.beta1, config.beta2), config.eps,
                                                  config.weight_decay, config.optimizer, config.muon_lr,
                                                  config.muon_momentum, muon_ns=config.muon_ns,
-                                                 normuon=config.normuon, cautious_wd=config.cautious_wd)
+                                                 normuon=config.normuon, cautious_wd=config.cautious_wd,
+                                                 embed_lr=config.embed_lr, head_lr=config.head_lr)
         if meta is not None:
             self._resume(opt_state, meta)
         if plan.world_size > 1 and backend.all_max(self.step) != -backend.all_max(-self.step):

@@ -226,11 +226,13 @@ class Backend:
     # -- optimizer ------------------------------------------------------------------------------------------------
     def build_optimizer(self, model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
                         optimizer: str = "adamw", muon_lr: float = 0.02, muon_momentum: float = 0.95,
-                        muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False):
+                        muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False,
+                        embed_lr: float | None = None, head_lr: float | None = None):
         # Muon's Newton-Schulz runs in the compute dtype: bf16 matmuls where the run is bf16, fp32 otherwise
         return build_optimizer(model, lr, betas, eps, weight_decay, optimizer, muon_lr, muon_momentum,
                                ns_dtype="bf16" if self.dtype == "bf16" else "fp32", muon_ns=muon_ns,
-                               normuon=normuon, cautious_wd=cautious_wd)
+                               normuon=normuon, cautious_wd=cautious_wd,
+                               embed_lr=embed_lr, head_lr=head_lr)
 
     def set_momentum(self, optimizer, momentum: float) -> None:
         set_momentum(optimizer, momentum)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_merge, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path, tree_merge, tree_unflatten
 
+from nano_core.lr_groups import check_lr_groups, lr_ratios
 from nano_core.muon import (MOMENTUM, MUON_LR, NORMUON_BETA2, NORMUON_EPS, NS_EPS, NS_STEPS, POLAR_EPS, POLAR_SAFETY,
                             check_muon_args, check_optimizer_name, check_state, check_variants, lr_scale,
                             normuon_shape, ns_coefficients, split_params)
@@ -22,22 +23,49 @@ from nano_core.muon import (MOMENTUM, MUON_LR, NORMUON_BETA2, NORMUON_EPS, NS_EP
 
 class AdamW(optim.Adam):
     """torch.optim.AdamW semantics: p <- p * (1 - lr * wd) for ndim >= 2 params only, then the bias-corrected Adam
-    update lr * m_hat / (sqrt(v_hat) + eps)."""
+    update lr * m_hat / (sqrt(v_hat) + eps). A parameter named in `ratios` (nano_core.lr_groups) takes lr * ratio
+    instead of lr, as its own param group does in torch."""
 
-    def __init__(self, learning_rate: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
+    def __init__(self, learning_rate: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
+                 ratios: dict[str, float] | None = None):
         super().__init__(learning_rate=learning_rate, betas=list(betas), eps=eps, bias_correction=True)
         self.weight_decay = weight_decay
+        self.ratios = ratios or {}
 
     def init_single(self, parameter: mx.array, state: dict):
         # Optimizer states are fp32 always, whatever the parameter dtype.
         state["m"] = mx.zeros(parameter.shape, dtype=mx.float32)
         state["v"] = mx.zeros(parameter.shape, dtype=mx.float32)
 
-    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict):
+    def apply_gradients(self, gradients: dict, parameters: dict):
+        if not self.ratios:
+            return super().apply_gradients(gradients, parameters)
+        # mlx's apply_gradients (no schedulers here), each parameter's ratio found by its path (= canonical name): a
+        # Python float, constant for the run, so a compiled step bakes it in; the lr stays an array in the state
+        if not self._initialized:
+            self.init(gradients)
+        self.state["step"] = self.step + 1
+        return tree_map_with_path(lambda name, g, p, s: self.apply_single(g, p, s, self.ratios.get(name, 1.0)),
+                                  gradients, parameters, self.state)
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict, ratio: float = 1.0):
+        lr = self.learning_rate.astype(mx.float32)
+        if ratio != 1.0:
+            lr = lr * ratio
         if parameter.ndim >= 2 and self.weight_decay:
-            lr = self.learning_rate.astype(mx.float32)
             parameter = parameter * (1 - lr * self.weight_decay)
-        return super().apply_single(gradient.astype(mx.float32), parameter, state).astype(parameter.dtype)
+        return self._adam(gradient.astype(mx.float32), parameter, state, lr).astype(parameter.dtype)
+
+    def _adam(self, gradient: mx.array, parameter: mx.array, state: dict, lr: mx.array) -> mx.array:
+        """mlx.optimizers.Adam.apply_single with bias correction (the same operations in the same order, so a
+        ratio-1 parameter steps exactly as before) at the given lr."""
+        b1, b2 = self.betas
+        m = b1 * state["m"] + (1 - b1) * gradient
+        v = b2 * state["v"] + (1 - b2) * mx.square(gradient)
+        state["m"], state["v"] = m, v
+        c1 = (lr / (1 - b1 ** self.step)).astype(gradient.dtype)
+        c2 = mx.rsqrt(1 - b2 ** self.step).astype(gradient.dtype)
+        return parameter - (c1 * m) / (mx.sqrt(v) * c2 + self.eps)
 
 
 NS_DTYPES = {"fp32": mx.float32, "bf16": mx.bfloat16}
@@ -176,15 +204,20 @@ class MuonAdamW(optim.Optimizer):
 
 def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
                     optimizer: str = "adamw", muon_lr: float = MUON_LR, muon_momentum: float = MOMENTUM,
-                    ns_dtype: str = "fp32", muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False):
+                    ns_dtype: str = "fp32", muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False,
+                    embed_lr: float | None = None, head_lr: float | None = None):
     """"adamw": AdamW over the trainable parameters. "muon": Muon at muon_lr on the hidden matrices
     (nano_core.muon.is_muon_param), its Newton-Schulz in ns_dtype (the backend passes its compute dtype), AdamW at
     lr on the rest, both decaying with weight_decay; not under LoRA. muon_ns, normuon, cautious_wd: Muon's opt-in
-    variants (nano_core/muon.py), refused with "adamw"."""
+    variants (nano_core/muon.py), refused with "adamw". embed_lr, head_lr: AdamW's peak lr for the embeddings and
+    an untied head (nano_core/lr_groups.py; default lr)."""
     check_optimizer_name(optimizer)
     check_variants(optimizer, muon_ns, normuon, cautious_wd)
+    names = [name for name, _ in tree_flatten(model.trainable_parameters())]
+    check_lr_groups(names, embed_lr, head_lr, getattr(model, "lora", None))
+    ratios = lr_ratios(names, lr, embed_lr, head_lr)
     if optimizer == "adamw":
-        opt = AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        opt = AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay, ratios=ratios)
     else:
         check_muon_args(lr, muon_lr, muon_momentum, getattr(model, "lora", None))
         hidden, _ = split_params({n: tuple(p.shape) for n, p in tree_flatten(model.trainable_parameters())})
@@ -192,7 +225,8 @@ def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weig
             raise ValueError("optimizer 'muon' found no hidden matrices in this model; use 'adamw'")
         opt = MuonAdamW(Muon(learning_rate=muon_lr, weight_decay=weight_decay, momentum=muon_momentum,
                              ns_dtype=ns_dtype, ns=muon_ns, normuon=normuon, cautious_wd=cautious_wd),
-                        AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay), hidden, muon_lr / lr)
+                        AdamW(learning_rate=lr, betas=betas, eps=eps, weight_decay=weight_decay, ratios=ratios), hidden,
+                        muon_lr / lr)
     opt.init(model.trainable_parameters())
     return opt
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from nano_core.lr_groups import check_lr_groups, lr_ratios
 from nano_core.muon import (MOMENTUM, MUON_LR, NORMUON_BETA2, NORMUON_EPS, NS_EPS, NS_STEPS, POLAR_EPS, POLAR_SAFETY,
                             check_muon_args, check_optimizer_name, check_state, check_variants, lr_scale,
                             normuon_shape, ns_coefficients, split_params)
@@ -136,11 +137,17 @@ class MuonAdamW:
         self.muon.zero_grad(set_to_none=set_to_none)
 
 
-def _adamw(params: list, lr: float, betas, eps: float, weight_decay: float) -> torch.optim.AdamW:
-    """torch.optim.AdamW with two groups: matrices/embeddings decay, biases and norm weights do not."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _adamw(params: list, lr: float, betas, eps: float, weight_decay: float,
+           ratios: dict[str, float] | None = None) -> torch.optim.AdamW:
+    """torch.optim.AdamW over (name, parameter) pairs: matrices/embeddings decay, biases and norm weights do not;
+    a parameter with a ratio in `ratios` (nano_core.lr_groups) is in a group whose lr is lr * ratio (set_lr keeps
+    it so)."""
+    ratios = ratios or {}
+    by_group: dict[tuple, list] = {}
+    for name, p in params:  # one group per (decays, lr ratio), in the parameters' order
+        by_group.setdefault((p.ndim >= 2, ratios.get(name, 1.0)), []).append(p)
+    groups = [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr": lr * ratio, "lr_ratio": ratio}
+              for (decays, ratio), ps in by_group.items()]
     # fused=True: one kernel for the whole update instead of one per tensor, with the same fp32 state and math (the
     # parity tests vs MLX hold at 1e-5; benchmarks/step_speed.py measures the step). A device without a fused kernel
     # gets PyTorch's own choice (foreach=None): foreach=True would raise where the foreach API is missing.
@@ -152,23 +159,27 @@ def _adamw(params: list, lr: float, betas, eps: float, weight_decay: float) -> t
 
 def build_optimizer(model, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1,
                     optimizer: str = "adamw", muon_lr: float = MUON_LR, muon_momentum: float = MOMENTUM,
-                    ns_dtype: str = "fp32", muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False):
+                    ns_dtype: str = "fp32", muon_ns: str = "keller", normuon: bool = False, cautious_wd: bool = False,
+                    embed_lr: float | None = None, head_lr: float | None = None):
     """"adamw": AdamW over the trainable parameters. "muon": Muon at muon_lr on the hidden matrices
     (nano_core.muon.is_muon_param), its Newton-Schulz in ns_dtype (the backend passes its compute dtype), AdamW at
     lr on the rest, both decaying with weight_decay; not under LoRA. muon_ns, normuon, cautious_wd: Muon's opt-in
-    variants (nano_core/muon.py), refused with "adamw"."""
+    variants (nano_core/muon.py), refused with "adamw". embed_lr, head_lr: AdamW's peak lr for the embeddings and
+    an untied head (nano_core/lr_groups.py; default lr)."""
     check_optimizer_name(optimizer)
     check_variants(optimizer, muon_ns, normuon, cautious_wd)
     params = trainable(model)
+    check_lr_groups([name for name, _ in params], embed_lr, head_lr, getattr(model, "lora", None))
+    ratios = lr_ratios([name for name, _ in params], lr, embed_lr, head_lr)
     if optimizer == "adamw":
-        return _adamw([p for _, p in params], lr, betas, eps, weight_decay)
+        return _adamw(params, lr, betas, eps, weight_decay, ratios)
     check_muon_args(lr, muon_lr, muon_momentum, getattr(model, "lora", None))
     hidden, _ = split_params({name: tuple(p.shape) for name, p in params})
     if not hidden:
         raise ValueError("optimizer 'muon' found no hidden matrices in this model; use 'adamw'")
     muon = Muon([p for name, p in params if name in hidden], lr=muon_lr, weight_decay=weight_decay,
                 momentum=muon_momentum, ns_dtype=ns_dtype, ns=muon_ns, normuon=normuon, cautious_wd=cautious_wd)
-    adamw = _adamw([p for name, p in params if name not in hidden], lr, betas, eps, weight_decay)
+    adamw = _adamw([(name, p) for name, p in params if name not in hidden], lr, betas, eps, weight_decay, ratios)
     return MuonAdamW(muon, adamw, muon_lr / lr)
 
 
@@ -178,7 +189,7 @@ def set_lr(opt, lr: float):
             g["lr"] = lr * opt.lr_ratio
         opt = opt.adamw
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_ratio", 1.0)  # (a group nano did not build has none)
 
 
 def set_momentum(opt, momentum: float):
