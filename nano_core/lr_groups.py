@@ -5,11 +5,12 @@ AdamW's parameters may take their own peak learning rates: the input tables (tok
 --lr. Each group follows the one schedule: its lr at a step is the schedule's lr times (its peak / --lr), as
 Muon's --muon-lr does, so warm-up, decay and the time budget move every group together.
 
-Why: an embedding row is updated only when its token occurs, and Adam's normalised step moves a row by about lr
-per update whatever its gradient's size, so at the small --lr a shared setting must choose (for the matrices
-before Muon took them), the embeddings barely move in a short run. nanochat trains its embedding at 0.2 and its
-head at 0.004 (x (d/768)^-0.5), modded-nanogpt's embeddings at 0.3-0.6, both far above their head and hidden-matrix
-learning rates. A tied head is the token embedding: it takes --embed-lr, and --head-lr is refused.
+Why: Adam moves a parameter by about lr per step whatever its gradient's scale, and an embedding row gets a
+gradient only in the steps where its token occurs, so at the lr the norms and biases want, a short run leaves the
+tables close to their random start. The speedruns train them far faster than everything else: nanochat its
+embedding at 0.2 and its head at 0.004 (x (d/768)^-0.5) beside Muon's 0.02, modded-nanogpt its embeddings at
+0.3-0.6. A tied head is the token embedding: it takes --embed-lr, and --head-lr is refused. The cpu-10min recipe's
+choice is measured in docs/training.md.
 """
 from __future__ import annotations
 

@@ -180,9 +180,14 @@ def apply_recipe(config: TrainConfig, recipe: Recipe, typed: set[str], log=print
     """The config with the recipe's model and settings, for every one the user neither typed nor changed from
     nano's default."""
     defaults, fills = TrainConfig(), {}
-    if config.preset is None and config.config is None and config.init_from is None:
+    own_model = config.preset is None and config.config is None and config.init_from is None
+    if own_model:
         fills["preset"] = recipe.preset
     for name, value in recipe.train.items():
+        # the head's lr is for the recipe's untied head: a model the user brings may tie it (the table then takes
+        # --embed-lr, and --head-lr is an error only when typed)
+        if name == "head_lr" and not own_model:
+            continue
         if name not in typed and getattr(config, name) == getattr(defaults, name):
             fills[name] = value
     # its time budget, unless the run has a length already (typed, or shrunk for tests through MAX_STEPS_ENV)

@@ -118,6 +118,11 @@ def test_a_recipe_fills_only_what_is_left_at_the_defaults(monkeypatch):
     assert (filled.optimizer, filled.max_time, filled.lr, filled.preset) == ("adamw", 60.0, 1e-3, "small")  # typed wins
     assert filled.muon_lr == RECIPES["cpu-10min"].train["muon_lr"]  # the rest comes from the recipe
     assert args.muon_lr == cli.TrainConfig().muon_lr  # into a new config: the parsed one is as typed
+    # the head's lr belongs to the recipe's untied model: a model the user brings (here the tied `small`) trains
+    # its tied table at the recipe's --embed-lr and gets no --head-lr, which build_optimizer would refuse
+    assert (filled.embed_lr, filled.head_lr) == (RECIPES["cpu-10min"].train["embed_lr"], None)
+    own = settings.resolve_defaults(*cli.parse_train_args("torch", ["--recipe", "cpu-10min"]), "cpu")
+    assert (own.preset, own.head_lr) == (RECIPES["cpu-10min"].preset, RECIPES["cpu-10min"].train["head_lr"])
     args, typed = cli.parse_train_args("torch", ["--max-steps", "40"])
     args = settings.resolve_defaults(args, "cpu", typed)
     assert (args.max_steps, args.max_time) == (40, None)  # a run with a length keeps it
