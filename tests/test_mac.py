@@ -52,10 +52,12 @@ def test_torch_tables_say_mps_has_fused_adamw_but_no_foreach_api():
 
 
 @pytest.mark.parametrize("optimizer, variants", [("adamw", {}), ("muon", {}),
-                                                 ("muon", dict(muon_ns="polar", normuon=True, cautious_wd=True))])
+                                                 ("muon", dict(muon_ns="polar", normuon=True, cautious_wd=True)),
+                                                 ("muon", dict(embed_lr=0.09, head_lr=0.009))])  # the recipes
 def test_a_whole_mps_train_step_runs_where_the_foreach_api_is_missing(monkeypatch, optimizer, variants):
     """`clip_grad_norm_(..., foreach=True)` raised on mps at the first step: the step (clipping, AdamW or Muon, with
-    and without its variants) must run on a device without foreach kernels."""
+    and without its variants, with the recipes' group learning rates) must run on a device without foreach
+    kernels."""
     b = simulated_mps_backend(monkeypatch)
     cfg = ModelConfig.from_preset("modern-3x192", vocab_size=256, seq_len=16, n_layer=1)
     model = b.build_model(cfg, init_weights(cfg, seed=0))
