@@ -243,3 +243,17 @@ def torch_logits(cfg, weights, ids) -> np.ndarray:
     model = be.build_model(cfg, weights)
     with be.inference(model):
         return model(torch.tensor([ids])).float().numpy()[0]
+
+
+# ----------------------------------------------------------------------------- torch threads
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for a whole test module that imports this fixture (autouse there). Tiny matmuls: torch's 2
+    threads fighting whatever else runs on a 2-core machine made 10 steps take 9 s instead of 0.1 s. One thread
+    changes no result here (fp32 CPU kernels of these sizes don't split reductions)."""
+    import torch  # here, not at the top: most test modules that use these helpers never load torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

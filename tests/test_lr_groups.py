@@ -10,7 +10,7 @@ os.environ.setdefault("MLX_ENABLE_TF32", "0")  # before mlx is imported (irrelev
 
 import numpy as np
 import pytest
-import torch
+from helpers import one_torch_thread  # noqa: F401 (autouse: one torch thread for this module)
 from helpers import BACKEND_CFG, MICRO, backend_class, losses, micro_setup, one_line_error, real_batch, train_args
 from helpers import train_main
 
@@ -25,13 +25,6 @@ CFG = dict(BACKEND_CFG, tie_embeddings=False, pos="learned")  # an untied head a
 LR = 1e-3
 GROUPS = dict(embed_lr=10 * LR, head_lr=3 * LR)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def run(name, optimizer, shared_data, steps, compile=None, cfg=CFG, **groups):

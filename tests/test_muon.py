@@ -10,6 +10,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
+from helpers import one_torch_thread  # noqa: F401 (autouse: one torch thread for this module)
 from helpers import BACKEND_CFG as CFG
 from helpers import backend_class, one_line_error, orthogonal_pair, real_batch
 
@@ -23,15 +24,6 @@ from nano_core.lora import LoraConfig
 OPTIM = {"torch": torch_optim, "mlx": mlx_optim}
 LR, MUON_LR = 1e-3, 0.02
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls: torch's 2 threads fighting whatever else runs on a 2-core machine made 10 steps take 9 s
-    instead of 0.1 s. One thread changes no result here (fp32 CPU kernels of these sizes don't split reductions)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(params=["torch", "mlx"])

@@ -11,6 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import torch
+from helpers import one_torch_thread  # noqa: F401 (autouse: one torch thread for this module)
 from helpers import BACKEND_CFG as CFG
 from helpers import backend_class, losses, micro_setup, one_line_error, orthogonal_pair, real_batch, train_args
 from helpers import train_main
@@ -34,14 +35,6 @@ VARIANTS = {
 }
 ALL = dict(muon_ns="polar", normuon=True, cautious_wd=True)  # build_optimizer's names for the "all" variant
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny matmuls on a shared 2-core machine: one torch thread (no result here depends on it)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def backend(name: str, compile: bool | None = None):
