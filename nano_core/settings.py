@@ -184,9 +184,9 @@ def apply_recipe(config: TrainConfig, recipe: Recipe, typed: set[str], log=print
     if own_model:
         fills["preset"] = recipe.preset
     for name, value in recipe.train.items():
-        # the head's lr is for the recipe's untied head: a model the user brings may tie it (the table then takes
-        # --embed-lr, and --head-lr is an error only when typed)
-        if name == "head_lr" and not own_model:
+        # the group lrs are a full model's (a LoRA run trains only adapters), and the head's is for the recipe's
+        # untied head: a model the user brings may tie it (the table then takes --embed-lr); typed, both are checked
+        if (name in ("embed_lr", "head_lr") and config.lora_rank is not None) or (name == "head_lr" and not own_model):
             continue
         if name not in typed and getattr(config, name) == getattr(defaults, name):
             fills[name] = value

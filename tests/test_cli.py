@@ -123,6 +123,9 @@ def test_a_recipe_fills_only_what_is_left_at_the_defaults(monkeypatch):
     assert (filled.embed_lr, filled.head_lr) == (RECIPES["cpu-10min"].train["embed_lr"], None)
     own = settings.resolve_defaults(*cli.parse_train_args("torch", ["--recipe", "cpu-10min"]), "cpu")
     assert (own.preset, own.head_lr) == (RECIPES["cpu-10min"].preset, RECIPES["cpu-10min"].train["head_lr"])
+    lora = settings.resolve_defaults(*cli.parse_train_args("torch", ["--recipe", "cpu-10min", "--init-from", "x",
+                                                                     "--lora-rank", "4"]), "cpu")
+    assert (lora.embed_lr, lora.head_lr) == (None, None)  # a LoRA run trains adapters only: nothing to refuse
     args, typed = cli.parse_train_args("torch", ["--max-steps", "40"])
     args = settings.resolve_defaults(args, "cpu", typed)
     assert (args.max_steps, args.max_time) == (40, None)  # a run with a length keeps it
