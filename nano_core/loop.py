@@ -47,7 +47,12 @@ def train(backend, run: Run, log=print) -> Path:
     where a rank could decide alone: nano_core/distributed.py); rank 0 alone logs, evaluates and checkpoints.
     The plan changes once at most, when a time budget fixes the horizon (Trainer.fix_horizon): read it from
     `run.plan` each step."""
-    t = Trainer(backend, run, log)
+    try:
+        t = Trainer(backend, run, log)
+    except BaseException:  # the model or the optimizer refused the settings: the start leaves nothing behind
+        if run.abandon is not None:
+            run.abandon()
+        raise
     config, plan = run.config, run.plan
     shards = run.instruct_rows is None and t.rank0  # the unigram bars are figures of token shards
     entropy = unigram_entropy(plan.data_dir, max_tokens=50_000_000) if shards else float("nan")

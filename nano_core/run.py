@@ -14,6 +14,7 @@ Names: `config` is a TrainConfig, `model_config` a ModelConfig, `plan` a Plan.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class Run:
     base_info: dict | None = None                             # {"source", "hash"} of that base, for meta.json
     instruct_rows: list | None = field(default=None, repr=False)  # --instruct-data, encoded (ids, mask) rows
     rank: int = 0        # this process, under torchrun / mlx.launch (nano_core/distributed.py)
+    # rank 0: releases the lock and removes what this start created (rundir.undo_start), for a start refused after
+    # prepare_run (the model or optimizer refusing the settings): it leaves nothing behind either
+    abandon: "Callable[[], None] | None" = field(default=None, repr=False)
 
 
 def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Path | None, dict | None],
@@ -70,15 +74,20 @@ def prepare_run(config: TrainConfig, backend: str, device: str, resume: tuple[Pa
         return _prepare(*args, lock=None)
     made = check_run_dir(run_dir)
     lock_was_there, lock = (run_dir / LOCK_FILE).exists(), None
-    try:
-        lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
-        run = _prepare(*args, lock=lock)
-    except BaseException:
+
+    def abandon():
         if lock is not None:
             lock.release()
         if lock is not None or made:  # never another holder's lock: only once ours was taken
             undo_start(run_dir, made, lock_was_there)
+
+    try:
+        lock = RunLock(run_dir)  # held until the run ends (Run.lock.release()) or the process does
+        run = _prepare(*args, lock=lock)
+    except BaseException:
+        abandon()
         raise
+    run.abandon = abandon
     barrier()
     return run
 

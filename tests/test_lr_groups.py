@@ -123,3 +123,17 @@ def test_a_run_with_group_lrs_saves_them_and_resumes_bit_for_bit(name, shared_da
     train_main(name)(["--resume", str(out / "ckpt_0000002"), "--out", str(resumed)])
     again = losses(resumed)
     assert sorted(again) == [3] and again[3] == got[3], (again, got)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", ["torch", "mlx"])
+def test_a_head_lr_refused_by_the_optimizer_leaves_no_run_dir_behind(name, shared_data, tmp_path):
+    """The tied-head refusal comes when the optimizer is built, after the run dir was claimed: the start is undone
+    as a refusal inside prepare_run is (rundir.undo_start), and the error is one line."""
+    data, config = micro_setup(shared_data)  # MICRO ties its head
+    out = tmp_path / "new" / "run"
+    with pytest.raises(SystemExit) as exit_:
+        train_main(name)(train_args(data, config, out, **{"max-steps": 1, "head-lr": 0.01}))
+    message = str(exit_.value.code)  # sys.exit(message): Python prints it and exits 1
+    assert message.startswith("error: --head-lr needs an untied head") and "\n" not in message, message
+    assert not (tmp_path / "new").exists()
