@@ -30,10 +30,11 @@ def lr_ratios(names, lr: float, embed_lr: float | None = None, head_lr: float | 
 
 
 def check_lr_groups(names, embed_lr: float | None, head_lr: float | None, lora) -> None:
-    """The one-line refusals both backends' build_optimizer make (names: the trainable parameters)."""
+    """The one-line refusals both backends' build_optimizer make (names: the trainable parameters; None before the
+    model is known, when only the LoRA refusal can be made)."""
     if lora is not None and (embed_lr is not None or head_lr is not None):
         raise ValueError("--embed-lr and --head-lr set a full model's embedding and head learning rates; a LoRA run "
                          "trains only its adapters (at --lr): drop them")
-    if head_lr is not None and not any(name in HEAD_NAMES for name in names):
+    if head_lr is not None and names is not None and not any(name in HEAD_NAMES for name in names):
         raise ValueError("--head-lr needs an untied head, and this model's head is its token embedding "
                          "(tie_embeddings): set --embed-lr instead")

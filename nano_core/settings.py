@@ -24,7 +24,7 @@ from nano_core.cli import DEFAULT_PRESET, TrainConfig
 from nano_core.config import ModelConfig
 from nano_core.eval import EvalSettings, check_settings, parse_tasks
 from nano_core.lora import LoraConfig
-from nano_core.lr_groups import HEAD_NAMES, check_lr_groups
+from nano_core.lr_groups import check_lr_groups
 from nano_core.muon import check_muon_args, check_variants
 from nano_core.recipes import DEFAULT_RECIPE, RECIPES, Recipe
 from nano_core.schedule import check_schedule
@@ -212,7 +212,7 @@ def check_config(config: TrainConfig) -> None:
     if config.optimizer == "muon":  # its settings before any data is prepared (LoRA is checked with the model)
         check_muon_args(config.lr, config.muon_lr, config.muon_momentum, None)
     # the LoRA refusal now; the tied-head one needs the model (both backends' build_optimizer make it)
-    check_lr_groups(HEAD_NAMES, config.embed_lr, config.head_lr, config.lora_rank)
+    check_lr_groups(None, config.embed_lr, config.head_lr, config.lora_rank)
     # Muon's variants only with Muon (after the recipe, which may have chosen it)
     check_variants(config.optimizer, config.muon_ns, config.normuon, config.cautious_wd, config.muon_momentum_warmup)
     if config.config is not None and config.resume is None:
