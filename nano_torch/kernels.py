@@ -173,6 +173,11 @@ def flash_available() -> bool:
 
 
 # ----------------------------------------------------------------------------- loss
+# The CPU's one-pass loss and gradient (_CrossEntropy's docstring); set nano_torch.kernels.FUSED_CE = False to compare
+# with the two-pass form accelerators run.
+FUSED_CE = True
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Mean cross-entropy = -mean(log_softmax(logits)[target]), computed in fp32 over blocks of rows.
 
@@ -182,19 +187,37 @@ class _CrossEntropy(torch.autograd.Function):
     in cache, only the picked log-probs are kept, and backward writes softmax - onehot straight into a gradient of
     the logits' own dtype, one fused fp32 softmax per block. (An upcast + logsumexp + sub + exp version is slower;
     F.cross_entropy on bf16 logits directly is fast too but rounds the per-token losses to bf16, which lowers the
-    loss measurably -- not the same math.)"""
+    loss measurably -- not the same math.)
+
+    On the CPU, when the logits need a gradient, the forward does both halves at once (_fused_blocks): one fp32
+    softmax per block gives the picked log-prob (log p[target]) and the gradient, so each block is read and upcast
+    once instead of twice. The gradient is the same bf16 tensor the two-pass backward writes (tested bit for bit);
+    the loss differs from log_softmax's by fp32 rounding. An upstream gradient other than 1 (1 / grad_accum for a
+    number of micro-batches that is not a power of two) multiplies the finished bf16 gradient, one more rounding:
+    within a unit in the last place of the two-pass one. Accelerators keep the two passes: the fused form checks
+    for an underflowed p[target] on the host, a sync per block there."""
 
     @staticmethod
     def forward(ctx, logits, targets, weights):
         rows = max(1, (1 << 20) // logits.shape[-1])  # ~4 MB of fp32 per block
-        picked = torch.cat([torch.log_softmax(blk, dim=-1, dtype=torch.float32).gather(1, t[:, None]).squeeze(1)
-                            for blk, t in zip(logits.split(rows), targets.split(rows))])
-        ctx.save_for_backward(logits, targets, weights)
+        if FUSED_CE and logits.requires_grad and logits.device.type == "cpu":
+            picked, grad = _fused_blocks(logits, targets, weights, rows)
+            ctx.save_for_backward(grad)
+            ctx.fused = True
+        else:
+            picked = torch.cat([torch.log_softmax(blk, dim=-1, dtype=torch.float32).gather(1, t[:, None]).squeeze(1)
+                                for blk, t in zip(logits.split(rows), targets.split(rows))])
+            ctx.save_for_backward(logits, targets, weights)
+            ctx.fused = False
         ctx.rows = rows
         return -picked.mean() if weights is None else -(picked * weights).sum()
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.fused:  # the gradient of a loss whose own gradient is 1, written by the forward
+            (out,) = ctx.saved_tensors
+            # x 1 changes nothing; any other factor (1 / grad_accum, a loss scale) rounds once more in bf16
+            return (out if grad.item() == 1.0 else out.mul_(grad)), None, None
         logits, targets, weights = ctx.saved_tensors
         n, rows = logits.shape[0], ctx.rows
         out = torch.empty_like(logits)
@@ -204,6 +227,27 @@ class _CrossEntropy(torch.autograd.Function):
             p[torch.arange(p.shape[0], device=p.device), targets[s:s + rows]] -= 1.0
             out[s:s + rows] = p.mul_(scale if weights is None else grad * weights[s:s + rows, None])
         return out, None, None
+
+
+def _fused_blocks(logits, targets, weights, rows):
+    """(picked log-probs in fp32, d loss / d logits for a unit upstream gradient) from one softmax per block."""
+    n = logits.shape[0]
+    out = torch.empty_like(logits)
+    picked = torch.empty(n, dtype=torch.float32)
+    scale = torch.ones((), dtype=torch.float32) / n  # the same fp32 1/n the two-pass backward multiplies by
+    index = torch.arange(rows)
+    for s in range(0, n, rows):
+        blk, t = logits[s:s + rows], targets[s:s + rows]
+        r = index[:blk.shape[0]]
+        p = torch.softmax(blk, dim=-1, dtype=torch.float32)
+        p_t = p[r, t]
+        if bool((p_t < 1e-30).any()):  # log(p) would lose its digits in the denormals, or be log(0)
+            picked[s:s + rows] = torch.log_softmax(blk, dim=-1, dtype=torch.float32)[r, t]
+        else:
+            picked[s:s + rows] = p_t.log_()
+        p[r, t] -= 1.0
+        torch.mul(p, scale if weights is None else weights[s:s + rows, None], out=out[s:s + rows])
+    return picked, out
 
 
 def cross_entropy(logits, targets, weights=None):

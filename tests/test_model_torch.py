@@ -1,5 +1,7 @@
 """PyTorch model: causality, GQA, sliding windows, RoPE, KV cache, overfitting, checkpointing, eager == sdpa,
 optimizer. tests/test_model_mlx.py mirrors this file."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -359,6 +361,59 @@ def test_blockwise_cross_entropy_equals_fp32_f_cross_entropy_in_value_and_gradie
     assert ours.grad.dtype == dtype
     rtol = 1e-5 if dtype == torch.float32 else 2 ** -8  # bf16: the rounding of the gradient itself (8 bits)
     torch.testing.assert_close(ours.grad.float(), ref.grad, rtol=rtol, atol=1e-9)
+
+
+def _ce_loss_and_grad(logits, targets, weights=None, upstream=1.0):
+    from nano_torch.kernels import cross_entropy
+    x = logits.clone().requires_grad_()
+    loss = cross_entropy(x, targets, weights)
+    (upstream * loss).backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cpu_one_pass_cross_entropy_writes_the_two_pass_gradient_bit_for_bit(dtype, weighted, monkeypatch):
+    # the CPU computes loss and gradient in the forward (one softmax per block); accelerators run the two passes
+    # (kernels: the module, imported at the top)
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(2500, 1000, generator=g) * 3).to(dtype)
+    targets = torch.randint(0, 1000, (2500,), generator=g)
+    weights = torch.rand(2500, generator=g) / 2500 if weighted else None
+    fused = _ce_loss_and_grad(logits, targets, weights)
+    monkeypatch.setattr(kernels, "FUSED_CE", False)
+    two_pass = _ce_loss_and_grad(logits, targets, weights)
+    assert torch.equal(fused[1], two_pass[1])
+    assert fused[0].item() == pytest.approx(two_pass[0].item(), rel=1e-6)  # log p[t] against log_softmax[t]
+
+
+@pytest.mark.parametrize("upstream", [0.5, 3.0])
+def test_cpu_one_pass_cross_entropy_scales_by_the_upstream_gradient(upstream, monkeypatch):
+    # grad accumulation divides the loss by the number of micro-batches; fp16's GradScaler multiplies it
+    # (kernels: the module, imported at the top)
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(700, 300, generator=g) * 3).bfloat16()
+    targets = torch.randint(0, 300, (700,), generator=g)
+    fused = _ce_loss_and_grad(logits, targets, upstream=upstream)[1]
+    monkeypatch.setattr(kernels, "FUSED_CE", False)
+    two_pass = _ce_loss_and_grad(logits, targets, upstream=upstream)[1]
+    # one more bf16 rounding: at most one unit in the last place (2^-7 of the value at the bottom of a binade)
+    torch.testing.assert_close(fused.float(), two_pass.float(), rtol=2 ** -7, atol=0)
+    if upstream == 0.5:  # a power of two scales exactly
+        assert torch.equal(fused, two_pass)
+
+
+def test_cpu_one_pass_cross_entropy_keeps_an_exact_loss_when_the_target_probability_underflows():
+    # p[target] = exp(-200) is 0 in fp32: log(p) would be -inf; the block falls back to log_softmax
+    logits = torch.zeros(4, 50)
+    targets = torch.tensor([0, 1, 2, 3])
+    logits[0, 0] = -200.0
+    loss, grad = _ce_loss_and_grad(logits, targets)
+    expected = torch.nn.functional.cross_entropy(logits, targets)
+    assert math.isfinite(loss.item()) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    ref = logits.clone().requires_grad_()
+    torch.nn.functional.cross_entropy(ref, targets).backward()
+    torch.testing.assert_close(grad, ref.grad, rtol=1e-5, atol=1e-9)
 
 
 def test_cpu_bf16_softmax_is_the_fp32_softmax_rounded_to_bf16():
