@@ -70,7 +70,8 @@ VOCAB = {"qwen3-3x192-v4096": 4096, "qwen3-3x192-v2048": 2048, "qwen3-3x192-v102
 DEFAULT_VOCAB = 8192
 ADAMW = ["--optimizer", "adamw"]
 MUON = ["--optimizer", "muon"]
-QWEN3 = MUON + ["--lr", "3e-3", "--batch-size", "32"]  # the qwen3-3x192 candidate's flags (= cpu-10min's)
+QWEN3 = MUON + ["--lr", "3e-3", "--batch-size", "32"]  # the qwen3-3x192 candidate's flags (cpu-10min's until 12-07)
+CPU10 = QWEN3 + ["--embed-lr", "0.09", "--head-lr", "0.009"]  # cpu-10min's flags since then
 # name -> (shape, train flags, what it tests). Every flag not given is nano's default (lr 1e-3, cosine to 10%,
 # warm-up 50, batch 8, AdamW betas (0.9, 0.95), weight decay 0.1, grad clip 1, dtype auto).
 CANDIDATES: dict[str, tuple[str, list[str], str]] = {
@@ -145,6 +146,15 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "qwen3-3x192-v2048": ("qwen3-3x192", QWEN3, "... a 2,048-token vocabulary"),
     "qwen3-3x192-v1024": ("qwen3-3x192", QWEN3, "... a 1,024-token vocabulary"),
     "qwen3-4x256-v4096": ("qwen3-4x256", QWEN3, "4 x 256 on a 4,096-token vocabulary (the head's FLOPs to the body)"),
+    # fifth round (2026-12-07, night), run with --steps: settings that leave the step's speed alone, on cpu-10min
+    "cpu10": ("qwen3-3x192", CPU10, "cpu-10min as it is"),
+    "cpu10-m03": ("qwen3-3x192", CPU10 + ["--muon-lr", "0.03"], "... Muon's lr 0.03"),
+    "cpu10-m04": ("qwen3-3x192", CPU10 + ["--muon-lr", "0.04"], "... Muon's lr 0.04"),
+    "cpu10-wsd": ("qwen3-3x192", CPU10 + ["--schedule", "wsd", "--decay-frac", "0.5", "--min-lr-frac", "0"],
+                  "... warmup-stable-decay, the last half linear to zero"),
+    "cpu10-wd0": ("qwen3-3x192", CPU10 + ["--weight-decay", "0"], "... without weight decay"),
+    "cpu10-w20": ("qwen3-3x192", CPU10 + ["--warmup-steps", "20"], "... warm-up 20 steps"),
+    "cpu10-lr6": ("qwen3-3x192", CPU10 + ["--lr", "6e-3"], "... AdamW's base lr (norm weights) 6e-3"),
 }
 QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
          "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}
@@ -177,7 +187,8 @@ def command(name: str, spec: tuple, args, data: Path) -> list[str]:
     batch = int(flags[flags.index("--batch-size") + 1]) if "--batch-size" in flags else 8
     eval_steps = math.ceil(args.eval_tokens / (batch * SHAPES[shape]["seq_len"]))
     return [sys.executable, "-m", f"nano_{args.backend}.train", "--data", str(data), "--config", str(config),
-            "--max-time", str(args.budget), "--seed", "0", "--out", str(args.out / "runs" / name), "--overwrite",
+            *(["--max-steps", str(args.steps)] if args.steps else ["--max-time", str(args.budget)]),
+            "--seed", "0", "--out", str(args.out / "runs" / name), "--overwrite",
             "--eval-every", "0", "--eval-steps", str(eval_steps), "--sample-every", "0", "--ckpt-every", "0",
             "--keep", "1", "--log-every", "25", *flags]
 
@@ -191,7 +202,8 @@ def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
         print(f"{name}: reusing {done}", flush=True)
         return result
     log = args.out / "logs" / f"{name}.log"
-    child = run_child(f"{name}: {spec[2]} ({args.budget:.0f} s)", cmd, log, child_env(args.backend))
+    length = f"{args.steps} steps" if args.steps else f"{args.budget:.0f} s"
+    child = run_child(f"{name}: {spec[2]} ({length})", cmd, log, child_env(args.backend))
     records = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if "train_loss" in r]
     final = [r for r in records if "val_bpb" in r][-1]
@@ -201,7 +213,8 @@ def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
     result = {
         "name": name, "what": spec[2], "shape": spec[0], "model": SHAPES[spec[0]], "flags": spec[1],
         "vocab_size": json.loads((data / "manifest.json").read_text())["vocab_size"],
-        "command": cmd[1:], "budget_s": args.budget, "wall_s": child["seconds"],
+        "command": cmd[1:], "budget_s": None if args.steps else args.budget, "fixed_steps": args.steps,
+        "wall_s": child["seconds"],
         "val_bpb": final["val_bpb"], "val_loss": final["val_loss"], "steps": final["step"],
         "planned_steps": plan.get("schedule_steps"), "tokens": meta["tokens_seen"],
         "tok_per_s_median": speeds[len(speeds) // 2], "params": None,
@@ -237,7 +250,8 @@ def plot(results: list[dict], path: Path) -> None:
     lo = min(r["val_bpb"] for r in ordered)
     a.set_xlim(lo * 0.95, max(r["val_bpb"] for r in ordered) * 1.01)
     a.set_xlabel("val bits per byte (lower is better)")
-    a.set_title(f"{ordered[0]['budget_s']:.0f} s of training each")
+    fixed = ordered[0].get("fixed_steps")
+    a.set_title(f"{fixed:,} steps each" if fixed else f"{ordered[0]['budget_s']:.0f} s of training each")
     for r in ordered:
         steps, loss = zip(*r["curve"]) if r["curve"] else ((), ())
         frac = [s / max(r["steps"], 1) for s in steps]
@@ -253,6 +267,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=600.0, help="seconds of training per candidate")
+    p.add_argument("--steps", type=int, help="train every candidate exactly this many steps instead of --budget "
+                   "seconds: compares settings that leave the step's speed alone (learning rates, schedule, weight "
+                   "decay) without the spread a time budget's step count adds")
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"candidates to run (default all): "
                                                               f"{', '.join(CANDIDATES)}")
     p.add_argument("--backend", choices=("torch", "mlx"), default="torch")
@@ -275,13 +292,15 @@ def main(argv=None) -> dict:
     results = [run_candidate(n, candidates[n], args, prepare_data(args.out, args.quick, VOCAB.get(n, DEFAULT_VOCAB)))
                for n in (args.only or (QUICK if args.quick else candidates))]
     text = table(results, args.baseline)
-    report = {"budget_s": args.budget, "backend": args.backend, "eval_tokens": args.eval_tokens,
+    report = {"budget_s": None if args.steps else args.budget, "fixed_steps": args.steps, "backend": args.backend,
+              "eval_tokens": args.eval_tokens,
               "baseline": args.baseline, "machine": machine(), "results": results}
     save_json(args.out / "recipe.json", report)
     save_text(args.out / "table.md", text)
     plot(results, args.out / "recipe.png")
     cpu = report["machine"]
-    print(f"\n{cpu['cpu']}, {cpu['cpu_count']} CPUs, {args.backend}, {args.budget:.0f} s each\n{text}")
+    each = f"{args.steps:,} steps" if args.steps else f"{args.budget:.0f} s"
+    print(f"\n{cpu['cpu']}, {cpu['cpu_count']} CPUs, {args.backend}, {each} each\n{text}")
     print(f"wrote {args.out / 'recipe.json'}, table.md, recipe.png")
     return report
 
