@@ -8,7 +8,8 @@ into a temporary directory and removed afterwards. Every round runs each backend
 in turns (the order flips every round, so that a drift of the machine's load over the run falls on both alike),
 each in a fresh process of that revision's own step_speed.py with that revision's packages first on the path, from
 the same interpreter. A revision is compared at its own step -- the whole point -- so the step_speed.py of both
-must accept the options used here (--backend, --dtype, --steps, --warmup, --out).
+must accept the options used here (--backend, --dtype, --steps, --warmup, --out; --preset and --batch-size when
+given: `--preset qwen3-3x192 --batch-size 32` is cpu-10min's model and batch).
 
 The table shows, per backend, every round's tokens/s of both and the ratio of the medians over rounds (after /
 before; 1.00 = no change). Shared cores move single figures by tens of percent (docs/benchmarks.md); a ratio is
@@ -53,6 +54,8 @@ def measure(tree: Path, backend: str, args, out: Path, label: str) -> dict:
     result = out / f"{label}.json"
     cmd = [sys.executable, str(tree / "benchmarks" / "step_speed.py"), "--backend", backend, "--dtype", args.dtype,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(result)]
+    cmd += ["--preset", args.preset] if args.preset else []
+    cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     env = child_env(backend)
     env["PYTHONPATH"] = str(tree)  # this revision's packages before the installed (editable) ones
     run_child(label, cmd, out / f"{label}.log", env, timeout=args.timeout)
@@ -91,6 +94,8 @@ def main(argv=None) -> dict:
     p.add_argument("--after", default=WORKING_TREE, help="a git revision, or . for the working tree (default)")
     p.add_argument("--backends", default="torch,mlx", help="comma-separated: torch, mlx")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--preset", default=None, help="a model preset instead of the comparison config")
+    p.add_argument("--batch-size", type=int, default=None, help="(default: step_speed.py's)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per run")
@@ -118,7 +123,8 @@ def main(argv=None) -> dict:
                 remove(tree)
     text = table(rows, revs)
     print(text)
-    stamp = f"machine: {machine()}; {time.strftime('%Y-%m-%d')}; {args.dtype}, {args.steps} timed steps a run"
+    model = f"{args.preset or 'the comparison config'}, batch {args.batch_size or 'default'}"
+    stamp = f"machine: {machine()}; {time.strftime('%Y-%m-%d')}; {model}; {args.dtype}, {args.steps} timed steps a run"
     save_text(args.out / "ab.md", f"{text}\n\n{stamp}")
     report = {"before": args.before, "after": args.after, "machine": machine(), "rows": rows,
               "args": {k: str(v) for k, v in vars(args).items()}}

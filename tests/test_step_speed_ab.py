@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from nano_core.config import ModelConfig
+
 from helpers import REPO, load_benchmark
 
 ab = load_benchmark("step_speed_ab")
@@ -20,16 +22,20 @@ def test_the_table_gives_every_round_and_the_ratio_of_the_medians():
 
 
 @pytest.mark.e2e
-def test_head_against_the_working_tree_runs_both_and_leaves_no_worktree(tmp_path):
+def test_head_against_the_working_tree_runs_both_on_the_model_asked_and_leaves_no_worktree(tmp_path):
     worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_speed_ab.py"), "--before", "HEAD",
                            "--backends", "torch", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                           "--preset", "tiny", "--batch-size", "1",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "ab.json").read_text())
     assert [len(report["rows"]["torch"][k]) for k in ("before", "after")] == [1, 1]
     assert all(v > 0 for k in ("before", "after") for v in report["rows"]["torch"][k])
     assert (tmp_path / "ab.png").read_bytes()[:4] == b"\x89PNG" and "| torch | median |" in proc.stdout
+    runs = [json.loads(f.read_text()) for f in tmp_path.glob("*.json") if f.name != "ab.json"]
+    tiny = ModelConfig.from_preset("tiny").to_dict()
+    assert len(runs) == 2 and all(r["config"] == tiny and r["batch_size"] == 1 for r in runs)  # both revisions
     after = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
     assert after == worktrees
 
