@@ -98,7 +98,7 @@ def build(backend_name: str, case: str, dtype: str, quick: bool):
                                                                              attn_impl="auto", compile=None)
     model = backend.build_model(cfg, init_weights(cfg, 0))
     opt = backend.build_optimizer(model, hp.lr, (hp.beta1, hp.beta2), hp.eps, hp.weight_decay, hp.optimizer,
-                                  hp.muon_lr, hp.muon_momentum)
+                                  hp.muon_lr, hp.muon_momentum, embed_lr=hp.embed_lr, head_lr=hp.head_lr)
     train_step = backend.make_train_step(model, opt, 1, hp.grad_clip, seed=0)
     batch = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(batch_size, cfg.seq_len + 1), dtype=np.int32)
     return cfg, backend, model, opt, train_step, batch, hp
