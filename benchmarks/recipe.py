@@ -155,6 +155,7 @@ CANDIDATES: dict[str, tuple[str, list[str], str]] = {
     "cpu10-wd0": ("qwen3-3x192", CPU10 + ["--weight-decay", "0"], "... without weight decay"),
     "cpu10-w20": ("qwen3-3x192", CPU10 + ["--warmup-steps", "20"], "... warm-up 20 steps"),
     "cpu10-lr6": ("qwen3-3x192", CPU10 + ["--lr", "6e-3"], "... AdamW's base lr (norm weights) 6e-3"),
+    "cpu10-seed1": ("qwen3-3x192", CPU10 + ["--seed", "1"], "cpu-10min, another seed (the spread at fixed steps)"),
 }
 QUICK = {"micro-adamw": ("micro", ADAMW + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check"),
          "micro-muon": ("micro", MUON + ["--lr", "3e-3", "--warmup-steps", "5"], "quick check")}

@@ -2,6 +2,7 @@
 
     python benchmarks/step_speed.py --backend torch --dtype fp32
     python benchmarks/step_speed.py --backend torch --dtype fp32 --aten-gemm  # fp32 GEMMs by MKL, not oneDNN
+    python benchmarks/step_speed.py --dtype auto --preset qwen3-3x192 --batch-size 32 --two-pass-ce  # cpu-10min
     python benchmarks/step_speed.py --backend torch --dtype bf16            # torch.autocast("cpu", bfloat16)
     python benchmarks/step_speed.py --backend torch --dtype bf16 --compile  # torch.compile(model.loss)
     python benchmarks/step_speed.py --backend torch --dtype auto            # as the CLI's default resolves it
@@ -56,6 +57,8 @@ def torch_settings(args) -> str:
 
     if args.aten_gemm:
         nano_torch.kernels.ONEDNN_FP32 = False  # fp32 linears by aten (MKL) instead of oneDNN
+    if args.two_pass_ce:
+        nano_torch.kernels.FUSED_CE = False  # the loss's gradient in the backward, as on accelerators
     if args.threads:
         torch.set_num_threads(args.threads)
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -64,8 +67,8 @@ def torch_settings(args) -> str:
 def mlx_settings(args) -> str:
     import mlx.core as mx
 
-    if args.aten_gemm or args.threads:
-        raise ValueError("--aten-gemm and --threads are torch options; drop them with --backend mlx")
+    if args.aten_gemm or args.two_pass_ce or args.threads:
+        raise ValueError("--aten-gemm, --two-pass-ce and --threads are torch options; drop them with --backend mlx")
     return f"mlx {mx.__version__}, {loaded_blas()}"
 
 
@@ -121,7 +124,7 @@ def run(args) -> dict:
     return {
         "backend": args.backend, "device": backend.device, "dtype": backend.dtype, "dtype_asked": args.dtype,
         "compile": backend.compile,
-        "attn_impl": backend.attn_impl, "aten_gemm": bool(args.aten_gemm),
+        "attn_impl": backend.attn_impl, "aten_gemm": bool(args.aten_gemm), "two_pass_ce": bool(args.two_pass_ce),
         "runtime": runtime, "config": cfg.to_dict(), "batch_size": args.batch_size, "tokens_per_step": tokens,
         "flops_per_token": flops, "warmup_steps": args.warmup, "warmup_s": warmup_s,
         "step_ms": [1000 * s for s in times], "ms_median": 1000 * med, "ms_min": 1000 * min(times),
@@ -178,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch.compile needs a C++ compiler)")
     p.add_argument("--aten-gemm", action="store_true",
                    help="torch only: fp32 linears by aten (MKL) instead of oneDNN, to measure the difference")
+    p.add_argument("--two-pass-ce", action="store_true",
+                   help="torch only: the cross-entropy's gradient in the backward pass (what accelerators run) "
+                        "instead of the CPU's one pass, to measure the difference")
     p.add_argument("--threads", type=int, default=0, help="torch only: torch.set_num_threads (0 = default)")
     p.add_argument("--out", default=None, help="JSON output path (default runs/step_speed_{backend}_{dtype}.json)")
     p.add_argument("--omp-wait", choices=("passive", "active", "env"), default="env",
