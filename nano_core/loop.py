@@ -45,8 +45,8 @@ def train(backend, run: Run, log=print) -> Path:
     """Train `run` on `backend` to its plan's max_steps (or --max-time, or a signal); returns the run dir.
     Under several processes every rank runs this loop in lockstep (the same steps, the same branches, agreed on
     where a rank could decide alone: nano_core/distributed.py); rank 0 alone logs, evaluates and checkpoints.
-    The plan changes once at most, when a time budget fixes the horizon (Trainer.fix_horizon): read it from
-    `run.plan` each step."""
+    The plan changes only where a time budget fixes its horizon and revises it (Trainer.fix_horizon): read it
+    from `run.plan` each step."""
     try:
         t = Trainer(backend, run, log)
     except BaseException:  # the model or the optimizer refused the settings: the start leaves nothing behind
@@ -94,8 +94,11 @@ def train(backend, run: Run, log=print) -> Path:
                 backend.sync()  # the clock must see the step done, not queued
             trained = time.time() - t_start - paused
             t.trained_s = trained_before + trained
-            if budget is not None and run.plan.max_steps is None and (horizon := budget.observe(t.step, trained)):
-                t.fix_horizon(*horizon, budget, bar)
+            if budget is not None:  # the time budget fixes the horizon, then revises it a few times
+                fixed = run.plan.max_steps is not None
+                if horizon := (budget.revise if fixed else budget.observe)(t.step, trained):
+                    t.fix_horizon(*horizon, budget, bar)
+                    budget.planned(run.plan.max_steps)
             max_steps = run.plan.max_steps
             log_now = t.step % config.log_every == 0 or t.step == 1 or t.step == max_steps
             limit = plan.max_time if budget is None else budget.limit(fixed=max_steps is not None)

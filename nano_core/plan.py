@@ -3,8 +3,8 @@
 The TrainConfig is what was asked and is never written (nano_core/settings.py). The Plan is what nano made of it:
 the model, the adapters, where the data and the run live, the batch and its accumulation, how many steps, the
 warm-up, the time budget, the learning-rate schedule's numbers (nano_core.schedule.lr_at reads them). It is built
-in one place (make_plan), and changes once at most, when a time budget fixes the horizon during training
-(with_horizon: a new Plan, never a written config).
+in one place (make_plan), and changes only in its horizon, when a time budget fixes it during training and
+revises it at three later steps (with_horizon: a new Plan, never a written config).
 
 Checkpoints record both: `train_config` (asked) and `plan` (resolved; the model and LoRA configs stay in their own
 keys, where every reader of a checkpoint finds them). A resumed run continues the saved plan, so a run resumed

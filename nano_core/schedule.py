@@ -98,11 +98,19 @@ class TimeBudget:
     time: evaluations, samples and checkpoints are not counted (the loop pauses it around them), so the estimate is
     not thrown off by them.
 
+    A machine's speed drifts over minutes (a shared VM's by 10% or more), so a rate read over a few warm-up steps
+    can leave a tenth of the budget unused, or overrun it: at REVISE_AT (1/4, 1/2 and 3/4 of the way to the fixed
+    horizon) `revise` measures the rate again over the steps since the last reading and moves the horizon to what
+    the time left now fits. Each new horizon is the plan's max_steps from then on; the cosine's progress jumps by
+    the correction (a few percent), which is why it stops at 3/4 rather than chase the clock into the annealing. A
+    run resumed after the horizon was fixed follows its checkpoint's horizon and revises nothing.
+
     A budget shorter than the warm-up: the run stops when it runs out, before the schedule could decay (the loop
     says so); documented, not an error, because how long the warm-up takes is only known by running it."""
 
     MIN_TIMED_STEPS = 5  # fewer steps than this make a throughput estimate too noisy to plan a schedule on
     OVERRUN = 1.25       # after the horizon is fixed, a hard stop if the machine slows down this much
+    REVISE_AT = (0.25, 0.5, 0.75)  # fractions of the way from fix_at to the horizon at which it is measured again
 
     def __init__(self, seconds: float, warmup_steps: int, start_step: int = 0, spent: float = 0.0):
         if seconds <= 0:
@@ -112,7 +120,9 @@ class TimeBudget:
         self.start = start_step
         self.fix_at = self.fix_step(warmup_steps, start_step)
         self.clock_from = start_step + max(1, (self.fix_at - start_step) // 2)
-        self.first = None  # (step, training seconds) at clock_from
+        self.first = None  # (step, training seconds) at clock_from, then at the last reading
+        self.revise_steps = ()  # set when the horizon is fixed
+        self.measured = None
 
     @classmethod
     def fix_step(cls, warmup_steps: int, start_step: int = 0) -> int:
@@ -121,7 +131,7 @@ class TimeBudget:
 
     def clock_points(self, step: int) -> bool:
         """Whether `step` is one the estimate reads the clock at (the loop syncs the device there first)."""
-        return step in (self.clock_from, self.fix_at)
+        return step in (self.clock_from, self.fix_at) or step in self.revise_steps
 
     def observe(self, step: int, seconds: float) -> tuple[int, float] | None:
         """After optimizer step `step` (1-based count of steps done) at `seconds` of training time since
@@ -130,9 +140,28 @@ class TimeBudget:
             self.first = (step, seconds)
         if step != self.fix_at or self.first is None:
             return None
+        return self._horizon(step, seconds)
+
+    def _horizon(self, step: int, seconds: float) -> tuple[int, float]:
+        """(the steps that fit, seconds per step) from the rate since the last reading; this step is the next one."""
         per_step = (seconds - self.first[1]) / max(1, step - self.first[0])
         left = max(0.0, self.seconds - self.spent - seconds)
+        self.measured = (self.first[0] + 1, step)  # the steps the rate was read over (for the log)
+        self.first = (step, seconds)
         return step + int(left / max(per_step, 1e-9)), per_step
+
+    def planned(self, horizon: int) -> None:
+        """The horizon the run now follows (every rank's agreed one): lays out the steps `revise` reads at."""
+        if not self.revise_steps:
+            span = horizon - self.fix_at
+            self.revise_steps = tuple(sorted({self.fix_at + round(span * f) for f in self.REVISE_AT} - {self.fix_at}))
+
+    def revise(self, step: int, seconds: float) -> tuple[int, float] | None:
+        """After the horizon is fixed: at the revise steps, (a new horizon, seconds per step); else None. The same
+        steps on every rank (they come from the agreed horizon), so that the ranks agree on the answer together."""
+        if step not in self.revise_steps:
+            return None
+        return self._horizon(step, seconds)
 
     def limit(self, fixed: bool) -> float:
         """The training time at which the run stops regardless: the budget while measuring, OVERRUN x the budget

@@ -159,21 +159,25 @@ class Trainer:
 
     def fix_horizon(self, steps: int, per_step: float, budget: TimeBudget, bar) -> None:
         """--max-time: the schedule now spans `steps` (every rank rank 0's estimate), recorded as the plan's
-        max_steps, so checkpoints carry it and a resumed run recomputes the same schedule."""
+        max_steps, so checkpoints carry it and a resumed run recomputes the same schedule. Called when the budget
+        fixes the horizon and again when it revises it (nano_core/schedule.py TimeBudget)."""
+        revised = self.run.plan.max_steps is not None
         if self.run.plan.world_size > 1:
             steps = self.backend.all_max(steps if self.rank0 else 0)
         cap = self.run.plan.step_cap
         if cap is not None and steps > max(cap, self.step):  # more would only memorise a small corpus
-            self.log(f"notice: the budget fits {steps:,} steps, more than {cap:,} ({DEFAULT_EPOCHS} passes over the "
-                     f"training data); stopping there, early -- set --max-steps to train longer")
+            if not revised:  # said once
+                self.log(f"notice: the budget fits {steps:,} steps, more than {cap:,} ({DEFAULT_EPOCHS} passes over "
+                         f"the training data); stopping there, early -- set --max-steps to train longer")
             steps = max(cap, self.step)
         self.run.plan = self.run.plan.with_horizon(steps)
         bar.total = steps
         bar.refresh()
         self.logger.log({"step": self.step, "schedule_steps": steps, "sec_per_step": per_step})
         if self.rank0:
-            tqdm.write(f"time budget: {per_step:.3g} s/step over steps {budget.first[0] + 1}-{self.step} -> the "
-                       f"schedule spans {steps:,} steps ({budget.seconds:,.0f} s)")
+            first, last = budget.measured
+            tqdm.write(f"time budget: {per_step:.3g} s/step over steps {first}-{last} -> the schedule "
+                       f"{'now ' if revised else ''}spans {steps:,} steps ({budget.seconds:,.0f} s)")
 
     def log_train(self, loss: float, lr: float, tokens: int, bar) -> None:
         """A train record: loss, lr, tokens/s and MFU since the last record (the device is synced first)."""

@@ -10,7 +10,7 @@ model.py so that the two models stay mirrors of each other line for line:
   compute dtype on CPU), eager_causal (two query halves, skipping the all-masked quarter of the scores),
   scaled_dot_product_attention wrappers, and flash-attn on CUDA.
 - cross_entropy: a blockwise fp32 cross-entropy with a hand-written backward, which never materialises an fp32
-  copy of the logits.
+  copy of the logits; on the CPU the forward writes the gradient too (one softmax per block instead of two).
 
 Every kernel computes the same math as its plain PyTorch form (tests/test_model_torch.py checks each against it).
 """

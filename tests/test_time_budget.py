@@ -43,6 +43,9 @@ def records(run, key):
 
 
 HORIZON = 14
+# where the horizon is recorded: fixed at step 5 (the end of a 4-step warm-up), then read again at 1/4, 1/2 and 3/4
+# of the way to it (round(9 / 2) = 4: Python rounds halves to even)
+PLANNED = {5: HORIZON, 7: HORIZON, 9: HORIZON, 12: HORIZON}
 
 
 @pytest.fixture
@@ -50,13 +53,18 @@ def steady_machine(monkeypatch):
     """Whatever this machine's load does to the throughput: the estimate runs for real, but its answer is replaced
     by HORIZON steps, and the run ends at the planned step, never at the safety stop for a machine gone slow. (The
     estimate's arithmetic is tested in tests/test_schedule.py; what is tested here is everything around it.)"""
-    real = TimeBudget.observe
+    real_observe, real_revise = TimeBudget.observe, TimeBudget.revise
 
     def observe(self, step, seconds):
-        plan = real(self, step, seconds)
+        plan = real_observe(self, step, seconds)
+        return None if plan is None else (HORIZON, plan[1])
+
+    def revise(self, step, seconds):
+        plan = real_revise(self, step, seconds)
         return None if plan is None else (HORIZON, plan[1])
 
     monkeypatch.setattr(TimeBudget, "observe", observe)
+    monkeypatch.setattr(TimeBudget, "revise", revise)
     monkeypatch.setattr(TimeBudget, "OVERRUN", 1000.0)
 
 
@@ -67,7 +75,7 @@ def test_a_time_budget_ends_annealed_and_a_resume_recomputes_the_same_schedule(b
     # warm-up 4: the rate is measured over steps 3-5 and the horizon fixed at step 5; a checkpoint at step 6
     train_main(backend)(budget_args(shared_data, full, 600.0, **{"warmup-steps": 4, "ckpt-every": 6}))
     plan = records(full, "schedule_steps")
-    assert plan == {5: HORIZON}  # fixed once, at the end of the warm-up, and recorded
+    assert plan == PLANNED  # fixed at the end of the warm-up, revised (the same answer here), recorded
     horizon = plan[5]
     lrs, losses = records(full, "lr"), records(full, "train_loss")
     assert max(lrs) == horizon  # it ran to the planned step ...
@@ -147,7 +155,7 @@ def test_a_run_interrupted_during_the_warmup_resumes_as_the_same_time_budgeted_r
     full = tmp_path / "full"
     train_main(backend)(budget_args(shared_data, full, 600.0, **{"warmup-steps": 4, "ckpt-every": 2}))
     lrs, losses = records(full, "lr"), records(full, "train_loss")
-    assert records(full, "schedule_steps") == {5: HORIZON} and max(lrs) == HORIZON
+    assert records(full, "schedule_steps") == PLANNED and max(lrs) == HORIZON
     early = json.loads((full / "ckpt_0000002" / "meta.json").read_text())
     assert early["plan"]["max_steps"] is None and early["plan"]["max_time"] == 600.0  # the horizon still open
 
@@ -155,7 +163,7 @@ def test_a_run_interrupted_during_the_warmup_resumes_as_the_same_time_budgeted_r
     interrupted.mkdir()
     shutil.copytree(full / "ckpt_0000002", interrupted / "ckpt_0000002")
     train_main(backend)(["--resume", "latest", "--out", str(interrupted)])
-    assert records(interrupted, "schedule_steps") == {5: HORIZON}  # measured again, over the warm-up left
+    assert records(interrupted, "schedule_steps") == PLANNED  # measured again, over the warm-up left
     again_lr, again_loss = records(interrupted, "lr"), records(interrupted, "train_loss")
     assert sorted(again_lr) == list(range(3, HORIZON + 1))
     assert all(again_lr[s] == lrs[s] for s in again_lr)  # the uninterrupted run's schedule, bit for bit
