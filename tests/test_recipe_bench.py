@@ -41,6 +41,24 @@ def test_quick_recipe_benchmark_ranks_candidates_by_held_out_bpb(tmp_path):
     assert again.returncode == 0 and again.stdout.count("reusing") == 2  # finished candidates are not rerun
 
 
+def test_steps_trains_every_candidate_exactly_that_many_steps_without_a_time_budget(tmp_path):
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "benchmarks/recipe.py", "--quick", "--steps", "3", "--only", "cpu10",
+                        "micro-muon", "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads((out / "recipe.json").read_text())
+    assert report["fixed_steps"] == 3 and report["budget_s"] is None and "3 steps each" in r.stdout
+    for x in report["results"]:
+        assert x["steps"] == 3 and x["fixed_steps"] == 3
+        assert x["command"][x["command"].index("--max-steps") + 1] == "3" and "--max-time" not in x["command"]
+    cpu10 = next(x for x in report["results"] if x["name"] == "cpu10")
+    recipe = RECIPES["cpu-10min"].train  # the candidate is the recipe's settings (here on the micro model)
+    flags = cpu10["flags"]
+    for flag, key in (("--lr", "lr"), ("--muon-lr", "muon_lr"), ("--embed-lr", "embed_lr"), ("--head-lr", "head_lr"),
+                      ("--batch-size", "batch_size")):
+        assert float(flags[flags.index(flag) + 1]) == recipe[key]
+
+
 def test_every_recipe_is_a_valid_model_and_settings():
     for kind, name in DEFAULT_RECIPE.items():
         assert name in RECIPES, kind
