@@ -54,7 +54,7 @@ def test_steps_trains_every_candidate_exactly_that_many_steps_without_a_time_bud
     cpu10 = next(x for x in report["results"] if x["name"] == "cpu10")
     recipe = RECIPES["cpu-10min"].train  # the candidate is the recipe's settings (here on the micro model)
     flags = cpu10["flags"]
-    for flag, key in (("--lr", "lr"), ("--muon-lr", "muon_lr"), ("--embed-lr", "embed_lr"), ("--head-lr", "head_lr"),
+    for flag, key in (("--lr", "lr"), ("--embed-lr", "embed_lr"), ("--head-lr", "head_lr"),
                       ("--batch-size", "batch_size")):
         assert float(flags[flags.index(flag) + 1]) == recipe[key]
 
