@@ -208,7 +208,7 @@ def run_candidate(name: str, spec: tuple, args, data: Path) -> dict:
     records = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if "train_loss" in r]
     final = [r for r in records if "val_bpb" in r][-1]
-    plan = next((r for r in records if "schedule_steps" in r), {})
+    plan = next((r for r in reversed(records) if "schedule_steps" in r), {})  # the last horizon (it is revised)
     meta = json.loads(next(run_dir.glob("ckpt_*/meta.json")).read_text())
     speeds = sorted(r["tok_per_s"] for r in train[2:]) or [float("nan")]
     result = {
