@@ -281,6 +281,8 @@ def main(argv=None) -> dict:
                    "(with --only: any candidate's flags on the micro model)")
     p.add_argument("--fresh", action="store_true", help="rerun candidates OUT already holds")
     args = p.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
     candidates = CANDIDATES
     if args.quick:  # QUICK by default; --only may also name any candidate: its flags on the micro model
         candidates = {**{n: ("micro", flags, what) for n, (_, flags, what) in CANDIDATES.items()}, **QUICK}

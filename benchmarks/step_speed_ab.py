@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from nano_core.config import PRESETS
 from harness import ROOT, child_env, machine, pyplot, run_child, save_figure, save_json, save_text
 
 WORKING_TREE = "."
@@ -102,6 +103,10 @@ def main(argv=None) -> dict:
     p.add_argument("--timeout", type=float, default=900, help="seconds per run")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "step_speed_ab")
     args = p.parse_args(argv)
+    if args.preset is not None and args.preset not in PRESETS:  # before any worktree or child process
+        p.error(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if not backends or any(b not in ("torch", "mlx") for b in backends) or args.rounds < 1:
         sys.exit("error: --backends takes torch and/or mlx, --rounds at least 1")

@@ -94,11 +94,9 @@ def train(backend, run: Run, log=print) -> Path:
                 backend.sync()  # the clock must see the step done, not queued
             trained = time.time() - t_start - paused
             t.trained_s = trained_before + trained
-            if budget is not None:  # the time budget fixes the horizon, then revises it a few times
-                fixed = run.plan.max_steps is not None
-                if horizon := (budget.revise if fixed else budget.observe)(t.step, trained):
-                    t.fix_horizon(*horizon, budget, bar)
-                    budget.planned(run.plan.max_steps)
+            if budget is not None and (horizon := budget.observe(t.step, trained)):  # fixed, later revised
+                t.fix_horizon(*horizon, budget, bar)
+                budget.planned(run.plan.max_steps)
             max_steps = run.plan.max_steps
             log_now = t.step % config.log_every == 0 or t.step == 1 or t.step == max_steps
             limit = plan.max_time if budget is None else budget.limit(fixed=max_steps is not None)

@@ -98,12 +98,12 @@ class TimeBudget:
     time: evaluations, samples and checkpoints are not counted (the loop pauses it around them), so the estimate is
     not thrown off by them.
 
-    A machine's speed drifts over minutes (a shared VM's by 10% or more), so a rate read over a few warm-up steps
-    can leave a tenth of the budget unused, or overrun it: at REVISE_AT (1/4, 1/2 and 3/4 of the way to the fixed
-    horizon) `revise` measures the rate again over the steps since the last reading and moves the horizon to what
-    the time left now fits. Each new horizon is the plan's max_steps from then on; the cosine's progress jumps by
-    the correction (a few percent), which is why it stops at 3/4 rather than chase the clock into the annealing. A
-    run resumed after the horizon was fixed follows its checkpoint's horizon and revises nothing.
+    A machine's speed drifts over minutes (a shared VM's most of all), so a rate read over a few warm-up steps can
+    leave part of the budget unused, or overrun it: at REVISE_AT (1/4, 1/2 and 3/4 of the way to the fixed horizon)
+    `observe` measures the rate again over the steps since the last reading and moves the horizon to what the time
+    left now fits (docs/training.md has what it changed). Each new horizon is the plan's max_steps from then on;
+    the cosine's progress jumps by the correction, which is why it stops at 3/4 rather than chase the clock into the
+    annealing. A run resumed after the horizon was fixed follows its checkpoint's horizon and revises nothing.
 
     A budget shorter than the warm-up: the run stops when it runs out, before the schedule could decay (the loop
     says so); documented, not an error, because how long the warm-up takes is only known by running it."""
@@ -135,7 +135,11 @@ class TimeBudget:
 
     def observe(self, step: int, seconds: float) -> tuple[int, float] | None:
         """After optimizer step `step` (1-based count of steps done) at `seconds` of training time since
-        `start_step`: at fix_at, (the horizon, seconds per step); else None."""
+        `start_step`: at fix_at, and once the run follows a horizon (`planned`) at the revise steps, (the horizon,
+        seconds per step); else None. The revise steps come from the agreed horizon, so they are the same on every
+        rank and the ranks agree on each new horizon together."""
+        if self.revise_steps:
+            return self._horizon(step, seconds) if step in self.revise_steps else None
         if step == self.clock_from:
             self.first = (step, seconds)
         if step != self.fix_at or self.first is None:
@@ -151,17 +155,10 @@ class TimeBudget:
         return step + int(left / max(per_step, 1e-9)), per_step
 
     def planned(self, horizon: int) -> None:
-        """The horizon the run now follows (every rank's agreed one): lays out the steps `revise` reads at."""
+        """The horizon the run now follows (every rank's agreed one): lays out the steps `observe` reads again at."""
         if not self.revise_steps:
             span = horizon - self.fix_at
             self.revise_steps = tuple(sorted({self.fix_at + round(span * f) for f in self.REVISE_AT} - {self.fix_at}))
-
-    def revise(self, step: int, seconds: float) -> tuple[int, float] | None:
-        """After the horizon is fixed: at the revise steps, (a new horizon, seconds per step); else None. The same
-        steps on every rank (they come from the agreed horizon), so that the ranks agree on the answer together."""
-        if step not in self.revise_steps:
-            return None
-        return self._horizon(step, seconds)
 
     def limit(self, fixed: bool) -> float:
         """The training time at which the run stops regardless: the budget while measuring, OVERRUN x the budget

@@ -216,8 +216,9 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.fused:  # the gradient of a loss whose own gradient is 1, written by the forward
             (out,) = ctx.saved_tensors
-            # x 1 changes nothing; any other factor (1 / grad_accum, a loss scale) rounds once more in bf16
-            return (out if grad.item() == 1.0 else out.mul_(grad)), None, None
+            # x 1 changes nothing; any other factor (1 / grad_accum, a loss scale) rounds once more in bf16. Not in
+            # place: the saved tensor must stay as saved for a second backward (retain_graph)
+            return (out if grad.item() == 1.0 else out * grad), None, None
         logits, targets, weights = ctx.saved_tensors
         n, rows = logits.shape[0], ctx.rows
         out = torch.empty_like(logits)

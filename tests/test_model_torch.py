@@ -403,6 +403,18 @@ def test_cpu_one_pass_cross_entropy_scales_by_the_upstream_gradient(upstream, mo
         assert torch.equal(fused, two_pass)
 
 
+def test_cpu_one_pass_cross_entropy_backward_twice_gives_the_same_gradient_twice():
+    # retain_graph: the gradient saved by the forward must not be scaled in place by the first backward
+    from nano_torch.kernels import cross_entropy
+    x = (torch.randn(300, 50, generator=torch.Generator().manual_seed(3)) * 3).requires_grad_()
+    loss = cross_entropy(x, torch.arange(300) % 50)
+    (3.0 * loss).backward(retain_graph=True)
+    first = x.grad.clone()
+    x.grad = None
+    (3.0 * loss).backward()
+    assert torch.equal(x.grad, first)
+
+
 def test_cpu_one_pass_cross_entropy_keeps_an_exact_loss_when_the_target_probability_underflows():
     # p[target] = exp(-200) is 0 in fp32: log(p) would be -inf; the block falls back to log_softmax
     logits = torch.zeros(4, 50)

@@ -59,6 +59,13 @@ def test_steps_trains_every_candidate_exactly_that_many_steps_without_a_time_bud
         assert float(flags[flags.index(flag) + 1]) == recipe[key]
 
 
+def test_steps_below_one_is_a_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "benchmarks/recipe.py", "--steps", "0", "--out", str(tmp_path / "b")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.splitlines()[-1].endswith("--steps must be at least 1, got 0")
+    assert not (tmp_path / "b").exists()
+
+
 def test_every_recipe_is_a_valid_model_and_settings():
     for kind, name in DEFAULT_RECIPE.items():
         assert name in RECIPES, kind

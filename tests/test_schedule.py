@@ -120,17 +120,17 @@ def test_time_budget_revises_the_horizon_to_the_rate_since_its_last_reading():
     b.planned(285)
     assert b.revise_steps == (109, 168, 226)  # 1/4, 1/2 and 3/4 of the way from step 50 to 285
     assert [s for s in range(51, 400) if b.clock_points(s)] == [109, 168, 226]
-    assert b.revise(108, 20.0) is None
+    assert b.observe(108, 20.0) is None and b.observe(50, clock[50]) is None  # fixed once; read again only there
     # the machine slowed to 0.25 s/step after the horizon was fixed: the time left fits fewer steps
     t109 = clock[50] + 59 * 0.25
-    steps, per_step = b.revise(109, t109)
+    steps, per_step = b.observe(109, t109)
     assert per_step == pytest.approx(0.25) and b.measured == (51, 109)
     assert steps == 109 + int((60.0 - t109) / 0.25) < 285
     b.planned(steps)  # the steps to read at are laid out once, from the first horizon
     assert b.revise_steps == (109, 168, 226)
     # ... then sped up to 0.1 s/step: the next reading moves it out again, over the steps since the last one
     t168 = t109 + 59 * 0.1
-    steps, per_step = b.revise(168, t168)
+    steps, per_step = b.observe(168, t168)
     assert per_step == pytest.approx(0.1) and b.measured == (110, 168)
     assert steps == 168 + int((60.0 - t168) / 0.1)
 

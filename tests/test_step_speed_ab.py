@@ -45,3 +45,15 @@ def test_a_revision_git_does_not_know_is_one_line(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot check out 'no-such-rev'")
+
+
+@pytest.mark.parametrize("args,message", [(["--preset", "nope"], "unknown preset 'nope'"),
+                                          (["--batch-size", "0"], "--batch-size must be at least 1")])
+def test_a_bad_model_is_refused_before_any_worktree(tmp_path, args, message):
+    worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_speed_ab.py"), "--before", "HEAD", *args,
+                           "--out", str(tmp_path / "ab")], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "ab").exists()
+    assert subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True,
+                          text=True).stdout == worktrees
