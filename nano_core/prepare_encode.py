@@ -7,7 +7,6 @@ on the number of workers: that is what makes a resumed prepare write the bytes a
 from __future__ import annotations
 
 import multiprocessing as mp
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +66,11 @@ def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     return np.array(ids, dtype=_DTYPE), np.array(lengths, dtype=np.int64), nbytes
 
 
+def _encode_numbered(chunk: tuple[int, list[str]]):
+    first, texts = chunk
+    return first, _encode_chunk(texts)
+
+
 # main side: the document stream, its chunks, the encoded chunks in order
 
 def interleaved_documents(sources):
@@ -115,21 +119,13 @@ def chunks_of(docs, skip: int, on_skip):
 
 
 def encoded_chunks(chunks, tok_dir: Path, encoder: str, dtype: str, num_workers: int):
-    """Encoded chunks in input order. At most 2*workers chunks in flight, so memory stays bounded on any corpus
-    (Pool.imap would read the whole input ahead)."""
+    """Encoded chunks in input order. At most 2*workers chunks out at a time (WorkerPool.imap), so memory stays
+    bounded on any corpus."""
     if num_workers <= 1:
         _init_worker(str(tok_dir), encoder, dtype)
         for first, texts in chunks:
             yield first, _encode_chunk(texts)
         return
-    # workers ignore Ctrl-C (nano_io.pool); leaving the block (also on Ctrl-C or close()) terminates them
+    # workers ignore Ctrl-C (nano_io.pool); leaving the block (also on Ctrl-C or close()) ends them
     with worker_pool(mp.get_context(), num_workers, _init_worker, (str(tok_dir), encoder, dtype)) as pool:
-        pending = deque()
-        for first, texts in chunks:
-            pending.append((first, pool.apply_async(_encode_chunk, (texts,))))
-            if len(pending) >= 2 * num_workers:
-                f, r = pending.popleft()
-                yield f, r.get()
-        while pending:
-            f, r = pending.popleft()
-            yield f, r.get()
+        yield from pool.imap(_encode_numbered, chunks)

@@ -1,51 +1,194 @@
-"""Worker pools that leave Ctrl-C to the main process and never outlive it.
+"""Worker processes that leave Ctrl-C to the main process, never outlive it, and never hang it.
 
-A terminal's Ctrl-C sends SIGINT to every process of the foreground group: the main process and each pool
-worker. A worker that turned it into KeyboardInterrupt would print a traceback of its own (often several, one per
-worker, around the main process's one-line message). So workers ignore SIGINT; the main process gets
-KeyboardInterrupt and leaves the `with worker_pool(...)` block, which terminates the workers.
+Why not multiprocessing.Pool: its task-handler thread pushes every task into one shared pipe. When a task is
+bigger than the pipe's buffer (prepare sends 1 MB of text a task) and a Ctrl-C arrives, Pool.terminate() kills the
+workers while that thread is still blocked writing the task, then joins the thread: nothing reads the pipe any
+more, and the interrupted command hangs forever instead of printing its one line (seen in CI).
 
-The start-up is the delicate part. KeyboardInterrupt raised inside multiprocessing.Pool() (it forks worker after
-worker) leaves the workers already started orphaned, idle forever; raised just after Pool() returns but before
-the caller's try/finally, it skips the terminate. So a Ctrl-C during start-up is only recorded (a Python-level
-handler: blocking the signal would not do, another thread of the process may receive it) and raised once the pool
-is inside the block that terminates it.
+So this pool has no threads. Each worker has its own duplex pipe and holds at most one task; the main process
+hands a task only to an idle worker (a worker is then blocked reading, so the send always completes), waits on
+all pipes at once, and puts the results back in input order. Leaving the `with` block ends the workers: they are
+asked to stop after a normal end, killed after an exception - there is nothing in them to clean up.
+
+Ctrl-C: a terminal sends SIGINT to every process of the foreground group. Workers ignore it (their tracebacks
+would surround the main process's one-line message); the main process gets KeyboardInterrupt and leaves the block.
+A Ctrl-C while the workers are being started is held back (a Python-level handler: the signal may be delivered to
+any thread) and raised once every started worker is inside the block that ends them; SIGINT is also blocked in the
+starting thread, so that a child starts with it blocked and can ignore it before it is let through.
 """
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+from multiprocessing.connection import wait
+
+_conn = None  # in a worker: its pipe to the main process (report() sends progress through it)
+_SIGINT = {signal.SIGINT}
 
 
-def _init_worker(initializer, initargs):
+def report(value) -> None:
+    """Called by a task running in a worker: hand `value` to the main process's on_progress now."""
+    _conn.send(("progress", value))
+
+
+def _worker_main(conn, parent_end, initializer, initargs):
+    global _conn
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A forked worker inherits the parent's Python handlers; the pool ends its workers with SIGTERM, which must
-    # simply end them (the training CLI's own SIGTERM handler would raise inside a worker that is exiting).
+    # A forked worker inherits the parent's Python handlers; SIGTERM must simply end it (the training CLI's own
+    # SIGTERM handler would raise inside the worker).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if initializer is not None:
-        initializer(*initargs)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGINT)  # blocked by the parent while starting us; now ignored
+    if parent_end is not None:
+        # Forked: close our copy of the main process's end, so that if the main process dies we read EOF and exit.
+        parent_end.close()
+    _conn = conn
+    init_error = None
+    try:
+        if initializer is not None:
+            initializer(*initargs)
+    except Exception as e:  # answered to every task: the caller sees it where it waits for a result
+        init_error = e
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the main process is gone
+            return
+        if task is None:
+            return
+        fn, arg = task
+        try:
+            if init_error is not None:
+                raise init_error
+            out = ("result", fn(arg))
+        except Exception as e:
+            out = ("error", e)
+        try:
+            conn.send(out)
+        except Exception as e:  # a result or exception that does not pickle
+            conn.send(("error", RuntimeError(f"a worker could not send back its result: {e}")))
 
 
-@contextlib.contextmanager
-def worker_pool(ctx, processes: int, initializer=None, initargs=()):
-    """`with worker_pool(ctx, n, init, args) as pool:` a ctx.Pool whose workers ignore SIGINT and are terminated
-    (and joined) when the block ends, normally, by an exception or by Ctrl-C - also a Ctrl-C during start-up."""
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
-    held: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) if main else None
-    try:
-        pool = ctx.Pool(processes, initializer=_init_worker, initargs=(initializer, tuple(initargs)))
-    except BaseException:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-        raise
-    try:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-            if held and callable(previous):  # a Ctrl-C held back during start-up: raise it here, inside the try
+class WorkerPool:
+    """`processes` worker processes of the multiprocessing context `ctx`, each running initializer(*initargs)
+    once. Use it as a context manager: `with WorkerPool(ctx, 2, init, args) as pool: pool.map(fn, items)`."""
+
+    def __init__(self, ctx, processes: int, initializer=None, initargs=()):
+        if processes < 1:
+            raise ValueError(f"a worker pool needs at least one process, not {processes}")
+        self._ctx, self._processes, self._init = ctx, processes, (initializer, tuple(initargs))
+        self._procs, self._conns = [], []
+        self._usable = True
+
+    def __enter__(self):
+        """Start the workers. Done here rather than in __init__ so that no Ctrl-C can fall between a started
+        worker and the `with` block that ends it."""
+        main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+        held: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum)) if main else None
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGINT)
+        try:
+            try:
+                self._start()
+            finally:
+                if main:
+                    signal.signal(signal.SIGINT, previous)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if held and callable(previous):  # a Ctrl-C held back during start-up: raise it where close() runs
                 previous(signal.SIGINT, None)
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
+        except BaseException:
+            self.close(graceful=False)
+            raise
+        return self
+
+    def _start(self):
+        fork = self._ctx.get_start_method() == "fork"
+        for _ in range(self._processes):
+            ours, theirs = self._ctx.Pipe(duplex=True)
+            self._conns.append(ours)
+            p = self._ctx.Process(target=_worker_main, args=(theirs, ours if fork else None, *self._init),
+                                  daemon=True)
+            self._procs.append(p)
+            p.start()
+            theirs.close()
+
+    def imap(self, fn, items, on_progress=None):
+        """fn(item) for every item, in worker processes; yields the results in input order. At most two tasks
+        per worker are out (sent or finished, not yet yielded), so memory stays bounded on any input. A worker's
+        exception is raised here; report(value) in fn calls on_progress(value) here."""
+        if not self._procs:
+            raise RuntimeError("a WorkerPool runs tasks only inside its `with` block")
+        if not self._usable:
+            raise RuntimeError("this WorkerPool was left in the middle of a map; make a new one")
+        self._usable = False  # until this map ends cleanly: workers may still hold its tasks
+        items = iter(items)
+        idle = list(range(len(self._conns)))
+        busy: dict = {}        # connection -> (worker, task index)
+        done: dict = {}        # task index -> result, until it is its turn
+        sent = yielded = 0
+        exhausted = False
+        while True:
+            while idle and not exhausted and sent < yielded + 2 * len(self._conns):
+                try:
+                    item = next(items)
+                except StopIteration:
+                    exhausted = True
+                    break
+                w = idle.pop()
+                self._conns[w].send((fn, item))  # an idle worker is blocked reading: this cannot wait on it
+                busy[self._conns[w]] = (w, sent)
+                sent += 1
+            while yielded in done:
+                yield done.pop(yielded)
+                yielded += 1
+            if exhausted and yielded == sent:
+                self._usable = True
+                return
+            for conn in wait(list(busy)):
+                kind, value = self._receive(conn, busy[conn][0])
+                if kind == "progress":
+                    if on_progress is not None:
+                        on_progress(value)
+                    continue
+                w, i = busy.pop(conn)
+                idle.append(w)
+                if kind == "error":
+                    raise value
+                done[i] = value
+
+    def map(self, fn, items, on_progress=None) -> list:
+        return list(self.imap(fn, items, on_progress))
+
+    def _receive(self, conn, w):
+        try:
+            return conn.recv()
+        except EOFError:
+            self._procs[w].join(timeout=1)
+            raise RuntimeError(f"a worker process died (exit code {self._procs[w].exitcode}); if the machine ran "
+                               f"out of memory, use fewer workers") from None
+
+    def close(self, graceful: bool = True) -> None:
+        """End the workers: asked to stop (graceful, after a normal end) or killed; joined either way."""
+        if graceful:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+            for p in self._procs:
+                p.join(timeout=5)
+        for p in self._procs:
+            if p.exitcode is None and p.pid is not None:
+                p.kill()  # SIGKILL: a worker has nothing to clean up, and SIGTERM could meet one still starting
+        for p in self._procs:
+            if p.pid is not None:
+                p.join()
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(graceful=exc_type is None and self._usable)
+
+
+def worker_pool(ctx, processes: int, initializer=None, initargs=()) -> WorkerPool:
+    """`with worker_pool(ctx, n, init, args) as pool:` - kept as the one name callers use."""
+    return WorkerPool(ctx, processes, initializer, initargs)

@@ -195,8 +195,10 @@ class BPETokenizer(Tokenizer):
         if num_workers <= 1 or sum(map(len, texts)) < (1 << 20):
             return [self.encode(t) for t in texts]
         ctx = mp.get_context("fork" if os.name == "posix" and os.uname().sysname == "Linux" else None)
+        size = max(1, len(texts) // (num_workers * 8))  # a few tasks per worker: small ones would cost in pickling
         with worker_pool(ctx, num_workers, _set_worker_tokenizer, (self,)) as pool:  # workers ignore Ctrl-C
-            return pool.map(_encode_in_worker, texts, chunksize=max(1, len(texts) // (num_workers * 8)))
+            parts = pool.map(_encode_in_worker, (texts[i:i + size] for i in range(0, len(texts), size)))
+        return [ids for part in parts for ids in part]
 
     def decode(self, ids) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
@@ -278,5 +280,5 @@ def _set_worker_tokenizer(tok):
     _worker_tok = tok
 
 
-def _encode_in_worker(text):
-    return _worker_tok.encode(text)
+def _encode_in_worker(texts):
+    return [_worker_tok.encode(t) for t in texts]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import regex
 from tqdm import tqdm
 
+from nano_io.pool import report as pool_report
 from nano_io.pool import worker_pool
 from nano_io.sources import Source
 from nano_io.text import collect_notices, notice, notices_once
@@ -63,19 +63,10 @@ def _count(sources: list[Source], pattern: str, max_chars: int | None, max_chars
     return CountResult(counts, chars, docs)
 
 
-# Worker side of the pool: the progress queue arrives through the initializer (a Queue cannot be a map argument).
-_progress_queue = None
-
-
-def _init_worker(q):
-    global _progress_queue
-    _progress_queue = q
-
-
 def _count_worker(args) -> CountResult:
     sources, pattern, max_chars, max_chars_per_doc = args
     with collect_notices() as notices:  # printed once by the main process, not once per worker
-        result = _count(sources, pattern, max_chars, max_chars_per_doc, report=_progress_queue.put)
+        result = _count(sources, pattern, max_chars, max_chars_per_doc, report=pool_report)
     result.notices = list(notices)
     return result
 
@@ -135,16 +126,6 @@ def _count_in_workers(sources, pattern, num_workers, max_chars, max_chars_per_do
     # fork is cheapest on Linux (nothing to re-import); macOS and Windows use their default (spawn).
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() and os.name == "posix"
                          and os.uname().sysname == "Linux" else None)
-    q = ctx.Queue()
-    # workers ignore Ctrl-C (nano_io.pool); the main process gets it and `with` terminates the pool
-    with worker_pool(ctx, num_workers, _init_worker, (q,)) as pool:
-        pending = pool.map_async(_count_worker, tasks, chunksize=1)
-        while not pending.ready():
-            try:
-                bar.update(q.get(timeout=0.1))
-            except queue.Empty:
-                pass
-        parts = pending.get()  # re-raises a worker's exception (our one-line errors) here
-    while not q.empty():
-        bar.update(q.get())
-    return parts
+    # workers ignore Ctrl-C (nano_io.pool); the main process gets it and `with` ends them
+    with worker_pool(ctx, num_workers) as pool:
+        return pool.map(_count_worker, tasks, on_progress=bar.update)  # a worker's exception is raised here
