@@ -128,6 +128,8 @@ class WorkerPool:
         sent = yielded = 0
         exhausted = False
         while True:
+            # Hand out work first, again after every result yielded: the bound on tasks out may have kept an idle
+            # worker waiting (the first task slow, the next ones done), and only a yield frees it.
             while idle and not exhausted and sent < yielded + 2 * len(self._conns):
                 try:
                     item = next(items)
@@ -138,10 +140,11 @@ class WorkerPool:
                 self._conns[w].send((fn, item))  # an idle worker is blocked reading: this cannot wait on it
                 busy[self._conns[w]] = (w, sent)
                 sent += 1
-            while yielded in done:
+            if yielded in done:
                 yield done.pop(yielded)
                 yielded += 1
-            if exhausted and yielded == sent:
+                continue
+            if not busy:  # nothing out and nothing left to yield: the bound cannot hold work back, so items ran out
                 self._usable = True
                 return
             for conn in wait(list(busy)):

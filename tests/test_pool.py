@@ -163,3 +163,29 @@ def test_ctrl_c_with_big_tasks_out_ends_the_command_instead_of_hanging(tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("interrupted"), r.stderr
     pids = [int(p) for p in r.stdout.split("[")[1].split("]")[0].split(",")]
     assert len(pids) == 2 and _alive(pids) == []
+
+
+SLOW_FIRST = textwrap.dedent("""
+    import multiprocessing as mp, time
+    from nano_io.pool import worker_pool
+
+    def slow_first(x):
+        time.sleep(0.5 if x == 0 else 0.0)
+        return x
+
+    if __name__ == "__main__":
+        with worker_pool(mp.get_context("fork"), 2) as pool:
+            print(pool.map(slow_first, range(12)))
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the child script forks workers")
+def test_a_slow_first_task_while_the_other_worker_finishes_the_rest_does_not_stall_the_map(tmp_path):
+    # The bound on tasks out (two per worker) once held the free worker back until the first result was yielded,
+    # and the map then waited on no worker at all. In a child, so that a stall fails this test, not the suite.
+    script = tmp_path / "child.py"
+    script.write_text(SLOW_FIRST)
+    root = os.path.dirname(os.path.dirname(__file__))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=root,
+                       env={**os.environ, "PYTHONPATH": root})
+    assert r.returncode == 0 and r.stdout.strip() == str(list(range(12))), r.stderr
