@@ -67,8 +67,12 @@ def torch_settings(args) -> str:
 def mlx_settings(args) -> str:
     import mlx.core as mx
 
-    if args.aten_gemm or args.two_pass_ce or args.threads:
-        raise ValueError("--aten-gemm, --two-pass-ce and --threads are torch options; drop them with --backend mlx")
+    import nano_mlx.kernels
+
+    if args.aten_gemm or args.threads:
+        raise ValueError("--aten-gemm and --threads are torch options; drop them with --backend mlx")
+    if args.two_pass_ce:
+        nano_mlx.kernels.FUSED_CE = False  # MLX's own backward of logsumexp (a second exp per logit), as on a GPU
     return f"mlx {mx.__version__}, {loaded_blas()}"
 
 
@@ -182,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aten-gemm", action="store_true",
                    help="torch only: fp32 linears by aten (MKL) instead of oneDNN, to measure the difference")
     p.add_argument("--two-pass-ce", action="store_true",
-                   help="torch only: the cross-entropy's gradient in the backward pass (what accelerators run) "
-                        "instead of the CPU's one pass, to measure the difference")
+                   help="the cross-entropy's plain two passes (what accelerators run) instead of the CPU's one "
+                        "pass (torch: one softmax per block; mlx: one exp per logit), to measure the difference")
     p.add_argument("--threads", type=int, default=0, help="torch only: torch.set_num_threads (0 = default)")
     p.add_argument("--out", default=None, help="JSON output path (default runs/step_speed_{backend}_{dtype}.json)")
     p.add_argument("--omp-wait", choices=("passive", "active", "env"), default="env",

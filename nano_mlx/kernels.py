@@ -13,8 +13,9 @@ fuses the step into one graph and there is no CPU path to route around:
   mx.fast.scaled_dot_product_attention wrappers (falling back to the eager kernels for dropout, which the fused
   kernel lacks). flash-attn is a CUDA library for PyTorch: flash_available() is False here, so the model refuses
   attn_impl='flash' at construction.
-- cross_entropy: mean(logsumexp - picked logit) in fp32; mx.compile fuses the upcast into the reduction, so no
-  hand-written backward is needed (nano_torch/kernels.py explains why torch needs one).
+- cross_entropy: mean(logsumexp - picked logit) in fp32; mx.compile fuses the upcast into the reduction. On the
+  CPU a hand-written backward reuses the forward's exponentials (one exp per logit instead of two), as
+  nano_torch/kernels.py does for its CPU path.
 """
 from __future__ import annotations
 
@@ -162,12 +163,45 @@ def flash_available() -> bool:
 
 
 # ----------------------------------------------------------------------------- loss
+# The CPU's loss with one exp per logit (_nats_one_pass); set nano_mlx.kernels.FUSED_CE = False to compare with the
+# plain form that a GPU runs.
+FUSED_CE = True
+
+
 def cross_entropy(logits, targets, weights=None):
     """Mean cross-entropy of (N, V) logits (any float dtype) against (N,) integer targets, fp32 reduction:
     mean(logsumexp(logits) - logits[target]); with (N,) float `weights` the weighted sum sum(nats * weights) (a
-    masked mean for weights = mask / mask.sum()). mx.compile fuses the upcast into the reduction, so unlike the torch
-    side no hand-written backward is needed."""
-    logits = logits.astype(mx.float32)
-    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
-    nats = mx.logsumexp(logits, axis=-1) - picked
+    masked mean for weights = mask / mask.sum()). On a GPU this is the plain form, differentiated by MLX; on the
+    CPU, where every exp costs, _nats_one_pass gives the same values and the same gradient with half the exps."""
+    if FUSED_CE and mx.default_device() == mx.cpu:
+        nats = _nats_one_pass(logits, targets)[0]
+    else:
+        logits = logits.astype(mx.float32)
+        picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+        nats = mx.logsumexp(logits, axis=-1) - picked
     return mx.mean(nats) if weights is None else mx.sum(nats * weights.astype(mx.float32))
+
+
+@mx.custom_function
+def _nats_one_pass(logits, targets):
+    """(nats, e, 1/s) with e = exp(logits - max) and s its row sum. MLX's own backward of logsumexp computes the
+    softmax again, a second exp over all N x V logits, and the CPU backend evaluates exp one element at a time; this
+    backward reuses e (p = e / s), so the step pays one exp per logit. The gradient is MLX's own bit for bit
+    (tested); e is kept from the forward to the backward, N x V fp32, which is why a GPU - where exp is cheap and
+    memory is the limit - does not take this path."""
+    x = logits.astype(mx.float32)
+    m = mx.stop_gradient(mx.max(x, axis=-1, keepdims=True))
+    e = mx.exp(x - m)
+    s = mx.sum(e, axis=-1, keepdims=True)
+    picked = mx.take_along_axis(x, targets[:, None], axis=-1)
+    return (mx.log(s) + m - picked)[:, 0], e, 1.0 / s
+
+
+@_nats_one_pass.vjp
+def _nats_one_pass_vjp(primals, cotangents, outputs):
+    # d nats_i / d logits_ij = p_ij - [j == t_i]; only the nats output is differentiated (e and 1/s are internals).
+    logits, targets = primals
+    d = cotangents[0][:, None]
+    _, e, inv_s = outputs
+    onehot = mx.arange(e.shape[-1])[None, :] == targets[:, None]
+    return (e * (inv_s * d) - onehot * d).astype(logits.dtype), mx.zeros_like(targets)

@@ -257,3 +257,50 @@ def test_gelu_kernel_is_the_exact_erf_gelu_in_value_and_gradient():
     d_exact = 0.5 * (1.0 + mx.erf(x / np.sqrt(2.0))) + x * mx.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
     assert_close(gelu(x), exact, rtol=0, atol=2e-6)
     assert_close(mx.grad(lambda x: gelu(x).sum())(x), d_exact, rtol=0, atol=2e-6)
+
+
+def _mlx_ce_loss_and_grad(logits, targets, weights=None, compiled=False):
+    from nano_mlx.kernels import cross_entropy
+    f = mx.value_and_grad(lambda x: cross_entropy(x, targets, weights))
+    loss, grad = (mx.compile(f) if compiled else f)(logits)
+    mx.eval(loss, grad)
+    return loss, grad
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cpu_one_exp_cross_entropy_gives_mlx_own_loss_and_gradient(dtype, weighted, compiled, monkeypatch):
+    # On the CPU the backward reuses the forward's exponentials; a GPU runs MLX's own differentiation of logsumexp.
+    from nano_mlx import kernels
+    assert mx.default_device() == mx.cpu  # the path under test is the CPU's
+    mx.random.seed(1)
+    logits = (mx.random.normal((2500, 1000)) * 3).astype(dtype)
+    targets = mx.random.randint(0, 1000, (2500,))
+    weights = mx.random.uniform(shape=(2500,)) / 2500 if weighted else None
+    one_exp = _mlx_ce_loss_and_grad(logits, targets, weights, compiled)
+    monkeypatch.setattr(kernels, "FUSED_CE", False)
+    plain = _mlx_ce_loss_and_grad(logits, targets, weights, compiled)
+    assert one_exp[0].item() == plain[0].item()  # the same forward formula
+    assert one_exp[1].dtype == dtype
+    # p = e / s against MLX's exp(x - logsumexp): the same value to fp32 rounding, then rounded to the logits' dtype
+    rtol = 1e-6 if dtype == mx.float32 else 2 ** -7
+    assert_close(one_exp[1].astype(mx.float32), plain[1].astype(mx.float32), rtol=rtol, atol=1e-11)
+
+
+def test_one_exp_cross_entropy_is_the_cpu_path_only(monkeypatch):
+    # A GPU keeps MLX's own backward (exp is cheap there and the kept exponentials would cost N x V memory):
+    # simulated by reporting the GPU as the default device, with the one-pass function made to fail if called.
+    from nano_mlx import kernels
+
+    def refuse(*args):
+        raise AssertionError("the one-exp loss ran on a GPU")
+
+    logits, targets = mx.random.normal((8, 16)), mx.arange(8)
+    monkeypatch.setattr(kernels, "_nats_one_pass", refuse)
+    monkeypatch.setattr(kernels.mx, "default_device", lambda: mx.gpu)
+    loss_gpu_path = kernels.cross_entropy(logits, targets)
+    monkeypatch.setattr(kernels.mx, "default_device", lambda: mx.cpu)
+    with pytest.raises(AssertionError, match="ran on a GPU"):
+        kernels.cross_entropy(logits, targets)
+    assert loss_gpu_path.item() == pytest.approx(float(nn.losses.cross_entropy(logits, targets).mean()), rel=1e-6)
