@@ -74,9 +74,14 @@ def test_results_come_back_in_input_order_from_a_pool_without_threads_and_worker
     assert _alive(pids) == []
 
 
-def test_initializer_runs_once_per_worker():
-    with WorkerPool(CTX, 2, _set_offset, (100,)) as pool:
+@pytest.mark.parametrize("method", ["fork", "spawn"])  # spawn: macOS's default start method
+def test_initializer_runs_once_per_worker_and_progress_and_errors_come_back(method):
+    with WorkerPool(mp.get_context(method), 2, _set_offset, (100,)) as pool:
         assert pool.map(_plus_offset, range(5)) == [100, 101, 102, 103, 104]
+        seen = []
+        assert pool.map(_progress_then_len, ["ab", "c"], on_progress=seen.append) == [2, 1] and seen == [1] * 6
+        with pytest.raises(ValueError, match="item 5 is bad"):
+            pool.map(_fail_on_five, range(10))
 
 
 def test_a_worker_exception_is_raised_in_the_caller_with_its_message():
