@@ -6,12 +6,11 @@ on the number of workers: that is what makes a resumed prepare write the bytes a
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
 
-from nano_io.pool import worker_pool
+from nano_io.pool import WorkerPool
 from tokenizer import load_tokenizer
 
 CHUNK_CHARS = 1 << 20               # text per task sent to a worker: big enough to amortise pickling
@@ -127,5 +126,5 @@ def encoded_chunks(chunks, tok_dir: Path, encoder: str, dtype: str, num_workers:
             yield first, _encode_chunk(texts)
         return
     # workers ignore Ctrl-C (nano_io.pool); leaving the block (also on Ctrl-C or close()) ends them
-    with worker_pool(mp.get_context(), num_workers, _init_worker, (str(tok_dir), encoder, dtype)) as pool:
+    with WorkerPool(num_workers, _init_worker, (str(tok_dir), encoder, dtype)) as pool:
         yield from pool.imap(_encode_numbered, chunks)

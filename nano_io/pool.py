@@ -19,7 +19,9 @@ starting thread, so that a child starts with it blocked and can ignore it before
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import signal
+import sys
 import threading
 from multiprocessing.connection import wait
 
@@ -29,7 +31,15 @@ _SIGINT = {signal.SIGINT}
 
 def report(value) -> None:
     """Called by a task running in a worker: hand `value` to the main process's on_progress now."""
+    if _conn is None:
+        raise RuntimeError("nano_io.pool.report is for tasks running in a WorkerPool's workers")
     _conn.send(("progress", value))
+
+
+def default_context():
+    """fork on Linux (cheapest: nothing to re-import, the initializer's arguments are not pickled); elsewhere the
+    platform's default (spawn on macOS, where forking a process that has loaded system frameworks is unsafe)."""
+    return mp.get_context("fork" if sys.platform == "linux" else None)
 
 
 def _worker_main(conn, parent_end, initializer, initargs):
@@ -70,12 +80,14 @@ def _worker_main(conn, parent_end, initializer, initargs):
 
 
 class WorkerPool:
-    """`processes` worker processes of the multiprocessing context `ctx`, each running initializer(*initargs)
-    once. Use it as a context manager: `with WorkerPool(ctx, 2, init, args) as pool: pool.map(fn, items)`."""
+    """`processes` worker processes, each running initializer(*initargs) once, started in the multiprocessing
+    context `ctx` (default_context() when None). Use it as a context manager:
+    `with WorkerPool(2, init, args) as pool: pool.map(fn, items)`."""
 
-    def __init__(self, ctx, processes: int, initializer=None, initargs=()):
+    def __init__(self, processes: int, initializer=None, initargs=(), ctx=None):
         if processes < 1:
             raise ValueError(f"a worker pool needs at least one process, not {processes}")
+        ctx = ctx or default_context()
         self._ctx, self._processes, self._init = ctx, processes, (initializer, tuple(initargs))
         self._procs, self._conns = [], []
         self._usable = True
@@ -191,7 +203,3 @@ class WorkerPool:
     def __exit__(self, exc_type, exc, tb):
         self.close(graceful=exc_type is None and self._usable)
 
-
-def worker_pool(ctx, processes: int, initializer=None, initargs=()) -> WorkerPool:
-    """`with worker_pool(ctx, n, init, args) as pool:` - kept as the one name callers use."""
-    return WorkerPool(ctx, processes, initializer, initargs)

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from nano_io.pool import WorkerPool, report, worker_pool
+from nano_io.pool import WorkerPool, default_context, report
 
-CTX = mp.get_context("fork" if sys.platform == "linux" else None)
+CTX = default_context()
 
 
 def _square(x):
@@ -62,7 +62,7 @@ def _alive(pids):
 
 def test_results_come_back_in_input_order_from_a_pool_without_threads_and_workers_end_with_the_block():
     threads = threading.active_count()
-    with worker_pool(CTX, 3) as pool:
+    with WorkerPool(3) as pool:
         for i, y in enumerate(pool.imap(_square, range(50))):
             assert y == i * i
             # No helper thread in the main process: multiprocessing.Pool's task thread, left blocked writing a big
@@ -76,7 +76,7 @@ def test_results_come_back_in_input_order_from_a_pool_without_threads_and_worker
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])  # spawn: macOS's default start method
 def test_initializer_runs_once_per_worker_and_progress_and_errors_come_back(method):
-    with WorkerPool(mp.get_context(method), 2, _set_offset, (100,)) as pool:
+    with WorkerPool(2, _set_offset, (100,), ctx=mp.get_context(method)) as pool:
         assert pool.map(_plus_offset, range(5)) == [100, 101, 102, 103, 104]
         seen = []
         assert pool.map(_progress_then_len, ["ab", "c"], on_progress=seen.append) == [2, 1] and seen == [1] * 6
@@ -86,35 +86,47 @@ def test_initializer_runs_once_per_worker_and_progress_and_errors_come_back(meth
 
 def test_a_worker_exception_is_raised_in_the_caller_with_its_message():
     with pytest.raises(ValueError, match="item 5 is bad"):
-        with worker_pool(CTX, 2) as pool:
+        with WorkerPool(2) as pool:
             pool.map(_fail_on_five, range(10))
 
 
 def test_an_initializer_exception_is_raised_at_the_first_result_not_a_respawn_loop():
     with pytest.raises(ValueError, match="needs tiktoken"):
-        with WorkerPool(CTX, 2, _bad_init) as pool:
+        with WorkerPool(2, _bad_init) as pool:
             pool.map(len, ["a", "b"])
 
 
 def test_progress_reported_in_a_worker_reaches_on_progress():
     seen = []
-    with worker_pool(CTX, 2) as pool:
+    with WorkerPool(2) as pool:
         assert pool.map(_progress_then_len, ["ab", "cde", "f"], on_progress=seen.append) == [2, 3, 1]
     assert seen == [1] * 9
 
 
 def test_a_worker_that_dies_is_one_error_not_a_hang():
     with pytest.raises(RuntimeError, match=r"a worker process died \(exit code 3\)"):
-        with worker_pool(CTX, 2) as pool:
+        with WorkerPool(2) as pool:
             pool.map(_die, range(4))
 
 
+def test_report_outside_a_worker_is_a_one_line_error():
+    with pytest.raises(RuntimeError, match="for tasks running in a WorkerPool's workers"):
+        report(1)
+
+
+def test_the_default_start_method_is_fork_on_linux_and_the_platform_default_elsewhere(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert default_context().get_start_method() == "fork"
+    monkeypatch.setattr(sys, "platform", "darwin")  # what macOS gets: Python's default there is spawn
+    assert default_context() is mp.get_context(None)
+
+
 def test_the_pool_refuses_work_outside_its_block_and_zero_processes():
-    pool = WorkerPool(CTX, 1)
+    pool = WorkerPool(1)
     with pytest.raises(RuntimeError, match="inside its `with` block"):
         pool.map(len, ["a"])
     with pytest.raises(ValueError, match="at least one process"):
-        WorkerPool(CTX, 0)
+        WorkerPool(0)
 
 
 def test_ctrl_c_while_workers_start_is_raised_after_they_are_all_started_and_then_ended(monkeypatch):
@@ -130,7 +142,7 @@ def test_ctrl_c_while_workers_start_is_raised_after_they_are_all_started_and_the
 
     monkeypatch.setattr(CTX.Process, "start", start)
     with pytest.raises(KeyboardInterrupt):
-        with worker_pool(CTX, 3):
+        with WorkerPool(3):
             pytest.fail("the held Ctrl-C was not raised before the block")
     assert len(started) == 3 and _alive(started) == []
 
@@ -140,7 +152,7 @@ def test_ctrl_c_while_workers_start_is_raised_after_they_are_all_started_and_the
 # writing; the command never ended. Run in a child, so that a hang fails this test instead of the suite.
 CHILD = textwrap.dedent("""
     import multiprocessing as mp, os, signal, sys, time
-    from nano_io.pool import worker_pool
+    from nano_io.pool import WorkerPool
 
     def slow_len(text):
         time.sleep(0.3)
@@ -149,7 +161,7 @@ CHILD = textwrap.dedent("""
     if __name__ == "__main__":
         pids = []
         try:
-            with worker_pool(mp.get_context("fork"), 2) as pool:
+            with WorkerPool(2, ctx=mp.get_context("fork")) as pool:
                 pids = [p.pid for p in pool._procs]
                 for n in pool.imap(slow_len, ("x" * 4_000_000 for _ in range(40))):
                     signal.raise_signal(signal.SIGINT)  # Ctrl-C with big tasks out and the workers busy
@@ -172,14 +184,14 @@ def test_ctrl_c_with_big_tasks_out_ends_the_command_instead_of_hanging(tmp_path)
 
 SLOW_FIRST = textwrap.dedent("""
     import multiprocessing as mp, time
-    from nano_io.pool import worker_pool
+    from nano_io.pool import WorkerPool
 
     def slow_first(x):
         time.sleep(0.5 if x == 0 else 0.0)
         return x
 
     if __name__ == "__main__":
-        with worker_pool(mp.get_context("fork"), 2) as pool:
+        with WorkerPool(2, ctx=mp.get_context("fork")) as pool:
             print(pool.map(slow_first, range(12)))
 """)
 

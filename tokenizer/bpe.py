@@ -17,8 +17,6 @@ to_dict() writes them only when set, so the definition and hash of every other t
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
 import unicodedata
 
@@ -29,7 +27,7 @@ from tokenizer.base import EOT, Tokenizer
 from tokenizer.count import count_chunks
 from tokenizer.merges import learn_merges
 from tokenizer.patterns import pattern_name, resolve_pattern
-from nano_io.pool import worker_pool
+from nano_io.pool import WorkerPool
 from nano_io.sources import resolve_inputs
 from nano_io.text import notice
 
@@ -194,9 +192,8 @@ class BPETokenizer(Tokenizer):
         texts = list(texts)
         if num_workers <= 1 or sum(map(len, texts)) < (1 << 20):
             return [self.encode(t) for t in texts]
-        ctx = mp.get_context("fork" if os.name == "posix" and os.uname().sysname == "Linux" else None)
         size = max(1, len(texts) // (num_workers * 8))  # a few tasks per worker: small ones would cost in pickling
-        with worker_pool(ctx, num_workers, _set_worker_tokenizer, (self,)) as pool:  # workers ignore Ctrl-C
+        with WorkerPool(num_workers, _set_worker_tokenizer, (self,)) as pool:  # workers ignore Ctrl-C
             parts = pool.map(_encode_in_worker, (texts[i:i + size] for i in range(0, len(texts), size)))
         return [ids for part in parts for ids in part]
 

@@ -11,8 +11,6 @@ when max_chars is hit (the result is identical for any worker count when it is n
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -20,7 +18,7 @@ import regex
 from tqdm import tqdm
 
 from nano_io.pool import report as pool_report
-from nano_io.pool import worker_pool
+from nano_io.pool import WorkerPool
 from nano_io.sources import Source
 from nano_io.text import collect_notices, notice, notices_once
 
@@ -123,9 +121,6 @@ def _count_in_workers(sources, pattern, num_workers, max_chars, max_chars_per_do
         part = [src.split(num_workers)[k] for src in sources]
         budget = None if max_chars is None else max_chars // num_workers + (k < max_chars % num_workers)
         tasks.append((part, pattern, budget, max_chars_per_doc))
-    # fork is cheapest on Linux (nothing to re-import); macOS and Windows use their default (spawn).
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() and os.name == "posix"
-                         and os.uname().sysname == "Linux" else None)
     # workers ignore Ctrl-C (nano_io.pool); the main process gets it and `with` ends them
-    with worker_pool(ctx, num_workers) as pool:
+    with WorkerPool(num_workers) as pool:
         return pool.map(_count_worker, tasks, on_progress=bar.update)  # a worker's exception is raised here
