@@ -186,11 +186,11 @@ def cross_entropy(logits, targets, weights=None):
 def _nats_one_pass(logits, targets):
     """(nats, e, 1/s) with e = exp(logits - max) and s its row sum. MLX's own backward of logsumexp computes the
     softmax again, a second exp over all N x V logits, and the CPU backend evaluates exp one element at a time; this
-    backward reuses e (p = e / s), so the step pays one exp per logit. The gradient is MLX's own bit for bit
-    (tested); e is kept from the forward to the backward, N x V fp32, which is why a GPU - where exp is cheap and
-    memory is the limit - does not take this path."""
+    backward reuses e (p = e / s), so the step pays one exp per logit. The gradient is MLX's own to fp32 rounding
+    (e / s against exp(x - logsumexp); tested); e is kept from the forward to the backward, N x V fp32, which is why
+    a GPU - where exp is cheap and memory is the limit - does not take this path."""
     x = logits.astype(mx.float32)
-    m = mx.stop_gradient(mx.max(x, axis=-1, keepdims=True))
+    m = mx.max(x, axis=-1, keepdims=True)  # no stop_gradient needed: the vjp below is the whole backward
     e = mx.exp(x - m)
     s = mx.sum(e, axis=-1, keepdims=True)
     picked = mx.take_along_axis(x, targets[:, None], axis=-1)
